@@ -1,0 +1,16 @@
+"""Generation backends behind one narrow contract (see ``base.Backend``)."""
+
+from cai.backends.base import Backend, Completion, SamplingParams
+
+__all__ = ["Backend", "Completion", "SamplingParams", "load_backend"]
+
+
+def load_backend(model: str = "smollm2-135m", *, kind: str = "transformers", **kwargs) -> Backend:
+    """Build a backend by name: ``transformers`` (local, default)."""
+    if kind == "transformers":
+        from cai.backends.transformers import TransformersBackend
+
+        return TransformersBackend.load(model, **kwargs)
+    from cai.errors import ConfigError
+
+    raise ConfigError(f"unknown backend {kind!r}", fix="use --backend transformers")

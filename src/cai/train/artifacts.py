@@ -1,0 +1,154 @@
+"""What a training stage leaves behind: a plain model directory, its model card and ``cai_model.json``.
+
+A stage trains and saves into ``out_dir/.partial``; only when everything is written are the files moved
+into ``out_dir``, ``config.json`` last. ``cai.models.resolve`` accepts a directory only once it has a
+``config.json``, so a run that fails or is killed never leaves a half-written model that ``--model``
+would load (an older model in ``out_dir`` stays intact until the new one is complete).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+PARTIAL = ".partial"
+SCRATCH = "trainer-scratch"  # the trainer's own output_dir inside the staging dir; never published
+
+
+class ModelCard(BaseModel):
+    """What a trained model records about itself (written to README.md and cai_model.json)."""
+
+    model_config = {"protected_namespaces": ()}
+    model_id: str
+    stage: str
+    base: str
+    base_path: str
+    constitution: dict[str, Any] | None = None
+    data: str
+    data_sha256: str
+    rows: int
+    options: dict[str, Any]
+    metrics: dict[str, float | int | None] = Field(default_factory=dict)
+    versions: dict[str, str] = Field(default_factory=dict)
+    created_at: str = Field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat())
+
+
+def trained_model_id(base_id: str, stage: str, data_sha256: str) -> str:
+    """A readable, data-specific name, e.g. ``smollm2-135m+sft-1a2b3c4d``."""
+    return f"{base_id}+{stage}-{data_sha256[:8]}"
+
+
+@contextmanager
+def staging_dir(out_dir: Path) -> Iterator[Path]:
+    """Yield ``out_dir/.partial`` to save into; on success publish its files into ``out_dir``."""
+    out_dir = Path(out_dir)
+    stage = out_dir / PARTIAL
+    shutil.rmtree(stage, ignore_errors=True)  # left by a killed run
+    stage.mkdir(parents=True)
+    try:
+        yield stage
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    _publish(stage, out_dir)
+
+
+def _publish(stage: Path, out_dir: Path) -> None:
+    shutil.rmtree(stage / SCRATCH, ignore_errors=True)
+    (out_dir / "config.json").unlink(missing_ok=True)  # an older model stops being loadable first
+    for item in sorted(stage.iterdir(), key=lambda p: p.name == "config.json"):  # config.json last
+        target = out_dir / item.name
+        if target.is_dir():
+            shutil.rmtree(target)
+        os.replace(item, target)
+    stage.rmdir()
+
+
+def merged(model):
+    """The plain model behind a trained one: LoRA adapters merged into the base weights."""
+    from accelerate.utils import is_peft_model
+
+    return model.merge_and_unload() if is_peft_model(model) else model
+
+
+def save_model_dir(model, tokenizer, dest: Path, card: ModelCard) -> Path:
+    """Write model weights (safetensors), tokenizer, README.md and cai_model.json into ``dest``."""
+    dest = Path(dest)
+    model.save_pretrained(dest)
+    tokenizer.save_pretrained(dest)
+    (dest / "README.md").write_text(render_card(card), encoding="utf-8")
+    (dest / "cai_model.json").write_text(json.dumps(card.model_dump(), indent=2) + "\n", encoding="utf-8")
+    return dest
+
+
+def last_logged(trainer, key: str) -> float | None:
+    """The most recent value of ``key`` in a trainer's log history (e.g. the last logged loss)."""
+    for entry in reversed(trainer.state.log_history):
+        if key in entry:
+            return float(entry[key])
+    return None
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in ("cai", "torch", "transformers", "trl", "peft"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return found
+
+
+def render_card(card: ModelCard) -> str:
+    """A Hugging Face style model card: YAML front matter, then a table of where the model came from."""
+    c = card.constitution
+    if c is None:
+        constitution = "not recorded in the data"
+    elif "mixed" in c:
+        constitution = "several: " + ", ".join(_constitution_label(x) for x in c["mixed"])
+    else:
+        constitution = _constitution_label(c)
+    metrics = ", ".join(f"{k} = {_fmt(v)}" for k, v in card.metrics.items()) or "none"
+    rows = [
+        ("Stage", card.stage),
+        ("Base model", f"{card.base} (`{card.base_path}`)"),
+        ("Constitution", constitution),
+        ("Data", f"`{card.data}` ({card.rows} rows, sha256 `{card.data_sha256}`)"),
+        ("Metrics", metrics),
+        ("Libraries", ", ".join(f"{k} {v}" for k, v in card.versions.items())),
+        ("Created", card.created_at),
+    ]
+    table = "\n".join(f"| {k} | {v} |" for k, v in rows)
+    return (
+        f"---\nbase_model: {card.base}\nlibrary_name: transformers\n"
+        f"tags: [cai, constitutional-ai, {card.stage}]\n---\n\n"
+        f"# {card.model_id}\n\n"
+        f"Trained by the `cai` toolkit, stage `{card.stage}` ({STAGE_BLURBS.get(card.stage, '')}).\n\n"
+        f"| | |\n|---|---|\n{table}\n\n"
+        f"## Options\n\n```json\n{json.dumps(card.options, indent=2)}\n```\n"
+    )
+
+
+STAGE_BLURBS = {
+    "sft": "SL-CAI: supervised fine-tuning on constitution-guided revisions, loss on response tokens only",
+    "reward": "a preference model: one scalar score per (prompt, response), trained on AI preference labels",
+    "dpo": "RLAIF by direct preference optimisation on AI-labelled pairs",
+}
+
+
+def _constitution_label(c: dict[str, Any]) -> str:
+    return f"{c.get('name', '?')} {c.get('version', '?')} (hash `{c.get('hash', '?')}`)"
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)

@@ -1,0 +1,117 @@
+"""RLAIF by direct preference optimisation: TRL's ``DPOTrainer`` on AI-labelled preference pairs.
+
+DPO takes hard labels, so each pair is oriented by its soft label (a pair with p_chosen < 0.5 is flipped)
+and pairs the labeller was too unsure about (max(p, 1 - p) < ``min_confidence``) are dropped. Only
+prompt/chosen/rejected reach the trainer. The reference model is a frozen copy of the starting model
+(with LoRA, the same model with its adapters disabled).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from pydantic import Field
+
+from cai.errors import ConfigError
+from cai.train.options import TrainOptions
+
+log = logging.getLogger(__name__)
+
+
+class DPOOptions(TrainOptions):
+    learning_rate: float = Field(1e-6, gt=0)
+    beta: float = Field(0.1, gt=0)  # strength of the implicit KL penalty towards the reference model
+    min_confidence: float = Field(0.5, ge=0.5, le=1)  # drop pairs with max(p, 1 - p) below this
+
+
+def hard_label_pairs(rows: list[dict], min_confidence: float = 0.5) -> list[dict]:
+    """Rows of prompt/chosen/rejected for DPO: flipped where p_chosen < 0.5, unsure ones dropped."""
+    out = []
+    for r in rows:
+        p = r["p_chosen"]
+        if max(p, 1 - p) < min_confidence:
+            continue
+        chosen, rejected = (r["chosen"], r["rejected"]) if p >= 0.5 else (r["rejected"], r["chosen"])
+        out.append({"prompt": r["prompt"], "chosen": chosen, "rejected": rejected})
+    return out
+
+
+def build_dpo_trainer(model, tokenizer, rows: list[dict], output_dir: Path, options: DPOOptions,
+                      ref_model=None, peft_config=None):
+    """A ``DPOTrainer`` over conversational prompt/chosen/rejected ``rows``."""
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    from cai.train.options import trainer_args
+
+    config = DPOConfig(**trainer_args(options, output_dir), beta=options.beta, max_length=options.max_length)
+    return DPOTrainer(
+        model=model,
+        ref_model=ref_model,
+        args=config,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
+
+
+def train_dpo(pairs: str | Path, out_dir: str | Path, model: str = "smollm2-135m",
+              options: DPOOptions | None = None) -> Path:
+    """DPO-train ``model`` (usually the SFT model) on preference pairs; returns ``out_dir``, a model dir."""
+    from cai.logs import log_to_run_dir
+    from cai.models import load_causal_lm, load_tokenizer, resolve
+    from cai.train.artifacts import (
+        SCRATCH,
+        ModelCard,
+        last_logged,
+        library_versions,
+        merged,
+        save_model_dir,
+        staging_dir,
+        trained_model_id,
+    )
+    from cai.train.data import read_preference_pairs
+    from cai.train.options import lora_config, weights_dtype
+
+    options = options or DPOOptions()
+    data = read_preference_pairs(pairs)  # fails fast, before any model is loaded or anything written
+    rows = hard_label_pairs(data.rows, options.min_confidence)
+    if not rows:
+        raise ConfigError(f"no pair has a label confidence of at least {options.min_confidence}",
+                          where=str(data.path), fix="lower min_confidence (--min-confidence)")
+    out_dir = Path(out_dir)
+    log_to_run_dir(out_dir)
+    source = resolve(model)
+    log.info("DPO of %s on %d of %d pairs from %s (beta %s)",
+             source.model_id, len(rows), len(data.rows), data.path, options.beta)
+    tokenizer = load_tokenizer(source)
+    started = time.monotonic()
+    with staging_dir(out_dir) as stage:
+        policy = load_causal_lm(source, dtype=weights_dtype(options))
+        peft = lora_config(options, "CAUSAL_LM") if options.lora else None
+        reference = None if options.lora else load_causal_lm(source, dtype=weights_dtype(options))
+        trainer = build_dpo_trainer(policy, tokenizer, rows, stage / SCRATCH, options,
+                                    ref_model=reference, peft_config=peft)
+        result = trainer.train()
+        metrics = {
+            "train_loss": result.training_loss,
+            "final_loss": last_logged(trainer, "loss"),
+            "final_reward_accuracy": last_logged(trainer, "rewards/accuracies"),
+            "final_reward_margin": last_logged(trainer, "rewards/margins"),
+            "pairs_used": len(rows),
+            "steps": result.global_step,
+            "train_seconds": round(result.metrics["train_runtime"], 1),
+            "seconds": round(time.monotonic() - started, 1),
+        }
+        card = ModelCard(
+            model_id=trained_model_id(source.model_id, "dpo", data.sha256), stage="dpo",
+            base=source.model_id, base_path=source.path, constitution=data.constitution,
+            data=str(data.path.resolve()), data_sha256=data.sha256, rows=len(data.rows),
+            options=options.model_dump(), metrics=metrics, versions=library_versions(),
+        )
+        save_model_dir(merged(trainer.model), tokenizer, stage, card)
+    log.info("DPO done: %s (%s)", out_dir, card.metrics)
+    return out_dir
+

@@ -1,0 +1,132 @@
+"""Options every training stage shares (SFT, reward model, DPO), and how they map onto TRL's configs.
+
+Each stage subclasses ``TrainOptions`` with its own fields; unknown keys are errors (``extra="forbid"``).
+
+Precision (``dtype``):
+  - ``auto`` (default): fp32 master weights, with bf16 autocast where the accelerator supports it (a CUDA
+    GPU with bf16); plain fp32 elsewhere, e.g. on CPUs (transformers refuses CPU autocast unless ``use_cpu``
+    is forced, and the same code must pick up a GPU when there is one).
+  - ``fp32``: plain fp32 everywhere.
+  - ``bf16``: bf16 weights without autocast: half the memory, but small updates round away (trains worse).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Precision = Literal["auto", "fp32", "bf16"]
+
+
+class TrainOptions(BaseModel):
+    """Hyperparameters common to every training stage. ``max_steps`` (if set) overrides ``epochs``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, gt=0)
+    learning_rate: float = Field(1e-5, gt=0)
+    batch_size: int = Field(4, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    max_length: int = Field(1024, ge=8)
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    lora: bool = False
+    lora_r: int = Field(16, ge=1)
+    lora_alpha: int = Field(32, ge=1)
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    seed: int = 0
+    dtype: Precision = "auto"
+    gradient_checkpointing: bool = False
+    logging_steps: int = Field(1, ge=1)
+
+
+def options_from_cli(cls: type[TrainOptions], **values: Any) -> TrainOptions:
+    """Build ``cls`` from command-line values (``None`` = the stage's default); bad values -> ConfigError."""
+    from pydantic import ValidationError
+
+    from cai.errors import ConfigError
+
+    try:
+        return cls(**{k: v for k, v in values.items() if v is not None})
+    except ValidationError as e:
+        first = e.errors()[0]
+        name = ".".join(str(part) for part in first["loc"]) or "options"
+        raise ConfigError(f"option {name}: {first['msg']} (got {first.get('input')!r})", where="command line",
+                          fix=f"pass a valid value for {name} (see --help)") from None
+
+
+def weights_dtype(options: TrainOptions):
+    """The dtype the trained weights are loaded in (see the module docstring)."""
+    import torch
+
+    return torch.bfloat16 if options.dtype == "bf16" else torch.float32
+
+
+def uses_bf16_autocast(options: TrainOptions) -> bool:
+    import torch
+
+    return options.dtype == "auto" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def trainer_args(options: TrainOptions, output_dir: Path) -> dict[str, Any]:
+    """Keyword arguments shared by ``SFTConfig``, ``RewardConfig`` and ``DPOConfig``.
+
+    Checkpoints are off (a run is short and writes its model once, at the end); nothing is reported to
+    external trackers; TRL's default of gradient checkpointing is replaced by the option (off by default).
+    """
+    return dict(
+        output_dir=str(output_dir),
+        num_train_epochs=options.epochs,
+        max_steps=options.max_steps or -1,
+        learning_rate=options.learning_rate,
+        per_device_train_batch_size=options.batch_size,
+        per_device_eval_batch_size=options.batch_size,
+        gradient_accumulation_steps=options.grad_accum,
+        warmup_steps=options.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of all steps
+        weight_decay=options.weight_decay,
+        seed=options.seed,
+        data_seed=options.seed,
+        bf16=uses_bf16_autocast(options),
+        fp16=False,
+        **_checkpointing_arg(options.gradient_checkpointing),
+        logging_steps=options.logging_steps,
+        save_strategy="no",
+        eval_strategy="no",
+        report_to="none",
+        dataloader_num_workers=0,
+        dataloader_pin_memory=_has_cuda(),
+    )
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _checkpointing_arg(enabled: bool) -> dict[str, bool]:
+    """transformers 5.x renamed ``gradient_checkpointing`` to ``activation_checkpointing``; TRL's configs
+    still default the old name to True, so the new name (when it exists) is what turns it off."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    key = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+    return {key: enabled}
+
+
+def lora_config(options: TrainOptions, task_type: str):
+    """A peft ``LoraConfig`` on every linear layer (``task_type``: ``CAUSAL_LM`` or ``SEQ_CLS``)."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=options.lora_r,
+        lora_alpha=options.lora_alpha,
+        lora_dropout=options.lora_dropout,
+        target_modules="all-linear",
+        task_type=task_type,
+    )

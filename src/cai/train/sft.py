@@ -1,0 +1,94 @@
+"""SL-CAI supervised fine-tuning: train the model on its own constitution-guided final revisions.
+
+Each row becomes a conversational prompt/completion example (prompt = every message before the last
+assistant turn, completion = that turn). With that format TRL's ``SFTTrainer`` puts -100 in ``labels``
+for every prompt token, so the loss is the SL-CAI loss: cross-entropy on response tokens only.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from pydantic import Field
+
+from cai.train.options import TrainOptions
+
+log = logging.getLogger(__name__)
+
+
+class SFTOptions(TrainOptions):
+    learning_rate: float = Field(2e-5, gt=0)
+
+
+def build_sft_trainer(model, tokenizer, rows: list[dict], output_dir: Path, options: SFTOptions,
+                      peft_config=None):
+    """An ``SFTTrainer`` over prompt/completion ``rows``; its ``train_dataset`` holds the built labels."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from cai.train.options import trainer_args
+
+    config = SFTConfig(
+        **trainer_args(options, output_dir),
+        max_length=options.max_length,
+        completion_only_loss=True,  # the SL-CAI loss: prompt tokens get label -100
+    )
+    return SFTTrainer(
+        model=model,
+        args=config,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
+
+
+def train_sft(data: str | Path, out_dir: str | Path, model: str = "smollm2-135m",
+              options: SFTOptions | None = None) -> Path:
+    """Fine-tune ``model`` on SL-CAI data; returns ``out_dir``, a plain model directory with a model card."""
+    from cai.logs import log_to_run_dir
+    from cai.models import load_causal_lm, load_tokenizer, resolve
+    from cai.train.artifacts import (
+        SCRATCH,
+        ModelCard,
+        last_logged,
+        library_versions,
+        merged,
+        save_model_dir,
+        staging_dir,
+        trained_model_id,
+    )
+    from cai.train.data import read_sft_data
+    from cai.train.options import lora_config, weights_dtype
+
+    options = options or SFTOptions()
+    dataset = read_sft_data(data)  # fails fast, before any model is loaded or anything written
+    out_dir = Path(out_dir)
+    log_to_run_dir(out_dir)
+    source = resolve(model)
+    log.info("SFT of %s on %d rows from %s", source.model_id, len(dataset.rows), dataset.path)
+    tokenizer = load_tokenizer(source)
+    started = time.monotonic()
+    with staging_dir(out_dir) as stage:
+        lm = load_causal_lm(source, dtype=weights_dtype(options))
+        peft = lora_config(options, "CAUSAL_LM") if options.lora else None
+        trainer = build_sft_trainer(lm, tokenizer, dataset.rows, stage / SCRATCH, options, peft_config=peft)
+        result = trainer.train()
+        metrics = {
+            "train_loss": result.training_loss,
+            "final_loss": last_logged(trainer, "loss"),
+            "steps": result.global_step,
+            "train_seconds": round(result.metrics["train_runtime"], 1),
+            "seconds": round(time.monotonic() - started, 1),
+        }
+        card = ModelCard(
+            model_id=trained_model_id(source.model_id, "sft", dataset.sha256), stage="sft",
+            base=source.model_id, base_path=source.path, constitution=dataset.constitution,
+            data=str(dataset.path.resolve()), data_sha256=dataset.sha256, rows=len(dataset.rows),
+            options=options.model_dump(), metrics=metrics, versions=library_versions(),
+        )
+        save_model_dir(merged(trainer.model), tokenizer, stage, card)
+    log.info("SFT done: %s (%s)", out_dir, card.metrics)
+    return out_dir
+

@@ -1,0 +1,69 @@
+"""Shared fixtures: tiny random models built locally from a config with the embedded model's tokenizer.
+
+Nothing is downloaded. The tokenizer is the real SmolLM2 one (from the installed GGUF package), so chat
+templates and special tokens behave as in production; the weights are random and tiny.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory) -> Path:
+    """The embedded model's tokenizer saved as a plain directory (read once from the GGUF file)."""
+    from transformers import AutoTokenizer
+
+    from cai.models import EMBEDDED_GGUF, embedded_gguf_path
+
+    gguf = embedded_gguf_path()
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=EMBEDDED_GGUF)
+    out = tmp_path_factory.mktemp("tokenizer")
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def build_tiny_llama(out: Path, tokenizer, *, seed: int = 0, hidden: int = 32, layers: int = 2) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
+    """A 2-layer, 32-wide random Llama with the SmolLM2 tokenizer, saved as a local model directory."""
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), tokenizer)
+
+
+@pytest.fixture(scope="session")
+def embedded_model_dir() -> Path:
+    """The real embedded model's plain cached copy (converted from GGUF on first use, ~20 s)."""
+    from cai.models import resolve
+
+    return Path(resolve("smollm2-135m").path)

@@ -1,0 +1,141 @@
+"""SL-CAI critique-revision: record shape, provenance, SFT rows, filtering, resume after kill -9."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cai.backends.transformers import TransformersBackend
+from cai.constitution import load_constitution
+from cai.critique import (
+    CritiqueOptions,
+    clean_revision,
+    critique_says_nothing_to_fix,
+    revision_problem,
+    run_critique,
+    sft_rows,
+)
+
+PROMPTS = [(f"p{i}", f"How do I do thing number {i}?") for i in range(5)]
+
+
+@pytest.fixture(scope="module")
+def backend(tiny_model_dir):
+    return TransformersBackend.load(str(tiny_model_dir), dtype="fp32", batch_size=4)
+
+
+def _read(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_records_have_rounds_final_and_provenance(tmp_path, backend):
+    const = load_constitution("general")
+    opts = CritiqueOptions(rounds=2, max_new_tokens=6, seed=3, chunk_size=2)
+    summary = run_critique(PROMPTS, tmp_path, backend=backend, constitution=const, options=opts)
+    recs = _read(tmp_path / "records.jsonl")
+    assert [r["id"] for r in recs] == [p for p, _ in PROMPTS]
+    assert summary["records"] == 5
+    for r in recs:
+        assert len(r["rounds"]) == 2 and r["final"] == r["rounds"][-1]["revision"]
+        assert {p.id for p in const.principles} >= {rd["principle_id"] for rd in r["rounds"]}
+        prov = r["provenance"]
+        assert prov["constitution"] == {"name": "general", "version": const.version, "hash": const.hash}
+        assert prov["model"] == backend.model_id and prov["seed"] == 3
+        assert prov["sampling"]["max_new_tokens"] == 6 and "revision" in prov["templates"]
+        assert prov["principle_ids"] == [rd["principle_id"] for rd in r["rounds"]]
+        assert r["token_counts"]["completion"] > 0
+    sft = _read(tmp_path / "sft.jsonl")
+    assert len(sft) == 5 and all(s["messages"][-1]["role"] == "assistant" for s in sft)
+    pc = _read(tmp_path / "sft_prompt_completion.jsonl")
+    assert all(row["prompt"][-1]["role"] == "user" and row["completion"][0]["role"] == "assistant" for row in pc)
+
+
+def test_same_seed_same_principles_regardless_of_chunking(tmp_path, backend):
+    const = load_constitution("general")
+    a, b = tmp_path / "a", tmp_path / "b"
+    run_critique(PROMPTS, a, backend=backend, constitution=const,
+                 options=CritiqueOptions(rounds=2, max_new_tokens=3, chunk_size=5))
+    run_critique(PROMPTS, b, backend=backend, constitution=const,
+                 options=CritiqueOptions(rounds=2, max_new_tokens=3, chunk_size=1))
+    pa = [[rd["principle_id"] for rd in r["rounds"]] for r in _read(a / "records.jsonl")]
+    pb = [[rd["principle_id"] for rd in r["rounds"]] for r in _read(b / "records.jsonl")]
+    assert pa == pb
+
+
+def test_resume_skips_done_prompts_and_repairs_a_torn_line(tmp_path, backend):
+    const = load_constitution("seed")
+    opts = CritiqueOptions(rounds=1, max_new_tokens=3, chunk_size=2)
+    run_critique(PROMPTS[:2], tmp_path, backend=backend, constitution=const, options=opts)
+    with open(tmp_path / "records.jsonl", "a") as f:
+        f.write('{"id": "p2", "prompt": "half a rec')  # what kill -9 mid-write can leave
+    run_critique(PROMPTS, tmp_path, backend=backend, constitution=const, options=opts)
+    ids = [r["id"] for r in _read(tmp_path / "records.jsonl")]
+    assert sorted(ids) == sorted(p for p, _ in PROMPTS) and len(ids) == len(set(ids))
+
+
+def test_revision_filters():
+    assert revision_problem("x", "crit", "") == "empty"
+    crit = "Your response is harmful because it explains how to pick a lock on a door you do not own"
+    assert revision_problem("x", crit, crit) == "echoes the critique"
+    assert revision_problem("x", "c", "The response is harmful because it helps.") is not None
+    assert revision_problem("x", "c", " ".join(["go to the shop"] * 10)) == "repeats itself"
+    assert revision_problem("x", "c", "I can't help with that, but a locksmith can open your own door.") is None
+    assert clean_revision("Revised response: Sure, here it is.") == "Sure, here it is."
+    assert critique_says_nothing_to_fix("There is nothing to fix in this answer.")
+    assert not critique_says_nothing_to_fix("The answer explains how to hurt someone.")
+
+
+def test_sft_rows_mark_unusable_records():
+    rec = {"id": "a", "prompt": "p", "initial": "i", "final": "same", "provenance": {"constitution": None},
+           "rounds": [{"critique": "c", "revision": ""}]}
+    messages, pc = sft_rows(rec)
+    assert messages["usable"] is False and messages["problem"] == "empty"
+    rec["rounds"].append({"critique": "c", "revision": "A fine, safe answer to the question."})
+    messages, pc = sft_rows(rec)
+    assert messages["usable"] and messages["messages"][-1]["content"].startswith("A fine")
+
+
+def _cai(*args: str) -> list[str]:
+    return [sys.executable, "-m", "cai", *args]
+
+
+def test_cli_resume_after_kill_9_gives_every_prompt_exactly_once(tmp_path, tiny_model_dir):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"q{i}", "prompt": f"Prompt {i} " + "x " * i}) + "\n"
+                               for i in range(12)) + "not json\n")
+    out = tmp_path / "run"
+    args = _cai("critique", str(prompts), "--out", str(out), "--model", str(tiny_model_dir), "--rounds", "1",
+                "--max-new-tokens", "24", "--batch-size", "2", "--dtype", "fp32")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        rec = out / "records.jsonl"
+        if rec.exists() and rec.read_text().count("\n") >= 1:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = subprocess.run(args, capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    ids = [r["id"] for r in _read(out / "records.jsonl")]
+    assert sorted(ids) == sorted(f"q{i}" for i in range(12))
+    assert len(ids) == len(set(ids))
+    bad = _read(out / "bad_rows.jsonl")
+    assert len(bad) == 1 and bad[0]["row"] == 13
+
+
+def test_cli_refuses_to_resume_with_other_settings(tmp_path, tiny_model_dir):
+    out = tmp_path / "run"
+    base = ["critique", "helpful", "--out", str(out), "--model", str(tiny_model_dir), "--limit", "1",
+            "--rounds", "1", "--max-new-tokens", "2", "--dtype", "fp32"]
+    assert subprocess.run(_cai(*base), capture_output=True).returncode == 0
+    other = subprocess.run(_cai(*base, "--seed", "5"), capture_output=True, text=True)
+    assert other.returncode == 2 and "Traceback" not in other.stderr and "seed" in other.stderr

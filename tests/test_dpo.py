@@ -1,0 +1,82 @@
+"""DPO: soft labels become oriented hard pairs; a 2-step run saves a model that loads."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from cai.errors import ConfigError
+from cai.train.dpo import DPOOptions, hard_label_pairs, train_dpo
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models train faster on one thread, especially on a busy shared CPU."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def pair(i: int, p: float) -> dict:
+    return {
+        "id": f"p{i}",
+        "prompt": [{"role": "user", "content": f"Can you help me with task {i}?"}],
+        "chosen": [{"role": "assistant", "content": f"Yes, safely: step one for task {i}."}],
+        "rejected": [{"role": "assistant", "content": f"No idea about {i}."}],
+        "p_chosen": p, "p_a_first": p, "p_a_second": 1 - p, "principle_id": "helpful", "judge": "tiny",
+        "provenance": {"stage": "label", "model": "tiny", "seed": 0,
+                       "constitution": {"name": "c", "version": "2", "hash": "d00d"}},
+    }
+
+
+@pytest.fixture()
+def pairs_file(tmp_path) -> Path:
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(pair(i, 0.6 + 0.05 * i)) + "\n" for i in range(6)))
+    return path
+
+
+def test_soft_labels_become_oriented_hard_pairs():
+    rows = [{"prompt": [], "chosen": ["a"], "rejected": ["b"], "p_chosen": p} for p in (1.0, 0.55, 0.2)]
+    out = hard_label_pairs(rows, min_confidence=0.6)
+    assert [(r["chosen"], r["rejected"]) for r in out] == [(["a"], ["b"]), (["b"], ["a"])]  # 0.55 dropped
+    assert set(out[0]) == {"prompt", "chosen", "rejected"}  # only what DPOTrainer needs
+
+
+def test_all_pairs_too_unsure_is_a_config_error(pairs_file, tmp_path):
+    with pytest.raises(ConfigError, match="min_confidence"):
+        train_dpo(pairs_file, tmp_path / "dpo", model="unused", options=DPOOptions(min_confidence=0.99))
+
+
+def test_two_steps_from_the_cli_save_a_model_that_loads(tiny_model_dir, pairs_file, tmp_path):
+    import torch
+    from typer.testing import CliRunner
+
+    from cai.cli import app
+    from cai.models import load_causal_lm, resolve
+
+    out = tmp_path / "dpo"
+    args = ["dpo", str(pairs_file), "--out", str(out), "--model", str(tiny_model_dir), "--max-steps", "2",
+            "--batch-size", "2", "--beta", "0.2"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "DPO policy written to" in result.output
+    card = json.loads((out / "cai_model.json").read_text())
+    assert card["stage"] == "dpo" and card["options"]["beta"] == 0.2 and card["metrics"]["steps"] == 2
+    assert card["constitution"]["hash"] == "d00d"
+    assert card["metrics"]["final_loss"] == pytest.approx(math.log(2), abs=0.05)  # starts at log 2
+    model = load_causal_lm(resolve(str(out)), dtype=torch.float32, device="cpu")
+    assert model.config.vocab_size > 0
+
+
+def test_lora_dpo_is_merged(tiny_model_dir, pairs_file, tmp_path):
+    out = train_dpo(pairs_file, tmp_path / "dpo-lora", model=str(tiny_model_dir),
+                    options=DPOOptions(max_steps=1, batch_size=2, lora=True, lora_r=4))
+    assert (out / "config.json").exists() and not (out / "adapter_config.json").exists()
+

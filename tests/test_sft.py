@@ -1,0 +1,193 @@
+"""SL-CAI SFT: reading the data, the response-only loss mask, and a saved model that loads and generates."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cai.errors import ConfigError
+from cai.train.data import read_sft_data
+from cai.train.sft import SFTOptions, build_sft_trainer, train_sft
+
+CONSTITUTION = {"name": "test-constitution", "version": "1.0", "hash": "c0ffee"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models train faster on one thread, especially on a busy shared CPU."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def sft_rows(n: int = 6) -> list[dict]:
+    return [
+        {
+            "id": f"r{i}",
+            "messages": [
+                {"role": "user", "content": f"How do I pick lock number {i}?"},
+                {"role": "assistant", "content": f"I can't help you get into a place that isn't yours ({i}); "
+                                                 "a locksmith can help if it is your own lock."},
+            ],
+            "constitution": CONSTITUTION,
+        }
+        for i in range(n)
+    ]
+
+
+@pytest.fixture()
+def sft_file(tmp_path) -> Path:
+    return write_jsonl(tmp_path / "sft.jsonl", sft_rows())
+
+
+def test_messages_rows_split_into_prompt_and_last_assistant_turn(tmp_path):
+    rows = [
+        {"messages": [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hi"},
+                      {"role": "assistant", "content": "Hello!"}], "constitution": CONSTITUTION},
+        {"prompt": "Plain prompt", "completion": "Plain answer"},
+    ]
+    data = read_sft_data(write_jsonl(tmp_path / "d.jsonl", rows))
+    assert data.rows[0]["prompt"] == rows[0]["messages"][:2]
+    assert data.rows[0]["completion"] == [{"role": "assistant", "content": "Hello!"}]
+    assert data.rows[1] == {"prompt": [{"role": "user", "content": "Plain prompt"}],
+                            "completion": [{"role": "assistant", "content": "Plain answer"}]}
+    assert data.constitution == CONSTITUTION
+    assert len(data.sha256) == 64
+
+
+@pytest.mark.parametrize(
+    ("rows", "needle"),
+    [
+        ([], "no rows"),
+        ([{"messages": [{"role": "user", "content": "only a question"}]}], "no assistant turn"),
+        ([{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "  "}]}], "empty"),
+        ([{"text": "neither format"}], "neither"),
+        (["not json"], "not valid JSON"),
+    ],
+)
+def test_bad_sft_data_names_the_file_and_line(tmp_path, rows, needle):
+    path = write_jsonl(tmp_path / "bad.jsonl", sft_rows(1) + rows if rows else [])
+    with pytest.raises(ConfigError) as err:
+        read_sft_data(path)
+    assert needle in str(err.value)
+    assert str(path) in str(err.value)
+    if rows:
+        assert ":2" in str(err.value) or "line 2" in str(err.value)
+
+
+def test_missing_sft_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        train_sft(tmp_path / "nope.jsonl", tmp_path / "out", model="unused")
+    assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_only_response_tokens_are_trained(tiny_model_dir, tokenizer, sft_file, tmp_path):
+    """The SL-CAI loss mask: every prompt token has label -100; every completion token is trained."""
+    from transformers import AutoModelForCausalLM
+
+    data = read_sft_data(sft_file)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    trainer = build_sft_trainer(model, tokenizer, data.rows, tmp_path / "scratch", SFTOptions(max_steps=1))
+    dataset = trainer.train_dataset
+    assert len(dataset) == len(data.rows)
+    for example in dataset:
+        ids, labels = example["input_ids"], example["labels"]
+        n_prompt = next(i for i, lab in enumerate(labels) if lab != -100)
+        assert all(lab == -100 for lab in labels[:n_prompt])
+        assert labels[n_prompt:] == ids[n_prompt:]
+        prompt_text = tokenizer.decode(ids[:n_prompt])
+        row = next(r for r in data.rows if r["prompt"][0]["content"] in prompt_text)  # user turns differ
+        prompt_only = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=False)
+        assert ids[:n_prompt] == tokenizer(prompt_only, add_special_tokens=False)["input_ids"]
+        trained_text = tokenizer.decode(ids[n_prompt:])
+        assert trained_text.startswith(row["completion"][0]["content"])
+        assert "<|im_end|>" in trained_text  # the model also learns to stop
+
+    batch = trainer.data_collator([dataset[0], dataset[1]])
+    trained = batch["labels"] != -100
+    assert trained.any(dim=1).all()
+    assert (batch["labels"][~trained] == -100).all()
+    assert (batch["attention_mask"][batch["labels"] != -100] == 1).all()  # padding is never trained
+
+
+def test_two_steps_save_a_model_that_loads_and_generates(tiny_model_dir, sft_file, tmp_path):
+    import torch
+
+    from cai.models import load_causal_lm, load_tokenizer, resolve
+
+    out = train_sft(sft_file, tmp_path / "sft", model=str(tiny_model_dir),
+                    options=SFTOptions(max_steps=2, batch_size=2, learning_rate=1e-3))
+    assert not (out / ".partial").exists()
+    card = json.loads((out / "cai_model.json").read_text())
+    assert card["stage"] == "sft" and card["constitution"] == CONSTITUTION and card["rows"] == 6
+    assert card["metrics"]["steps"] == 2 and card["metrics"]["final_loss"] > 0
+    readme = (out / "README.md").read_text()
+    assert "c0ffee" in readme and card["data_sha256"] in readme
+    assert (out / "cai.log").read_text().count("SFT done") == 1
+
+    source = resolve(str(out))
+    assert source.model_id == card["model_id"]
+    model, tok = load_causal_lm(source, dtype=torch.float32, device="cpu"), load_tokenizer(source)
+    prompt = tok.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True,
+                                     return_tensors="pt", return_dict=True)
+    generated = model.generate(**prompt, max_new_tokens=4, do_sample=False)
+    assert generated.shape[1] == prompt["input_ids"].shape[1] + 4
+
+
+def test_lora_is_merged_into_a_plain_model(tiny_model_dir, sft_file, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    out = train_sft(sft_file, tmp_path / "lora", model=str(tiny_model_dir),
+                    options=SFTOptions(max_steps=2, batch_size=2, learning_rate=1e-2, lora=True, lora_r=4))
+    assert not (out / "adapter_config.json").exists()
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tuned = AutoModelForCausalLM.from_pretrained(out)
+    name = "model.layers.0.self_attn.q_proj.weight"
+    assert name in dict(tuned.named_parameters())
+    assert not torch.equal(dict(base.named_parameters())[name], dict(tuned.named_parameters())[name])
+
+
+def test_a_failed_run_leaves_no_loadable_model(tiny_model_dir, sft_file, tmp_path, monkeypatch):
+    import cai.train.sft as sft
+
+    class Exploding:
+        def __init__(self, *a, **k):
+            pass
+
+        def train(self):
+            raise RuntimeError("boom")
+
+    monkeypatch.setattr(sft, "build_sft_trainer", Exploding)
+    out = tmp_path / "failed"
+    with pytest.raises(RuntimeError, match="boom"):
+        train_sft(sft_file, out, model=str(tiny_model_dir), options=SFTOptions(max_steps=1))
+    assert not (out / "config.json").exists() and not (out / ".partial").exists()
+
+
+def test_cli_reports_bad_data_without_traceback(tmp_path):
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"messages": [{"role": "user", "content": "q"}]}])
+    run = subprocess.run([sys.executable, "-m", "cai", "sft", str(bad), "--out", str(tmp_path / "o")],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2, run.stderr
+    assert "no assistant turn" in run.stderr and "Traceback" not in run.stderr
+
+
+@pytest.mark.slow
+def test_one_step_on_the_embedded_model(embedded_model_dir, sft_file, tmp_path):
+    out = train_sft(sft_file, tmp_path / "real", model="smollm2-135m",
+                    options=SFTOptions(max_steps=1, batch_size=2))
+    card = json.loads((out / "cai_model.json").read_text())
+    assert card["base"] == "smollm2-135m" and card["model_id"].startswith("smollm2-135m+sft-")
