@@ -116,7 +116,8 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     missing, unexpected = plain.load_state_dict(quantised.state_dict(), strict=False)
     if [m for m in missing if "lm_head" not in m] or unexpected:
-        raise ModelError(f"GGUF weights of {gguf} did not match its config (missing {missing[:3]}, extra {unexpected[:3]})")
+        raise ModelError(f"GGUF weights of {gguf} did not match its config "
+                         f"(missing {missing[:3]}, extra {unexpected[:3]})")
     plain.tie_weights()
     tokenizer = AutoTokenizer.from_pretrained(d, gguf_file=f)
     target.parent.mkdir(parents=True, exist_ok=True)

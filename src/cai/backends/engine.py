@@ -132,7 +132,6 @@ def _attend(q, k, v, mask):
     One-token decode steps use a plain grouped matmul (torch's CPU SDPA kernel is ~15x slower in bf16 for
     this shape); multi-token prefill uses SDPA in fp32, whose fused CPU kernel is fast and memory-light.
     """
-    import torch
     import torch.nn.functional as F
 
     B, H, Q, D = q.shape

@@ -220,7 +220,8 @@ class TransformersBackend:
         return cache, logits
 
     def _remember(self, cache, row: int, tokens: list[int]) -> None:
-        self.prefix_store.put(tokens, cache.k[:, row, :, : len(tokens)].clone(), cache.v[:, row, :, : len(tokens)].clone())
+        n = len(tokens)
+        self.prefix_store.put(tokens, cache.k[:, row, :, :n].clone(), cache.v[:, row, :, :n].clone())
 
     def _engine_decode(self, prompts: list[list[int]], params: SamplingParams) -> list[Completion]:
         """Prefill (reusing cached prefixes), then decode one token per step for every live row.
@@ -242,7 +243,8 @@ class TransformersBackend:
             fed = [len(p) for p in prompts]  # tokens in the cache per original index
             live = list(range(n))
             for step in range(params.max_new_tokens):
-                picks = sample_next(logits, params, [step_key(seeds[r], step) if r >= 0 else 0 for r in slot_of])
+                keys = [step_key(seeds[r], step) if r >= 0 else 0 for r in slot_of]
+                picks = sample_next(logits, params, keys)
                 next_ids = []
                 for s, t in enumerate(picks):
                     r = slot_of[s]

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Set up if needed, then run the main job on the embedded default model: the pipeline in
+# recipes/quickstart.yaml (SL-CAI critique-revision and SFT, then RLAIF labels, reward model and PPO),
+# written to runs/quickstart (re-running resumes it).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+.venv/bin/cai run recipes/quickstart.yaml --out runs/quickstart "$@"

