@@ -12,8 +12,9 @@ classification head on the same model, seeded), the same prompts, batch, minibat
 response length and sampling temperature. Each side runs in a fresh subprocess, so its peak resident
 memory (``getrusage`` ``ru_maxrss``, read right after the last timed update) is its own. The first
 update is a warm-up and is not timed. TRL keeps a separate value model (a second trunk) and trains
-in fp32 on a CPU; cai puts the value head on the policy's trunk and, with ``dtype=auto``, samples
-rollouts from a bf16 copy where the CPU has AVX512-BF16. ``cai-fp32`` shows cai in plain fp32.
+in fp32 on a CPU (``trl``; ``trl-bf16`` adds bf16 autocast); cai puts the value head on the policy's
+trunk and, with ``dtype=auto``, samples rollouts from a bf16 copy where the CPU has AVX512-BF16
+(``cai-fp32``: plain fp32 everywhere).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ PROMPTS = [
     "How do airplanes stay in the air? Explain lift and thrust.",
     "Describe the history of the printing press and its effects.",
 ]
-SIDES = ("cai", "cai-fp32", "trl")
+SIDES = ("cai", "cai-fp32", "trl", "trl-bf16")
 
 
 def main() -> None:
@@ -60,12 +61,13 @@ def main() -> None:
     p.add_argument("--updates", type=int, default=3, help="timed updates per side (after one warm-up)")
     p.add_argument("--out", default="benchmarks/results/ppo_step.json")
     p.add_argument("--work", help="scratch directory (default: a temporary one)")
+    p.add_argument("--threads", type=int, help="torch threads on both sides (default: torch's own choice)")
     p.add_argument("--side", help=argparse.SUPPRESS)  # internal: run one side in this process
     p.add_argument("--spec", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.side:
         spec = json.loads(Path(args.spec).read_text())
-        result = run_cai(spec, args.side) if args.side.startswith("cai") else run_trl(spec)
+        result = run_cai(spec, args.side) if args.side.startswith("cai") else run_trl(spec, args.side)
         print("RESULT " + json.dumps(result), flush=True)
         return
     compare(args)
@@ -75,24 +77,29 @@ def compare(args) -> None:
     work = Path(args.work or tempfile.mkdtemp(prefix="ppo-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     spec = prepare(work, args)
-    sides = [s for s in args.sides.split(",") if s and (s != "trl" or args.trl_python)]
+    sides = [s for s in args.sides.split(",") if s and (not s.startswith("trl") or args.trl_python)]
     results = {}
     for side in sides:
-        python = args.trl_python if side == "trl" else sys.executable
+        python = args.trl_python if side.startswith("trl") else sys.executable
         print(f"running {side} ...", flush=True)
-        results[side] = run_side(python, side, work)
+        results[side] = run_side(python, side, work, args.threads)
         r = results[side]
         length = "" if r["response_len"] is None else f", mean response {r['response_len']:.1f} tokens"
-        print(f"  {side}: {r['seconds_per_update']:.1f} s/update, peak RSS {r['peak_rss_mb']:.0f} MiB"
-              + length, flush=True)
+        print(f"  {side}: {r['seconds_per_update']:.1f} s/update ({r['cpu_seconds_per_update']:.1f} s CPU), "
+              f"peak RSS {r['peak_rss_mb']:.0f} MiB" + length, flush=True)
     summary = {"spec": {k: v for k, v in spec.items() if k != "prompts"}, "results": results,
-               "load_average": os.getloadavg(), "cpus": os.cpu_count()}
-    if "trl" in results:
-        for side in (s for s in results if s != "trl"):
-            speedup = results["trl"]["seconds_per_update"] / results[side]["seconds_per_update"]
-            memory = results[side]["peak_rss_mb"] / results["trl"]["peak_rss_mb"]
-            summary[f"speedup_{side}_vs_trl"], summary[f"memory_ratio_{side}_vs_trl"] = speedup, memory
-            print(f"{side} vs TRL 1.0.0: {speedup:.2f}x faster per update, {memory:.2f}x the peak memory")
+               "threads": args.threads, "load_average_after": os.getloadavg(), "cpus": os.cpu_count()}
+    baselines = [s for s in results if s.startswith("trl")]
+    for base in baselines:
+        for side in (s for s in results if s.startswith("cai")):
+            trl, ours = results[base], results[side]
+            speedup = trl["seconds_per_update"] / ours["seconds_per_update"]
+            cpu_speedup = trl["cpu_seconds_per_update"] / ours["cpu_seconds_per_update"]
+            memory = ours["peak_rss_mb"] / trl["peak_rss_mb"]
+            summary[f"{side}_vs_{base}"] = {"speedup_wall": speedup, "speedup_cpu": cpu_speedup,
+                                            "memory_ratio": memory}
+            print(f"{side} vs {base} (TRL 1.0.0): {speedup:.2f}x faster per update in wall time ({cpu_speedup:.2f}x in "
+                  f"CPU time), {memory:.2f}x the peak memory")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
     print(f"written to {args.out}")
@@ -121,9 +128,12 @@ def prepare(work: Path, args) -> dict:
     return spec
 
 
-def run_side(python: str, side: str, work: Path) -> dict:
+def run_side(python: str, side: str, work: Path, threads: int | None) -> dict:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
     proc = subprocess.run([python, __file__, "--side", side, "--spec", str(work / "spec.json")],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, env=env)
     results = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode or not results:
         sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
@@ -151,11 +161,16 @@ def run_cai(spec: dict, side: str) -> dict:
     rows = read_records(out / "metrics.jsonl")
     timed = rows[spec["warmup"]:]
     return {"seconds_per_update": statistics.median(r["time"] for r in timed),
+            "cpu_seconds_per_update": statistics.median(r["cpu_time"] for r in timed),
             "update_seconds": [r["time"] for r in rows], "peak_rss_mb": timed[-1]["max_rss_mb"],
             "response_len": statistics.mean(r["response_len"] for r in rows), "library": _versions("cai")}
 
 
-def run_trl(spec: dict) -> dict:
+def run_trl(spec: dict, side: str) -> dict:
+    """TRL 1.0.0's PPOTrainer with a separate value model, as its example script builds it.
+
+    ``trl``: fp32 (``bf16=False``); ``trl-bf16``: bf16 autocast on the CPU (``use_cpu=True, bf16=True``).
+    """
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -180,18 +195,20 @@ def run_trl(spec: dict) -> dict:
         temperature=spec["temperature"], learning_rate=spec["lr"], kl_coef=spec["kl_coef"], stop_token="eos",
         total_episodes=spec["batch_size"] * n, local_rollout_forward_batch_size=spec["mini_batch_size"],
         num_sample_generations=0, save_strategy="no", report_to="none", seed=0, logging_steps=1,
-        disable_tqdm=True,
+        disable_tqdm=True, bf16=side == "trl-bf16", use_cpu=side == "trl-bf16",
     )
 
     class Clock(TrainerCallback):
         def __init__(self):
-            self.marks, self.rss = [], []
+            self.marks, self.cpu, self.rss = [], [], []
 
         def on_train_begin(self, *a, **k):
             self.marks.append(time.time())
+            self.cpu.append(time.process_time())
 
         def on_step_end(self, *a, **k):
             self.marks.append(time.time())
+            self.cpu.append(time.process_time())
             self.rss.append(peak_rss_mb())
 
         def on_log(self, args, state, control, logs=None, **k):
@@ -203,8 +220,9 @@ def run_trl(spec: dict) -> dict:
                          train_dataset=data, value_model=value, eval_dataset=data, callbacks=[clock])
     trainer.train()
     seconds = [b - a for a, b in zip(clock.marks, clock.marks[1:], strict=False)]
-    timed = seconds[spec["warmup"]:]
-    return {"seconds_per_update": statistics.median(timed), "update_seconds": seconds,
+    cpu = [b - a for a, b in zip(clock.cpu, clock.cpu[1:], strict=False)]
+    return {"seconds_per_update": statistics.median(seconds[spec["warmup"]:]),
+            "cpu_seconds_per_update": statistics.median(cpu[spec["warmup"]:]), "update_seconds": seconds,
             "peak_rss_mb": clock.rss[-1], "response_len": None, "eos_per_batch": getattr(clock, "eos", []),
             "library": _versions("trl")}
 

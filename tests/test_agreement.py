@@ -187,3 +187,20 @@ def test_agreement_with_the_embedded_judge(tmp_path, monkeypatch, embedded_model
     assert result.exit_code == 0, result.output
     a = json.loads((out / "agreement.json").read_text())
     assert a["n"] == 4 and 0 <= a["agreement"] <= 1 and a["judge"]["model"] == "smollm2-135m"
+
+
+def test_cli_agreement_with_a_tiny_real_model_and_cot(tmp_path, tiny_model_dir):
+    """The transformers backend end to end with chain of thought (random model: figures are noise)."""
+    from typer.testing import CliRunner
+
+    from cai.cli import app
+
+    out = tmp_path / "a"
+    result = CliRunner().invoke(app, ["label", "--agreement", str(FIX / "messages.jsonl"), "--out", str(out),
+                                      "--judge", str(tiny_model_dir), "--cot"])
+    assert result.exit_code == 0, result.output
+    a = json.loads((out / "agreement.json").read_text())
+    assert a["n"] == 2 and a["judge"]["config"]["cot"] is True
+    rows = [json.loads(line) for line in (out / "agreement_pairs.jsonl").read_text().splitlines()]
+    assert all(0.4 <= r["p_a_first"] <= 0.6 and 0.4 <= r["p_a_second"] <= 0.6 for r in rows)
+    assert all(len(r["reasoning"]) == 2 for r in rows)

@@ -139,3 +139,17 @@ def test_cli_refuses_to_resume_with_other_settings(tmp_path, tiny_model_dir):
     assert subprocess.run(_cai(*base), capture_output=True).returncode == 0
     other = subprocess.run(_cai(*base, "--seed", "5"), capture_output=True, text=True)
     assert other.returncode == 2 and "Traceback" not in other.stderr and "seed" in other.stderr
+
+
+@pytest.mark.slow
+def test_critique_on_the_real_embedded_model(tmp_path, embedded_model_dir):
+    backend = TransformersBackend.load("smollm2-135m")
+    const = load_constitution("general")
+    prompts = [("a", "How can I get into my neighbour's wifi without asking?"), ("b", "Give me a tip for a job interview.")]
+    run_critique(prompts, tmp_path, backend=backend, constitution=const,
+                 options=CritiqueOptions(rounds=1, max_new_tokens=24))
+    recs = _read(tmp_path / "records.jsonl")
+    assert len(recs) == 2
+    for r in recs:
+        assert r["initial"].strip() and r["rounds"][0]["critique"].strip() and r["final"].strip()
+        assert r["provenance"]["model"] == "smollm2-135m"

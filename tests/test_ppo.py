@@ -140,7 +140,7 @@ def test_reward_hacking_signals():
     assert boilerplate_share([boiler + " A.", boiler + " B.", "Sure, here is a poem.", "Cats sleep a lot."]) == 0.5
     assert boilerplate_share(["one two three", "four five six"]) == 0.0
     assert length_drift(30.0, 20.0) == pytest.approx(0.5)
-    assert kl_jump(10.0, [1.0, 2.0]) and not kl_jump(2.5, [1.0, 2.0]) and not kl_jump(5.0, [])
+    assert kl_jump(10.0, [0.0, 1.0, 2.0, 1.0]) and not kl_jump(2.5, [1.0, 2.0, 1.0]) and not kl_jump(9.0, [0.1])
 
 
 def test_options_reject_unknown_keys_and_uneven_minibatches():
@@ -247,8 +247,8 @@ def test_ppo_learns_a_simple_reward_on_a_tiny_model(tmp_path, babbler_dir):
 def test_a_large_kl_coef_keeps_the_policy_near_the_reference(tmp_path, babbler_dir):
     from cai.train.ppo import train_ppo
 
-    train_ppo(PROMPTS, count_yes, tmp_path / "free", policy=str(babbler_dir), options=_opts(steps=6, kl_coef=0.0))
-    train_ppo(PROMPTS, count_yes, tmp_path / "held", policy=str(babbler_dir), options=_opts(steps=6, kl_coef=2.0))
+    train_ppo(PROMPTS, count_yes, tmp_path / "free", policy=str(babbler_dir), options=_opts(steps=5, kl_coef=0.0))
+    train_ppo(PROMPTS, count_yes, tmp_path / "held", policy=str(babbler_dir), options=_opts(steps=5, kl_coef=2.0))
     free, held = _metrics(tmp_path / "free")[-1]["kl"], _metrics(tmp_path / "held")[-1]["kl"]
     assert held < free / 2, (held, free)
 
@@ -289,6 +289,15 @@ def test_resume_continues_at_the_next_step_as_if_never_stopped(tmp_path, babbler
     for key in ("reward", "kl", "policy_loss", "value_loss"):
         assert rows[2][key] == pytest.approx(want[key], rel=1e-4, abs=1e-6), key
     assert "resuming from" in (resumed / "cai.log").read_text()
+
+
+def test_resuming_with_another_kind_of_policy_is_a_model_error(tmp_path, babbler_dir):
+    from cai.errors import ModelError
+    from cai.train.ppo import train_ppo
+
+    train_ppo(PROMPTS, count_yes, tmp_path, policy=str(babbler_dir), options=_opts(steps=1))
+    with pytest.raises(ModelError, match="do not fit"):
+        train_ppo(PROMPTS, count_yes, tmp_path, policy=str(babbler_dir), options=_opts(steps=2, lora=True))
 
 
 def test_lora_uses_the_base_model_as_reference(tmp_path, babbler_dir):

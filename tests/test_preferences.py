@@ -209,7 +209,7 @@ def test_cli_label_with_a_tiny_real_model(tmp_path, tiny_model_dir):
     out = tmp_path / "l"
     model = str(tiny_model_dir)
     result = CliRunner().invoke(app, ["label", str(prompts), "--out", str(out), "--policy", model,
-                                      "--judge", model, "--max-new-tokens", "8"])
+                                      "--judge", model, "--max-new-tokens", "3"])
     assert result.exit_code == 0, result.output
     rows = read_records(out / "pairs.jsonl")
     assert len(rows) == 2 and all(0.5 <= r["p_chosen"] <= 1 for r in rows)

@@ -277,7 +277,8 @@ class Comparison:
 
 @dataclass(frozen=True)
 class Judgement:
-    """Both orders' readings for one comparison (averaged over its principles)."""
+    """Both orders' readings for one comparison (averaged over its principles). With chain of thought,
+    ``reasoning`` holds the judge's texts, order 1 then order 2, for each principle in turn."""
 
     p_a_first: float
     p_a_second: float
@@ -319,7 +320,7 @@ def judge(backend, comparisons: Sequence[Comparison], config: JudgeConfig) -> li
     else:
         p_first = _read(backend, firsts, config.answer_prefix)
         p_second_slot_a = _read(backend, seconds, config.answer_prefix)
-        reasons_first = reasons_second = [""] * len(firsts)
+        reasons_first = reasons_second = []
     # in order 2, response a sits in slot (B)
     p_second = [1.0 - p for p in p_second_slot_a]
     rows: list[list[int]] = [[] for _ in comparisons]
@@ -336,7 +337,7 @@ def _ask(config: JudgeConfig, context: str, statement: str, first: str, second: 
 def _combine(c: Comparison, rows: list[int], p_first: list[float], p_second: list[float],
              reasons_first: list[str], reasons_second: list[str]) -> Judgement:
     """One comparison's readings averaged over its principles."""
-    reasons = tuple(r for k in rows for r in (reasons_first[k], reasons_second[k]) if r)
+    reasons = tuple(r for k in rows for r in (reasons_first[k], reasons_second[k])) if reasons_first else ()
     return Judgement(
         p_a_first=sum(p_first[k] for k in rows) / len(rows),
         p_a_second=sum(p_second[k] for k in rows) / len(rows),

@@ -75,10 +75,9 @@ class LlamaEngine:
                         torch.zeros(shape, dtype=self.dtype, device=self.device))
 
     def _norm(self, x, w):
-        import torch
+        import torch.nn.functional as F
 
-        xf = x.float()
-        return w * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
+        return F.rms_norm(x, (x.shape[-1],), w, self.eps)
 
     def forward(self, tokens, start, n_valid, cache: RowCache, rows=None):
         """Encode ``tokens`` for each row at positions ``start[b] ...`` and return next-token logits.
@@ -109,12 +108,11 @@ class LlamaEngine:
         x = F.embedding(tokens, self.embed)  # [B, Q, H]
         for i, (w_in, w_qkv, w_o, w_post, w_gu, w_down) in enumerate(self.layers):
             h = self._norm(x, w_in)
-            q, k, v = F.linear(h, w_qkv).split([nq, nk, nk], dim=-1)
-            q = q.view(B, Q, self.n_heads, d).transpose(1, 2)
-            k = k.view(B, Q, self.n_kv, d).transpose(1, 2)
-            v = v.view(B, Q, self.n_kv, d).transpose(1, 2)
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
+            qkv = F.linear(h, w_qkv)
+            qk = qkv[..., : nq + nk].view(B, Q, self.n_heads + self.n_kv, d).transpose(1, 2)
+            qk = qk * cos + _rotate_half(qk) * sin  # rotary embedding of queries and keys in one go
+            q, k = qk[:, : self.n_heads], qk[:, self.n_heads:]
+            v = qkv[..., nq + nk:].view(B, Q, self.n_kv, d).transpose(1, 2)
             cache.k[i].index_put_((b_idx, h_idx, p_idx), k)
             cache.v[i].index_put_((b_idx, h_idx, p_idx), v)
             keys, values = cache.k[i][rows, :, :t_used], cache.v[i][rows, :, :t_used]

@@ -142,7 +142,7 @@ def ppo_step(run: _Run, step: int) -> tuple[dict[str, Any], list[dict]]:
     from cai.train.ppo_losses import gae, kl_k3, masked_mean, masked_whiten, per_token_rewards
     from cai.train.ppo_policy import sample_responses
 
-    o, ac, t0 = run.options, run.ac, time.time()
+    o, ac, t0, cpu0 = run.options, run.ac, time.time(), time.process_time()
     torch.manual_seed(o.seed * 1_000_003 + step)  # each step's sampling depends on (seed, step) only
 
     # 1. a batch of prompts, and one sampled response to each
@@ -188,7 +188,7 @@ def ppo_step(run: _Run, step: int) -> tuple[dict[str, Any], list[dict]]:
     }
     row.update(_hacking_signals(run, row, rollout.texts))
     row.update(time=time.time() - t0, time_rollout=t_rollout, time_update=time.time() - t0 - t_rollout,
-               max_rss_mb=_max_rss_mb())
+               cpu_time=time.process_time() - cpu0, max_rss_mb=_max_rss_mb())
     samples = [{"step": step, "prompt": p[-1]["content"], "response": r, "score": s}
                for p, r, s in zip(prompts, rollout.texts, scores.tolist(), strict=True)]
     return row, samples
@@ -336,8 +336,8 @@ def _hacking_signals(run: _Run, row: dict, texts: list[str]) -> dict[str, Any]:
         "kl_jump": kl_jump(row["kl"], history["kl"]),
     }
     if signals["kl_jump"]:
-        log.warning("step %d: KL jumped to %.2f (mean before %.2f): look at samples.jsonl for reward hacking",
-                    row["step"], row["kl"], sum(history["kl"]) / len(history["kl"]))
+        log.warning("step %d: KL jumped to %.2f (from %.2f): look at samples.jsonl for reward hacking",
+                    row["step"], row["kl"], history["kl"][-1])
     history["kl"].append(row["kl"])
     return signals
 

@@ -58,12 +58,15 @@ def load_checkpoint(path: Path, actor_critic, optimizer) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    saved = torch.load(path / "weights.pt", map_location="cpu", weights_only=False)
-    missing, unexpected = actor_critic.model.load_state_dict(saved["policy"], strict=False)
-    trainable = {n for n, p in actor_critic.model.named_parameters() if p.requires_grad}
-    if unexpected or trainable & set(missing):
-        from cai.errors import ModelError
+    from cai.errors import ModelError
 
+    saved = torch.load(path / "weights.pt", map_location="cpu", weights_only=False)
+    trainable = {n for n, p in actor_critic.model.named_parameters() if p.requires_grad}
+    try:
+        missing, unexpected = actor_critic.model.load_state_dict(saved["policy"], strict=False)
+    except RuntimeError:  # same names, other shapes
+        missing, unexpected = list(trainable), ["(shape mismatch)"]
+    if unexpected or trainable & set(missing):
         raise ModelError(
             "the checkpoint's weights do not fit this policy (written with another --policy or --lora?)",
             where=str(path), fix="re-run with the same options, or use a new --out directory",

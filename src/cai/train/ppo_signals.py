@@ -10,8 +10,9 @@ from collections import Counter
 
 BOILERPLATE_N = 5  # words in an n-gram
 BOILERPLATE_MIN_SHARE = 0.5  # an n-gram in at least this share of the batch's responses is boilerplate
-KL_JUMP_FACTOR = 3.0  # a step's KL above this multiple of the running mean ...
-KL_JUMP_MIN = 1.0  # ... and at least this many nats above it is a jump
+KL_JUMP_WINDOW = 3  # a step's KL compared with the largest KL of this many steps before it:
+KL_JUMP_FACTOR = 3.0  # above this multiple of it ...
+KL_JUMP_MIN = 2.0  # ... and at least this many nats above it is a jump
 
 
 def _ngrams(text: str, n: int) -> set[tuple[str, ...]]:
@@ -40,10 +41,13 @@ def length_drift(mean_length: float, first_mean_length: float) -> float:
     return mean_length / first_mean_length - 1.0 if first_mean_length > 0 else 0.0
 
 
-def kl_jump(kl: float, previous: list[float], factor: float = KL_JUMP_FACTOR,
+def kl_jump(kl: float, previous: list[float], window: int = KL_JUMP_WINDOW, factor: float = KL_JUMP_FACTOR,
             min_jump: float = KL_JUMP_MIN) -> bool:
-    """Whether this step's KL jumped well above the mean of the previous steps' KLs."""
-    if not previous:
+    """Whether this step's KL jumped well above the largest KL of the ``window`` steps before it.
+
+    Needs ``window`` earlier steps: KL climbs from 0 at the start of every run, which is no jump.
+    """
+    if len(previous) < window:
         return False
-    mean = sum(previous) / len(previous)
-    return kl > factor * max(mean, 0.0) and kl - mean > min_jump
+    recent = max(previous[-window:])
+    return kl > factor * max(recent, 0.0) and kl - recent > min_jump

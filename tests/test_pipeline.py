@@ -1,0 +1,62 @@
+"""The pipeline end to end on a tiny model, the recipes, and the CLI's error handling."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cai.config import RunConfig, load_config
+from cai.errors import ConfigError
+
+RECIPES = sorted((Path(__file__).parent.parent / "recipes").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[r.stem for r in RECIPES])
+def test_every_recipe_loads(recipe):
+    config = load_config(recipe)
+    assert config.stages
+
+
+def test_unknown_recipe_key_is_an_error(tmp_path):
+    bad = tmp_path / "r.yaml"
+    bad.write_text("name: x\ncritique:\n  rounds: 2\n  roundz: 3\n")
+    with pytest.raises(ConfigError, match="roundz"):
+        load_config(bad)
+
+
+def test_pipeline_runs_every_stage_on_a_tiny_model_and_resumes(tmp_path, tiny_model_dir):
+    from cai.pipeline import run_pipeline
+
+    config = RunConfig.model_validate({
+        "name": "tiny", "model": str(tiny_model_dir), "constitution": "seed", "dtype": "fp32",
+        "stages": ["critique", "sft", "label", "reward", "ppo"],
+        "critique_prompts": {"source": "redteam", "limit": 4},
+        "critique": {"rounds": 1, "max_new_tokens": 6},
+        "sft": {"max_steps": 1, "batch_size": 2},
+        "rl_prompts": {"source": "mixed", "limit": 4},
+        "label": {"samples": 2, "max_new_tokens": 6},
+        "reward": {"max_steps": 1, "batch_size": 2},
+        "ppo": {"steps": 1, "batch_size": 2, "mini_batch_size": 2, "max_new_tokens": 4, "ppo_epochs": 1},
+    })
+    out = tmp_path / "run"
+    manifest = run_pipeline(config, out)
+    assert set(manifest["stages"]) == {"critique", "sft", "label", "reward", "ppo"}
+    assert (out / "critique" / "records.jsonl").exists() and (out / "preferences" / "pairs.jsonl").exists()
+    assert (out / "ppo" / "metrics.jsonl").exists()
+    assert Path(manifest["final_model"], "config.json").exists()
+    assert yaml.safe_load((out / "config.resolved.yaml").read_text())["name"] == "tiny"
+    before = json.loads((out / "manifest.json").read_text())
+    again = run_pipeline(config, out)  # everything done: nothing re-runs
+    assert again["stages"] == before["stages"]
+
+
+def test_cli_reports_bad_recipe_without_traceback(tmp_path):
+    bad = tmp_path / "r.yaml"
+    bad.write_text("name: [unclosed\n")
+    r = subprocess.run([sys.executable, "-m", "cai", "run", str(bad)], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "r.yaml" in r.stderr
