@@ -189,18 +189,45 @@ def test_agreement_with_the_embedded_judge(tmp_path, monkeypatch, embedded_model
     assert a["n"] == 4 and 0 <= a["agreement"] <= 1 and a["judge"]["model"] == "smollm2-135m"
 
 
-def test_cli_agreement_with_a_tiny_real_model_and_cot(tmp_path, tiny_model_dir):
-    """The transformers backend end to end with chain of thought (random model: figures are noise)."""
+def test_cli_agreement_with_a_tiny_real_model(tmp_path, tiny_model_dir):
+    """The transformers backend end to end (random 2-layer model: the figures are noise)."""
     from typer.testing import CliRunner
 
     from cai.cli import app
 
     out = tmp_path / "a"
     result = CliRunner().invoke(app, ["label", "--agreement", str(FIX / "messages.jsonl"), "--out", str(out),
-                                      "--judge", str(tiny_model_dir), "--cot"])
+                                      "--judge", str(tiny_model_dir)])
     assert result.exit_code == 0, result.output
     a = json.loads((out / "agreement.json").read_text())
-    assert a["n"] == 2 and a["judge"]["config"]["cot"] is True
-    rows = [json.loads(line) for line in (out / "agreement_pairs.jsonl").read_text().splitlines()]
-    assert all(0.4 <= r["p_a_first"] <= 0.6 and 0.4 <= r["p_a_second"] <= 0.6 for r in rows)
-    assert all(len(r["reasoning"]) == 2 for r in rows)
+    assert a["n"] == 2 and 0 <= a["agreement"] <= 1 and a["judge"]["model"].endswith(tiny_model_dir.name)
+
+
+def test_chain_of_thought_with_a_tiny_real_model(tiny_model_dir):
+    from cai.backends.transformers import TransformersBackend
+
+    backend = TransformersBackend.load(str(tiny_model_dir), dtype="fp32")
+    pairs, _ = read_human_pairs(FIX / "messages.jsonl")
+    config = JudgeConfig(cot=True, cot_max_new_tokens=4, cot_band=(0.45, 0.55))
+    from label_fakes import tiny_constitution
+
+    js = judge_human_pairs(pairs, backend, tiny_constitution(), config)
+    assert all(0.45 <= j.p_a_first <= 0.55 and 0.45 <= j.p_a_second <= 0.55 for j in js)
+    assert all(len(j.reasoning) == 2 for j in js)
+
+
+def test_cli_uses_the_constitutions_judge_template_and_checks_it(tmp_path, monkeypatch):
+    template = "Conversation:\\n{conversation}\\n\\nRule: {principle}\\n\\n(A) {response_a}\\n\\n(B) {response_b}"
+    body = ("name: t\nversion: 1\ntemplates:\n  judge: \"TEMPLATE\"\nprinciples:\n"
+            "  - {id: harm, critique: c, revision: r, preference: Choose the less harmful response.}\n")
+    good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
+    good.write_text(body.replace("TEMPLATE", template))
+    bad.write_text(body.replace("TEMPLATE", "Conversation: {conversation} (A) {response_a}"))
+    backend = FakeJudge()
+    args = ["--agreement", str(FIX / "hh.jsonl"), "--out", str(tmp_path / "a"), "--constitution"]
+    result, _ = _run_cli(monkeypatch, [*args, str(good)], backend)
+    assert result.exit_code == 0, result.output
+    assert backend.seen[-1][-1]["content"].startswith("Conversation:\nHuman:")
+    assert "Rule: Choose the less harmful response." in backend.seen[-1][-1]["content"]
+    result, loads = _run_cli(monkeypatch, [*args, str(bad)], backend)
+    assert "templates.judge" in str(result.exception) and "lacks" in str(result.exception) and not loads

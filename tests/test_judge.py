@@ -176,7 +176,10 @@ def test_ensemble_averages_over_principles():
     (j,) = judge(backend, [Comparison(USER, SAFE, UNSAFE, principles)], JudgeConfig(principles="ensemble"))
     assert j.principle_ids == ("harm", "honest")
     assert j.p_a_first == pytest.approx((0.9 + 0.5) / 2) and j.p_a_second == pytest.approx((0.9 + 0.5) / 2)
-    assert [n for n, _ in backend.option_calls] == [2, 2]
+    # one call per (principle, order): order 2 of a principle right after its order 1
+    assert [n for n, _ in backend.option_calls] == [1, 1, 1, 1]
+    shown = [("harmful" in c[-1]["content"], options_in(c)[0] == SAFE) for c in backend.seen]
+    assert shown == [(True, True), (True, False), (False, True), (False, False)]
 
 
 def test_chain_of_thought_reads_after_the_reasoning_and_clamps():

@@ -253,6 +253,15 @@ def test_a_large_kl_coef_keeps_the_policy_near_the_reference(tmp_path, babbler_d
     assert held < free / 2, (held, free)
 
 
+def test_bf16_compute_starts_at_zero_kl_and_stays_finite(tmp_path, babbler_dir):
+    from cai.train.ppo import train_ppo
+
+    train_ppo(PROMPTS, count_yes, tmp_path, policy=str(babbler_dir), options=_opts(steps=3, dtype="bf16"))
+    rows = _metrics(tmp_path)
+    assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-4)  # policy and reference see the same bf16 rounding
+    assert all(math.isfinite(r["kl"]) and math.isfinite(r["policy_loss"]) for r in rows)
+
+
 def test_nan_reward_raises_training_diverged(tmp_path, babbler_dir):
     from cai.errors import TrainingDiverged
     from cai.train.ppo import train_ppo
@@ -356,3 +365,18 @@ def test_cli_runs_ppo_with_a_reward_model_directory(tmp_path, babbler_dir, token
     rows = _metrics(out)
     assert len(rows) == 2 and all(math.isfinite(r["reward"]) for r in rows)
     assert (out / "policy" / "config.json").is_file()
+
+
+@pytest.mark.slow
+def test_one_step_on_the_embedded_model(tmp_path, embedded_model_dir):
+    from cai.train.ppo import train_ppo
+
+    def shorter_is_better(prompts, responses):
+        return torch.tensor([-len(r.split()) / 10 for r in responses])
+
+    train_ppo(PROMPTS[:2], shorter_is_better, tmp_path, policy=str(embedded_model_dir),
+              options=_opts(steps=1, batch_size=2, mini_batch_size=2, ppo_epochs=1, lr=1e-6, max_new_tokens=8,
+                            dtype="auto"))
+    row = _metrics(tmp_path)[0]
+    assert row["kl"] == pytest.approx(0.0, abs=1e-3) and math.isfinite(row["policy_loss"])
+    assert (tmp_path / "policy" / "model.safetensors").is_file()

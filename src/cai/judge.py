@@ -85,8 +85,8 @@ class JudgeConfig(BaseModel):
     cot: bool = False
     cot_max_new_tokens: int = Field(128, ge=1)
     cot_band: tuple[float, float] = (0.4, 0.6)
-    max_context_tokens: int = Field(384, ge=16, description="conversation kept, from the right")
-    max_response_tokens: int = Field(256, ge=8, description="each response kept, from the left")
+    max_context_tokens: int = Field(256, ge=16, description="conversation kept, from the right")
+    max_response_tokens: int = Field(192, ge=8, description="each response kept, from the left")
     system: str = DEFAULT_SYSTEM
     template: str = DEFAULT_TEMPLATE
     answer_prefix: str = ANSWER_PREFIX
@@ -221,7 +221,7 @@ def truncate_left(text: str, max_tokens: int, tokenizer=None) -> str:
         keep = max_tokens * CHARS_PER_TOKEN
         return text if len(text) <= keep else "..." + text[-keep:]
     ids = tokenizer.encode(text, add_special_tokens=False)
-    return text if len(ids) <= max_tokens else "..." + tokenizer.decode(ids[-max_tokens:])
+    return text if len(ids) <= max_tokens else "..." + tokenizer.decode(ids[-max_tokens:]).lstrip("\ufffd")
 
 
 def truncate_right(text: str, max_tokens: int, tokenizer=None) -> str:
@@ -230,7 +230,7 @@ def truncate_right(text: str, max_tokens: int, tokenizer=None) -> str:
         keep = max_tokens * CHARS_PER_TOKEN
         return text if len(text) <= keep else text[:keep] + "..."
     ids = tokenizer.encode(text, add_special_tokens=False)
-    return text if len(ids) <= max_tokens else tokenizer.decode(ids[:max_tokens]) + "..."
+    return text if len(ids) <= max_tokens else tokenizer.decode(ids[:max_tokens]).rstrip("\ufffd") + "..."
 
 
 def judge_question(template: str, conversation: str, principle: str, first: str, second: str) -> str:
@@ -297,53 +297,50 @@ class Judgement:
 def judge(backend, comparisons: Sequence[Comparison], config: JudgeConfig) -> list[Judgement]:
     """Judge every comparison under each of its principles, in both orders.
 
-    All order-1 questions go to the backend in one ``option_logprobs`` call, then all order-2 ones: one
-    forward pass per question, and a backend that keeps recent prefixes encodes each pair's shared
-    beginning (instructions, conversation, principle) once.
+    For each principle slot (one with "single", several with "ensemble"), all order-1 questions go to
+    the backend in one ``option_logprobs`` call, then all order-2 ones: one forward pass per question.
+    Calls come in this order so that a backend keeping recent prefixes (the transformers backend does)
+    encodes each pair's shared beginning -- instructions and conversation -- once, not once per order.
     """
     tokenizer = getattr(backend, "tokenizer", None)
-    firsts, seconds, owner = [], [], []
+    slots: list[list[tuple[int, list[dict[str, str]], list[dict[str, str]]]]] = []
     for i, c in enumerate(comparisons):
         context = truncate_left(render_transcript(c.conversation), config.max_context_tokens, tokenizer)
         a = truncate_right(c.a.strip(), config.max_response_tokens, tokenizer)
         b = truncate_right(c.b.strip(), config.max_response_tokens, tokenizer)
-        for _pid, statement in c.principles:
-            firsts.append(_ask(config, context, statement, a, b))
-            seconds.append(_ask(config, context, statement, b, a))
-            owner.append(i)
-    if not firsts:
-        return []
-    if config.cot:  # one batched generate call for both orders' reasoning
-        p_both, reasons = _read_after_reasoning(backend, firsts + seconds, config)
-        p_first, p_second_slot_a = p_both[:len(firsts)], p_both[len(firsts):]
-        reasons_first, reasons_second = reasons[:len(firsts)], reasons[len(firsts):]
-    else:
-        p_first = _read(backend, firsts, config.answer_prefix)
-        p_second_slot_a = _read(backend, seconds, config.answer_prefix)
-        reasons_first = reasons_second = []
-    # in order 2, response a sits in slot (B)
-    p_second = [1.0 - p for p in p_second_slot_a]
-    rows: list[list[int]] = [[] for _ in comparisons]
-    for k, i in enumerate(owner):
-        rows[i].append(k)
-    return [_combine(c, r, p_first, p_second, reasons_first, reasons_second)
-            for c, r in zip(comparisons, rows, strict=True)]
+        for k, (_pid, statement) in enumerate(c.principles):
+            if k == len(slots):
+                slots.append([])
+            slots[k].append((i, _ask(config, context, statement, a, b), _ask(config, context, statement, b, a)))
+    sum_first, sum_second = [0.0] * len(comparisons), [0.0] * len(comparisons)
+    reasons: list[list[str]] = [[] for _ in comparisons]
+    for slot in slots:
+        owners = [i for i, _, _ in slot]
+        p_first, p_second_slot_a, why_first, why_second = _read_both_orders(
+            backend, [q for _, q, _ in slot], [q for _, _, q in slot], config)
+        for i, p1, p2, w1, w2 in zip(owners, p_first, p_second_slot_a, why_first, why_second, strict=True):
+            sum_first[i] += p1
+            sum_second[i] += 1.0 - p2  # in order 2, response a sits in slot (B)
+            reasons[i] += [w1, w2] if config.cot else []
+    return [Judgement(p_a_first=sum_first[i] / len(c.principles), p_a_second=sum_second[i] / len(c.principles),
+                      principle_ids=tuple(pid for pid, _ in c.principles), reasoning=tuple(reasons[i]))
+            for i, c in enumerate(comparisons)]
 
 
 def _ask(config: JudgeConfig, context: str, statement: str, first: str, second: str) -> list[dict[str, str]]:
     return judge_conversation(config, judge_question(config.template, context, statement, first, second))
 
 
-def _combine(c: Comparison, rows: list[int], p_first: list[float], p_second: list[float],
-             reasons_first: list[str], reasons_second: list[str]) -> Judgement:
-    """One comparison's readings averaged over its principles."""
-    reasons = tuple(r for k in rows for r in (reasons_first[k], reasons_second[k])) if reasons_first else ()
-    return Judgement(
-        p_a_first=sum(p_first[k] for k in rows) / len(rows),
-        p_a_second=sum(p_second[k] for k in rows) / len(rows),
-        principle_ids=tuple(pid for pid, _ in c.principles),
-        reasoning=reasons,
-    )
+def _read_both_orders(backend, firsts: list, seconds: list, config: JudgeConfig
+                      ) -> tuple[list[float], list[float], list[str], list[str]]:
+    """P(A) for every order-1 and order-2 question, and the reasoning before it (chain of thought)."""
+    if not config.cot:
+        blank = [""] * len(firsts)
+        return _read(backend, firsts, config.answer_prefix), _read(backend, seconds, config.answer_prefix), \
+            blank, blank
+    p, why = _read_after_reasoning(backend, firsts + seconds, config)  # one generate call for both orders
+    n = len(firsts)
+    return p[:n], p[n:], why[:n], why[n:]
 
 
 def _read(backend, conversations: list[list[dict[str, str]]], prefix: str) -> list[float]:

@@ -16,6 +16,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,  # help texts print "[default: N]" literally
 )
 
 # command modules, in the order of the pipeline; each has register(app)

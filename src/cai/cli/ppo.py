@@ -32,7 +32,7 @@ def ppo(
     adaptive_kl: bool = typer.Option(False, "--adaptive-kl", help="adapt beta towards --target-kl"),
     target_kl: float = typer.Option(None, "--target-kl", help="target KL per response, in nats (default 6)"),
     save_every: int = typer.Option(None, "--save-every", help="checkpoint every N steps (default: at end)"),
-    dtype: str = typer.Option(None, help="auto (bf16 rollouts where fast, fp32 training) | fp32 | bf16"),
+    dtype: str = typer.Option(None, help="auto (bf16 compute where the hardware is fast at it) | bf16 | fp32"),
     seed: int = typer.Option(None, help="random seed (default 0)"),
     limit: int = typer.Option(None, help="use only the first N prompts"),
 ) -> None:

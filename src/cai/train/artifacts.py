@@ -143,6 +143,7 @@ STAGE_BLURBS = {
     "sft": "SL-CAI: supervised fine-tuning on constitution-guided revisions, loss on response tokens only",
     "reward": "a preference model: one scalar score per (prompt, response), trained on AI preference labels",
     "dpo": "RLAIF by direct preference optimisation on AI-labelled pairs",
+    "ppo": "RLAIF by PPO against a reward model trained on AI preference labels, with a KL penalty to the reference",
 }
 
 

@@ -374,10 +374,11 @@ def _read_sl_rows(sl_data: str | Path | None, options: PPOOptions) -> list[dict]
 
 
 def _dtypes(options: PPOOptions, device: str) -> tuple[Any, Any]:
-    """(rollout dtype, autocast dtype) for the ``dtype`` option; trainable weights are always fp32.
+    """(rollout dtype, autocast dtype or None) for the ``dtype`` option; trainable weights stay fp32.
 
-    auto: bf16 rollouts where bf16 is fast (AVX512-BF16 CPUs, bf16 GPUs), and bf16 autocast for the
-    scoring and training passes on GPUs; fp32: fp32 everywhere; bf16: bf16 rollouts and autocast.
+    auto: where bf16 is fast (AVX512-BF16/AMX CPUs, bf16 GPUs) rollouts sample from a bf16 copy and
+    the scoring and training passes run the trunk under bf16 autocast (heads in fp32), else fp32;
+    bf16: that, whatever the hardware; fp32: fp32 everywhere (slowest, bit-for-bit reproducible).
     """
     import torch
 
@@ -385,10 +386,9 @@ def _dtypes(options: PPOOptions, device: str) -> tuple[Any, Any]:
 
     if options.dtype == "fp32":
         return torch.float32, None
-    fast = best_dtype(device)
-    if options.dtype == "bf16":
+    if options.dtype == "bf16" or best_dtype(device) == torch.bfloat16:
         return torch.bfloat16, torch.bfloat16
-    return fast, (fast if device.startswith("cuda") and fast != torch.float32 else None)
+    return best_dtype(device), None  # e.g. fp16 rollouts on an old GPU, fp32 training
 
 
 def _setup(source, prompts, reward_fn, sl_rows, out_dir: Path, options: PPOOptions, device: str):

@@ -82,8 +82,8 @@ def build_actor_critic(causal_lm, *, lora: bool, lora_r: int, rollout_dtype, aut
     """Wrap a loaded fp32 causal LM for PPO: add the value head, the reference, LoRA and a rollout copy.
 
     Trainable weights stay fp32 (optimiser updates of ~1e-6 vanish in bf16). With ``rollout_dtype``
-    other than fp32 the rollouts run on a copy stored in that dtype (bf16 generation is ~3x faster on a
-    CPU with AVX512-BF16); ``autocast_dtype`` runs the scoring and training passes under autocast.
+    other than fp32 the rollouts run on a copy stored in that dtype (bf16 generation is faster on a CPU
+    with AVX512-BF16); ``autocast_dtype`` runs the scoring and training passes under autocast.
     """
     import torch
 
@@ -123,8 +123,11 @@ def forward_response(causal_lm, value_head, input_ids, attention_mask, query_len
     input_ids, attention_mask [B, Q + T] (left-padded query of length Q, then the right-padded response)
     -> dict with ``logp`` [B, T], ``values`` [B, T] (when value_head is given) and ``entropy`` [B, T]
     (when asked). Position ids follow the attention mask, as in ``generate``, so left padding does not
-    shift positions.
+    shift positions. Under bf16 autocast only the trunk runs in bf16: its residual stream stays fp32
+    and the vocabulary and value heads run in fp32, so log-probs keep fp32 resolution.
     """
+    import torch
+
     from cai.train.ppo_losses import entropy_from_logits, logprobs_from_logits
 
     positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -132,10 +135,13 @@ def forward_response(causal_lm, value_head, input_ids, attention_mask, query_len
     hidden = trunk(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
                    use_cache=False).last_hidden_state
     states = hidden[:, query_len - 1 : -1]  # the state before each response token
-    logits = causal_lm.get_output_embeddings()(states)
+    with torch.autocast(states.device.type, enabled=False):  # heads in full precision, even under autocast
+        states = states.float()
+        logits = causal_lm.get_output_embeddings()(states)
+        values = value_head(states).squeeze(-1) if value_head is not None else None
     out = {"logp": logprobs_from_logits(logits, input_ids[:, query_len:], temperature)}
-    if value_head is not None:
-        out["values"] = value_head(states).squeeze(-1).float()
+    if values is not None:
+        out["values"] = values
     if with_entropy:
         out["entropy"] = entropy_from_logits(logits, temperature)
     return out
