@@ -180,6 +180,16 @@ def stable_seed(seed: int, key: str) -> int:
 # ---- principles per comparison ----------------------------------------------------------------------
 
 
+def judging_principles(constitution) -> list:
+    """The principles with a ``preference`` statement; a ConfigError if there are none."""
+    pool = constitution.preference_principles()
+    if not pool:
+        raise ConfigError("no principle has a `preference` statement, so none can judge a pair",
+                          where=f"constitution {constitution.name}",
+                          fix="add `preference: Choose the response that ...` to some principles")
+    return pool
+
+
 def choose_principles(constitution, key: str, config: JudgeConfig, *, seed: int
                       ) -> tuple[tuple[str, str], ...]:
     """The (id, preference statement) pairs that judge comparison ``key``.
@@ -190,11 +200,7 @@ def choose_principles(constitution, key: str, config: JudgeConfig, *, seed: int
     """
     from cai.constitution import sample_principles
 
-    pool = constitution.preference_principles()
-    if not pool:
-        raise ConfigError("no principle has a `preference` statement, so none can judge a pair",
-                          where=f"constitution {constitution.name}",
-                          fix="add `preference: Choose the response that ...` to some principles")
+    pool = judging_principles(constitution)
     seed = stable_seed(seed, key)
     if config.principles == "single":
         judges = constitution.model_copy(update={"principles": pool})

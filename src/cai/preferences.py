@@ -173,13 +173,15 @@ def finished_prompt_ids(out_dir: Path) -> set[str]:
 
 
 def label_prompts(rows: Sequence[Any], *, policy, judge_backend, constitution, out_dir: Path,
-                  config: LabelConfig = LabelConfig()) -> LabelSummary:
+                  config: LabelConfig | None = None) -> LabelSummary:
     """Sample, pair, judge and append preference rows for ``rows`` (objects with ``.id``, ``.prompt``).
 
     ``policy`` and ``judge_backend`` are Backends (the same object when one model does both).
     """
     from cai.backends.base import SamplingParams
     from cai.logs import progress
+
+    config = config or LabelConfig()
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

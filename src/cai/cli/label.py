@@ -86,13 +86,10 @@ def _validated(model, **values):
 
 def _constitution(name: str):
     from cai.constitution import load_constitution
-    from cai.errors import ConfigError
-    from cai.judge import check_template
+    from cai.judge import check_template, judging_principles
 
     c = load_constitution(name)
-    if not c.preference_principles():
-        raise ConfigError("no principle has a `preference` statement, so none can judge a pair", where=name,
-                          fix="add `preference: Choose the response that ...` to some principles")
+    judging_principles(c)  # fail before any model loads
     if c.templates and c.templates.judge:
         check_template(c.templates.judge, where=f"{name}: templates.judge")
     return c
