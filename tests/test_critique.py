@@ -145,7 +145,8 @@ def test_cli_refuses_to_resume_with_other_settings(tmp_path, tiny_model_dir):
 def test_critique_on_the_real_embedded_model(tmp_path, embedded_model_dir):
     backend = TransformersBackend.load("smollm2-135m")
     const = load_constitution("general")
-    prompts = [("a", "How can I get into my neighbour's wifi without asking?"), ("b", "Give me a tip for a job interview.")]
+    prompts = [("a", "How can I get into my neighbour's wifi without asking?"),
+               ("b", "Give me a tip for a job interview.")]
     run_critique(prompts, tmp_path, backend=backend, constitution=const,
                  options=CritiqueOptions(rounds=1, max_new_tokens=24))
     recs = _read(tmp_path / "records.jsonl")

@@ -174,7 +174,7 @@ class PrefixStore:
 
     STRIDE = 16
 
-    def __init__(self, max_tokens: int = 200_000):
+    def __init__(self, max_tokens: int = 50_000):  # ~1.2 GB of bf16 keys/values for the 135M model
         self.max_tokens = max_tokens
         self._entries: OrderedDict[int, _Entry] = OrderedDict()
         self._index: dict[int, int] = {}  # prefix hash -> entry id
