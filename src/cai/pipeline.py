@@ -87,7 +87,7 @@ def stage_label(ctx: Context) -> dict:
         judge = TransformersBackend.load(judge_spec, dtype=ctx.config.dtype)
     summary = label_prompts(ctx.prompts("rl_prompts"), policy=policy, judge_backend=judge,
                             constitution=ctx.constitution(), out_dir=ctx.out / "preferences", config=ctx.config.label)
-    return {**summary.as_dict(), "pairs": str(ctx.out / "preferences" / "pairs.jsonl")}
+    return {**summary.as_dict(), "pairs_file": str(ctx.out / "preferences" / "pairs.jsonl")}
 
 
 def stage_reward(ctx: Context) -> dict:

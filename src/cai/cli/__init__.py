@@ -38,11 +38,6 @@ _register_all()
 
 
 def main() -> None:
-    import os
-
-    # On a shared CPU, OpenMP threads that spin while waiting slow torch's kernels 5-10x when any other
-    # process is busy; passive waiting costs little on an idle machine. Set before torch is imported.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from cai.errors import CaiError
 
     try:
