@@ -27,7 +27,6 @@ class Context:
     config: RunConfig
     out: Path
     policy: str  # the model later stages start from: the base, then the SFT model, then the PPO policy
-    outputs: dict = field(default_factory=dict)
     _backends: dict = field(default_factory=dict)
 
     def backend(self, spec: str):

@@ -150,15 +150,8 @@ class TransformersBackend:
         import torch
         from transformers import DynamicCache
 
-        n, width = len(prompts), max(len(p) for p in prompts)
-        pad = self.tokenizer.pad_token_id
-        ids = torch.full((n, width), pad, dtype=torch.long)
-        mask = torch.zeros((n, width), dtype=torch.long)
-        for b, p in enumerate(prompts):
-            ids[b, width - len(p):] = torch.tensor(p)
-            mask[b, width - len(p):] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        n = len(prompts)
+        ids, mask, positions = self._left_padded(prompts)
         seeds = [row_seed(params.seed, p) for p in prompts]
         cache = DynamicCache()
         new_tokens: list[list[int]] = [[] for _ in range(n)]
@@ -346,16 +339,22 @@ class TransformersBackend:
                 self._remember(cache, b, p)
             return torch.log_softmax(logits, dim=-1)
 
-        width, pad = max(len(p) for p in prompts), self.tokenizer.pad_token_id
-        ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+        ids, mask, positions = self._left_padded(prompts)
+        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1).logits[:, -1]
+        return torch.log_softmax(logits.float(), dim=-1)
+
+    def _left_padded(self, prompts: list[list[int]]):
+        """(input ids, attention mask, position ids), each [B, T] on the model's device, left-padded."""
+        import torch
+
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self.tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
         for b, p in enumerate(prompts):
             ids[b, width - len(p):] = torch.tensor(p)
             mask[b, width - len(p):] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                            position_ids=positions.to(self.device), logits_to_keep=1).logits[:, -1]
-        return torch.log_softmax(logits.float(), dim=-1)
+        return ids.to(self.device), mask.to(self.device), positions.to(self.device)
 
 
 def _as_list(x) -> list[int]:
