@@ -79,12 +79,12 @@ class LlamaEngine:
 
         return F.rms_norm(x, (x.shape[-1],), w, self.eps)
 
-    def forward(self, tokens, start, n_valid, cache: RowCache, rows=None):
+    def forward(self, tokens, start, n_valid, cache: RowCache):
         """Encode ``tokens`` for each row at positions ``start[b] ...`` and return next-token logits.
 
         tokens: [B, Q] long (row b's first n_valid[b] entries are real, the rest padding);
         start: [B] long, where row b's tokens begin (its cache holds positions < start[b]);
-        n_valid: [B] long; cache: RowCache with >= B rows (``rows``: [B] indices into it, default all).
+        n_valid: [B] long; cache: RowCache with exactly B rows.
         Writes keys/values for positions start[b] .. start[b]+Q-1 (padding writes land beyond the row's
         valid length and are overwritten later). Returns logits [B, V] float32 at each row's last real token.
         """
@@ -92,16 +92,19 @@ class LlamaEngine:
         import torch.nn.functional as F
 
         B, Q = tokens.shape
-        rows = torch.arange(B, device=self.device) if rows is None else rows
         pos = start[:, None] + torch.arange(Q, device=self.device)[None, :]  # [B, Q]
-        t_used = int(pos.max()) + 1
+        # decode attends over the whole (contiguous) cache, masking unwritten positions: a slice of it
+        # would be strided, and CPU bf16 bmm copies strided operands (~3x the matmul's own cost)
+        t_used = cache.k.shape[3] if Q == 1 else int(pos.max()) + 1
         kpos = torch.arange(t_used, device=self.device)
         mask = (kpos[None, None, :] <= pos[:, :, None])[:, None]  # [B, 1, Q, T]
+        if Q == 1:  # decode: an additive bias, built once for all layers
+            mask = torch.zeros(mask.shape, device=self.device).masked_fill_(~mask, float("-inf"))
         freqs = pos[..., None].float() * self.inv_freq  # [B, Q, D/2]
         emb = torch.cat([freqs, freqs], -1)
         cos = (emb.cos() * self.rope_scale).to(self.dtype)[:, None]  # [B, 1, Q, D]
         sin = (emb.sin() * self.rope_scale).to(self.dtype)[:, None]
-        b_idx = rows[:, None, None]
+        b_idx = torch.arange(B, device=self.device)[:, None, None]
         h_idx = torch.arange(self.n_kv, device=self.device)[None, :, None]
         p_idx = pos[:, None, :]
         nq, nk, d = self.n_heads * self.head_dim, self.n_kv * self.head_dim, self.head_dim
@@ -115,7 +118,7 @@ class LlamaEngine:
             v = qkv[..., nq + nk:].view(B, Q, self.n_kv, d).transpose(1, 2)
             cache.k[i].index_put_((b_idx, h_idx, p_idx), k)
             cache.v[i].index_put_((b_idx, h_idx, p_idx), v)
-            keys, values = cache.k[i][rows, :, :t_used], cache.v[i][rows, :, :t_used]
+            keys, values = cache.k[i][:, :, :t_used], cache.v[i][:, :, :t_used]
             att = _attend(q, keys, values, mask)
             x = x + F.linear(att.transpose(1, 2).reshape(B, Q, nq), w_o)
             gate, up = F.linear(self._norm(x, w_post), w_gu).chunk(2, dim=-1)
@@ -125,19 +128,22 @@ class LlamaEngine:
 
 
 def _attend(q, k, v, mask):
-    """Causal attention with grouped KV heads. q: [B, H, Q, D]; k, v: [B, KV, T, D]; mask: [B, 1, Q, T].
+    """Causal attention with grouped KV heads. q: [B, H, Q, D]; k, v: [B, KV, T, D]; mask: [B, 1, Q, T],
+    boolean (True: attend) for prefill, additive (0 or -inf, float32) for one-token decode.
 
-    One-token decode steps use a plain grouped matmul (torch's CPU SDPA kernel is ~15x slower in bf16 for
-    this shape); multi-token prefill uses SDPA in fp32, whose fused CPU kernel is fast and memory-light.
+    One-token decode steps use plain grouped matmuls over the whole, contiguous cache (torch's CPU SDPA
+    kernel is ~15x slower in bf16 for this shape); multi-token prefill uses SDPA in fp32, whose fused
+    CPU kernel is fast and memory-light.
     """
+    import torch
     import torch.nn.functional as F
 
     B, H, Q, D = q.shape
     kv = k.shape[1]
     if Q == 1:
-        scores = (q.reshape(B, kv, H // kv, D) @ k.transpose(-1, -2)).float() * D**-0.5  # [B, KV, G, T]
-        scores = scores.masked_fill(~mask.view(B, 1, 1, -1), float("-inf"))
-        return (scores.softmax(-1).to(v.dtype) @ v).view(B, H, 1, D)
+        scores = (q.reshape(B, kv, H // kv, D) * D**-0.5) @ k.transpose(-1, -2)  # [B, KV, G, T]
+        probs = torch.softmax(torch.add(mask.view(B, 1, 1, -1), scores), dim=-1)  # fp32
+        return (probs.to(v.dtype) @ v).view(B, H, 1, D)
     out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask, enable_gqa=kv != H)
     return out.to(q.dtype)
 
@@ -155,6 +161,10 @@ class RowCache:
 
     k: object
     v: object
+
+    def rows(self, lo: int, hi: int) -> RowCache:
+        """Rows lo..hi-1, as views (writes go to this cache)."""
+        return RowCache(self.k[:, lo:hi], self.v[:, lo:hi])
 
 
 @dataclass

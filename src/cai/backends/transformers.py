@@ -42,6 +42,21 @@ def length_batches(lengths: Sequence[int], batch_size: int, max_tokens: int | No
     return batches
 
 
+def pad_groups(lengths: Sequence[int], waste: float = 0.25, min_tokens: int = 2048) -> list[tuple[int, int]]:
+    """Split rows sorted by length (longest first) into contiguous groups [lo, hi) to encode together.
+
+    A group closes when the next row is more than ``waste`` shorter than the group's longest and the
+    group already holds ``min_tokens`` padded tokens (small groups are not worth a separate pass).
+    """
+    groups: list[tuple[int, int]] = []
+    lo = 0
+    for i in range(1, len(lengths) + 1):
+        if i == len(lengths) or (lengths[i] < (1 - waste) * lengths[lo] and lengths[lo] * (i - lo) >= min_tokens):
+            groups.append((lo, i))
+            lo = i
+    return groups
+
+
 _M31 = 0x7FFF_FFFF
 
 
@@ -69,19 +84,31 @@ def sample_next(logits, params: SamplingParams, keys: list[int], top_k: int = 25
 
     if not params.do_sample or params.temperature <= 0:
         return logits.argmax(-1).tolist()
-    probs = torch.softmax(logits.float() / params.temperature, dim=-1)
-    k = min(top_k, probs.shape[-1])
-    top_p, top_i = probs.topk(k, dim=-1)  # sorted, descending
-    picks = []
-    for b, key in enumerate(keys):
-        p_row, i_row = top_p[b], top_i[b]
-        if k < probs.shape[-1] and (params.top_p >= 1.0 or float(p_row.sum()) < params.top_p):
-            p_row, i_row = probs[b].sort(descending=True)
-        if params.top_p < 1.0:
-            p_row = p_row * (p_row.cumsum(-1) - p_row < params.top_p)  # always keeps the top token
-        gumbel = -torch.log(-torch.log(token_uniforms(i_row, key)))
-        picks.append(int(i_row[(p_row.double().log() + gumbel).argmax()]))
+    scaled = logits.float() / params.temperature
+    log_z = scaled.logsumexp(-1, keepdim=True)
+    k = min(top_k, scaled.shape[-1])
+    top_l, top_i = scaled.topk(k, dim=-1)  # sorted, descending
+    top_p = (top_l - log_z).exp()
+    mass = top_p.sum(-1)
+    key_t = torch.tensor(keys, dtype=torch.long, device=top_i.device)[:, None]
+    picks = _gumbel_pick(top_p, top_i, key_t, params.top_p).tolist()
+    full = k < scaled.shape[-1] and params.top_p >= 1.0
+    for b in range(len(keys)):  # rows whose nucleus reaches past the top_k: the whole vocabulary, sorted
+        if full or float(mass[b]) < params.top_p:
+            p_row, i_row = (scaled[b] - log_z[b]).exp().sort(descending=True)
+            picks[b] = int(_gumbel_pick(p_row[None], i_row[None], key_t[b:b + 1], params.top_p)[0])
     return picks
+
+
+def _gumbel_pick(probs, ids, keys, top_p: float):
+    """Per row, the Gumbel-max draw among ``ids`` (sorted by ``probs``, descending) cut to the nucleus.
+
+    probs, ids: [B, K]; keys: [B, 1] long. Returns [B] token ids.
+    """
+    if top_p < 1.0:
+        probs = probs * (probs.cumsum(-1) - probs < top_p)  # always keeps the top token
+    gumbel = -(-token_uniforms(ids, keys).log()).log()
+    return ids.gather(-1, (probs.double().log() + gumbel).argmax(-1, keepdim=True)).squeeze(-1)
 
 
 def step_key(seed: int, step: int) -> int:
@@ -190,27 +217,37 @@ class TransformersBackend:
         return [self._completion(p, t, f, stop_strings) for p, t, f in zip(prompts, new_tokens, finish, strict=True)]
 
     def _prefill(self, prompts: list[list[int]], extra: int):
-        """Encode prompts into a fresh cache, reusing stored prefixes; returns (cache, logits [B, V])."""
+        """Encode prompts into a fresh cache, reusing stored prefixes.
+
+        Returns (cache, logits [B, V], order): cache row s holds prompts[order[s]]. Rows are ordered by
+        the length of what is left to encode and encoded in groups of similar length (``pad_groups``),
+        so a few long suffixes do not make every row pay for their padding.
+        """
         import torch
 
-        n = len(prompts)
         hits = [self.prefix_store.lookup(p) for p in prompts]
         reuse = [min(m, len(p) - 1) for (m, _), p in zip(hits, prompts, strict=True)]
-        width = max(len(p) - r for p, r in zip(prompts, reuse, strict=True))
+        todo = [len(p) - r for p, r in zip(prompts, reuse, strict=True)]
+        order = sorted(range(len(prompts)), key=lambda i: -todo[i])
         # padding after a short suffix is written past the row's end too, so leave room for it
-        cache = self.engine.new_cache(n, max(reuse) + width + extra)
-        for b, ((_, entry), r) in enumerate(zip(hits, reuse, strict=True)):
-            if r > 0:
-                cache.k[:, b, :, :r] = entry.k[:, :, :r]
-                cache.v[:, b, :, :r] = entry.v[:, :, :r]
-        tokens = torch.full((n, width), self.tokenizer.pad_token_id, dtype=torch.long)
-        for b, (p, r) in enumerate(zip(prompts, reuse, strict=True)):
-            tokens[b, : len(p) - r] = torch.tensor(p[r:])
-        start = torch.tensor(reuse)
-        n_valid = torch.tensor([len(p) - r for p, r in zip(prompts, reuse, strict=True)])
+        cache = self.engine.new_cache(len(prompts), max(r + todo[order[0]] for r in reuse) + extra)
+        for s, i in enumerate(order):
+            if reuse[i] > 0:
+                entry = hits[i][1]
+                cache.k[:, s, :, : reuse[i]] = entry.k[:, :, : reuse[i]]
+                cache.v[:, s, :, : reuse[i]] = entry.v[:, :, : reuse[i]]
         dev = self.engine.device
-        logits = self.engine.forward(tokens.to(dev), start.to(dev), n_valid.to(dev), cache)
-        return cache, logits
+        logits = []
+        for lo, hi in pad_groups([todo[i] for i in order]):
+            rows = order[lo:hi]
+            width = todo[rows[0]]
+            tokens = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
+            for b, i in enumerate(rows):
+                tokens[b, : todo[i]] = torch.tensor(prompts[i][reuse[i]:])
+            start = torch.tensor([reuse[i] for i in rows])
+            n_valid = torch.tensor([todo[i] for i in rows])
+            logits.append(self.engine.forward(tokens.to(dev), start.to(dev), n_valid.to(dev), cache.rows(lo, hi)))
+        return cache, torch.cat(logits), order
 
     def _remember(self, cache, row: int, tokens: list[int]) -> None:
         n = len(tokens)
@@ -231,8 +268,8 @@ class TransformersBackend:
         finish = ["length"] * n
         stop_strings = tuple(params.stop)
         with torch.inference_mode():
-            cache, logits = self._prefill(prompts, params.max_new_tokens + 1)
-            slot_of = list(range(n))  # cache row -> original index (-1: dead)
+            cache, logits, slot_of = self._prefill(prompts, params.max_new_tokens + 1)
+            # slot_of: cache row -> original index (-1: dead)
             fed = [len(p) for p in prompts]  # tokens in the cache per original index
             live = list(range(n))
             for step in range(params.max_new_tokens):
@@ -334,10 +371,12 @@ class TransformersBackend:
         import torch
 
         if self.engine is not None:
-            cache, logits = self._prefill(prompts, 0)
-            for b, p in enumerate(prompts):
-                self._remember(cache, b, p)
-            return torch.log_softmax(logits, dim=-1)
+            cache, logits, order = self._prefill(prompts, 0)
+            for s, i in enumerate(order):
+                self._remember(cache, s, prompts[i])
+            back = torch.empty(len(order), dtype=torch.long)
+            back[torch.tensor(order)] = torch.arange(len(order))
+            return torch.log_softmax(logits, dim=-1)[back]
 
         ids, mask, positions = self._left_padded(prompts)
         logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1).logits[:, -1]
