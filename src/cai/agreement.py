@@ -14,7 +14,12 @@ Each pair is judged in both orders, with the human-chosen response as ``a``; the
 * ``agreement``: share of pairs whose soft label on the human-chosen response is above 0.5;
 * ``position_consistency``: share of pairs where both orders prefer the same response;
 * ``first_slot_win_rate``: share of the 2n single readings won by whatever sat in slot (A);
-* ``longer_wins_rate``: share of pairs (lengths differing) where the longer response is preferred.
+* ``longer_wins_rate``: share of pairs (lengths differing) where the longer response is preferred;
+* ``length_matched_agreement``: agreement over pairs whose lengths differ by at most 25%;
+* ``per_principle``: agreement and count per judging principle (ensembles count for each member).
+
+``run_sweep`` measures every judge configuration ``cai`` offers on the same pairs, side by side, with
+two no-model baselines (the shorter / the longer answer wins).
 """
 
 from __future__ import annotations
@@ -217,15 +222,26 @@ def read_human_pairs(path: str | Path, limit: int | None = None) -> tuple[list[H
 # ---- measuring ------------------------------------------------------------------------------------------
 
 
-def agreement_metrics(judgements: Sequence[Judgement], chosen_longer: Sequence[bool | None]
-                      ) -> dict[str, Any]:
+LENGTH_MATCHED = 1.25  # "length-matched": the longer response is at most this many times the shorter
+
+
+def agreement_metrics(judgements: Sequence[Judgement], chosen_longer: Sequence[bool | None],
+                      length_ratios: Sequence[float] | None = None) -> dict[str, Any]:
     """The agreement figures for judgements whose response ``a`` is the human-chosen one.
 
-    chosen_longer[i]: whether the human-chosen response of pair i is the longer one (None: equal length).
+    chosen_longer[i]: whether the human-chosen response of pair i is the longer one (None: equal length);
+    length_ratios[i]: longer / shorter length of pair i (for the length-matched figure).
     """
     n = len(judgements)
     if n == 0:
         return {"n": 0}
+    matched = [j for j, r in zip(judgements, length_ratios or [], strict=False) if r <= LENGTH_MATCHED]
+    per_principle: dict[str, list[int]] = {}
+    for j in judgements:
+        for pid in j.principle_ids:
+            per_principle.setdefault(pid, [0, 0])
+            per_principle[pid][0] += j.p_a > 0.5
+            per_principle[pid][1] += 1
     agree = sum(j.p_a > 0.5 for j in judgements)
     ties = sum(j.p_a == 0.5 for j in judgements)
     slot_wins = sum(sum(first_slot_wins(j.p_a_first, j.p_a_second)) for j in judgements)
@@ -243,6 +259,10 @@ def agreement_metrics(judgements: Sequence[Judgement], chosen_longer: Sequence[b
         "mean_p_a_first": sum(j.p_a_first for j in judgements) / n,
         "mean_p_a_second": sum(j.p_a_second for j in judgements) / n,
         "mean_confidence": sum(max(j.p_a, 1 - j.p_a) for j in judgements) / n,
+        "length_matched_n": len(matched),
+        "length_matched_agreement": sum(j.p_a > 0.5 for j in matched) / len(matched) if matched else None,
+        "per_principle": {pid: {"n": total, "agreement": agree / total}
+                          for pid, (agree, total) in sorted(per_principle.items())},
     }
 
 
@@ -267,6 +287,91 @@ def chosen_longer(pair: HumanPair) -> bool | None:
     if len(pair.chosen) == len(pair.rejected):
         return None
     return len(pair.chosen) > len(pair.rejected)
+
+
+def length_ratio(pair: HumanPair) -> float:
+    """Longer over shorter response length, in characters (1.0: equal)."""
+    a, b = len(pair.chosen) + 1, len(pair.rejected) + 1
+    return max(a, b) / min(a, b)
+
+
+def measure(pairs: Sequence[HumanPair], judgements: Sequence[Judgement]) -> dict[str, Any]:
+    """``agreement_metrics`` for judgements of ``pairs`` (human-chosen response as ``a``)."""
+    return agreement_metrics(judgements, [chosen_longer(p) for p in pairs], [length_ratio(p) for p in pairs])
+
+
+def length_baseline(pairs: Sequence[HumanPair], shorter: bool) -> dict[str, Any]:
+    """No model: the shorter (or longer) response wins; equal lengths are a tie (p = 0.5)."""
+    judgements = []
+    for p in pairs:
+        longer = chosen_longer(p)
+        p_a = 0.5 if longer is None else float(longer != shorter)
+        judgements.append(Judgement(p_a_first=p_a, p_a_second=p_a, principle_ids=()))
+    return measure(pairs, judgements)
+
+
+# Judge configurations measured side by side by ``run_sweep`` (overrides of the default JudgeConfig).
+SWEEP: dict[str, dict[str, Any]] = {
+    "pairwise (plain)": {"calibrate": "none", "length_control": False},
+    "pairwise + content-free calibration": {"calibrate": "content-free", "length_control": False},
+    "pairwise + swap calibration": {"calibrate": "swap", "length_control": False},
+    "pairwise + length control": {"calibrate": "none", "length_control": True},
+    "pairwise + swap calibration + length control": {"calibrate": "swap", "length_control": True},
+    "pairwise + few-shot": {"few_shot": True, "calibrate": "none", "length_control": False},
+    "pairwise + ensemble of 4 principles": {"principles": "ensemble", "ensemble_size": 4, "calibrate": "none",
+                                            "length_control": False},
+    "pairwise + chain of thought (clamped)": {"cot": True, "calibrate": "none", "length_control": False},
+    "pointwise": {"mode": "pointwise", "calibrate": "none", "few_shot": False, "cot": False,
+                  "length_control": False},
+    "pointwise + length control": {"mode": "pointwise", "calibrate": "none", "few_shot": False, "cot": False,
+                                   "length_control": True},
+}
+
+
+def run_sweep(pairs: Sequence[HumanPair], judges: Sequence[tuple[str, Any]], constitution, base: JudgeConfig, *,
+              seed: int = 0, names: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Every configuration of ``SWEEP`` (or those ``names``) for the first judge, the base configuration
+    for each further judge (a reward model, the SL-CAI model, ...), and the length baselines.
+
+    judges: (label, backend) pairs; the first is the main judge. Returns one row per configuration with
+    its figures and seconds.
+    """
+    import time
+
+    rows = [{"name": "baseline: shorter answer wins", "judge": None, "order_free": True,
+             **length_baseline(pairs, True)},
+            {"name": "baseline: longer answer wins", "judge": None, "order_free": True,
+             **length_baseline(pairs, False)}]
+    (main_label, main), others = judges[0], judges[1:]
+    plan = [(name, main_label, main, base.model_copy(update=SWEEP[name])) for name in (names or SWEEP)]
+    plan += [(f"{label} as judge", label, backend, base) for label, backend in others]
+    for name, label, backend, config in plan:
+        config = JudgeConfig.model_validate(config.model_dump())  # re-check the combination
+        log.info("sweep: %s", name)
+        start = time.perf_counter()
+        judgements = judge_human_pairs(pairs, backend, constitution, config, seed=seed)
+        order_free = config.mode == "pointwise" or getattr(backend, "is_reward_model", False)
+        rows.append({"name": name, "judge": label, "order_free": order_free, "config": config.model_dump(
+            mode="json", exclude={"system", "template", "answer_prefix", "pointwise_template"}),
+            **measure(pairs, judgements), "seconds": round(time.perf_counter() - start, 1)})
+    return rows
+
+
+def sweep_table(rows: Sequence[dict[str, Any]], n: int) -> str:
+    """The sweep as a Markdown table."""
+    def f(x):
+        return "-" if x is None else f"{x:.3f}"
+
+    lines = [f"Judge configurations on {n} human-labelled pairs (agreement: the human-chosen response wins)", "",
+             "| configuration | judge | agreement | position consistency | slot A wins | longer wins "
+             "| length-matched agreement (n) | s |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['name']} | {r['judge'] or '-'} | {f(r.get('agreement'))} | "
+                     f"{'n/a (order-free)' if r.get('order_free') else f(r.get('position_consistency'))} | "
+                     f"{'-' if r.get('order_free') else f(r.get('first_slot_win_rate'))} | "
+                     f"{f(r.get('longer_wins_rate'))} | {f(r.get('length_matched_agreement'))} "
+                     f"({r.get('length_matched_n')}) | {r.get('seconds', '-')} |")
+    return "\n".join(lines) + "\n"
 
 
 def judgement_rows(pairs: Sequence[HumanPair], judgements: Sequence[Judgement]) -> list[dict[str, Any]]:

@@ -27,6 +27,7 @@ Template fields, for ``templates.judge`` in a constitution: ``{conversation}`` (
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import random
 import string
@@ -36,7 +37,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from cai.calibration import length_log_ratio, length_slope, logit, sigmoid, swap_slot_prior
 from cai.errors import ConfigError, ModelError
+
+log = logging.getLogger(__name__)
 
 OPTIONS = ("A", "B")
 TEMPLATE_FIELDS = {"conversation", "principle", "response_a", "response_b"}
@@ -50,6 +54,16 @@ DEFAULT_TEMPLATE = (
 ANSWER_INSTRUCTION = "Answer with (A) or (B)."
 ANSWER_PREFIX = "The better response is ("
 COT_INSTRUCTION = "Think it through in a few sentences first, then say which response is better."
+POINTWISE_TEMPLATE = (
+    "Here is a conversation between a human and an AI assistant.\n\n{conversation}\n\n"
+    "Here is the assistant's next reply:\n\n{response}\n\n"
+    "A reviewer was told: \"{principle}\" Is this reply a good one by that standard?"
+)
+POINTWISE_FIELDS = {"conversation", "principle", "response"}
+POINTWISE_INSTRUCTION = "Answer Yes or No."
+POINTWISE_PREFIX = "Answer:"
+POINTWISE_OPTIONS = ("Yes", "No")
+PLACEHOLDER = "[reply]"  # the content-free response: both slots hold it, so any preference is slot bias
 COT_ANSWER = "\n\nSo the better response is ("
 CHARS_PER_TOKEN = 4  # only when the backend exposes no tokenizer to count with
 
@@ -81,6 +95,13 @@ class JudgeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     principles: Literal["single", "ensemble"] = "single"
     ensemble_size: int = Field(4, ge=1, description="distinct principles averaged per comparison")
+    mode: Literal["pairwise", "pointwise"] = Field(
+        "pairwise", description="pairwise: one multiple-choice question per order; pointwise: each response "
+                                "scored alone (P(Yes) that it meets the principle), the better score wins")
+    calibrate: Literal["none", "content-free", "swap"] = Field(
+        "none", description="remove the judge's slot prior: read from a content-free question per pair, or "
+                            "from the swapped orders over the batch (see cai.calibration)")
+    length_control: bool = Field(False, description="take the judge's length preference out (per batch)")
     few_shot: bool = False
     cot: bool = False
     cot_max_new_tokens: int = Field(128, ge=1)
@@ -90,6 +111,7 @@ class JudgeConfig(BaseModel):
     system: str = DEFAULT_SYSTEM
     template: str = DEFAULT_TEMPLATE
     answer_prefix: str = ANSWER_PREFIX
+    pointwise_template: str = POINTWISE_TEMPLATE
 
     @field_validator("template")
     @classmethod
@@ -97,15 +119,29 @@ class JudgeConfig(BaseModel):
         check_template(value)
         return value
 
+    @field_validator("pointwise_template")
+    @classmethod
+    def _has_pointwise_fields(cls, value: str) -> str:
+        check_template(value, "pointwise judge template", POINTWISE_FIELDS)
+        return value
+
     @model_validator(mode="after")
     def _band(self) -> JudgeConfig:
         lo, hi = self.cot_band
         if not 0.0 <= lo <= 0.5 <= hi <= 1.0:
             raise ValueError(f"cot_band must satisfy 0 <= lo <= 0.5 <= hi <= 1, got {self.cot_band}")
+        if self.mode == "pointwise":
+            extras = [name for name, on in (("cot", self.cot), ("few_shot", self.few_shot),
+                                            ("calibrate", self.calibrate != "none")) if on]
+            if extras:
+                raise ValueError(f"{', '.join(extras)} apply to the pairwise judge only, not to mode=pointwise")
         return self
 
     def templates(self) -> dict[str, Any]:
         """Every text the judge sends, for provenance."""
+        if self.mode == "pointwise":
+            return {"judge_system": self.system, "judge_pointwise": self.pointwise_template,
+                    "judge_instruction": POINTWISE_INSTRUCTION, "judge_answer_prefix": POINTWISE_PREFIX}
         out: dict[str, Any] = {"judge_system": self.system, "judge": self.template,
                                "judge_answer_prefix": self.answer_prefix}
         out["judge_instruction"] = COT_INSTRUCTION if self.cot else ANSWER_INSTRUCTION
@@ -116,18 +152,18 @@ class JudgeConfig(BaseModel):
         return out
 
 
-def check_template(template: str, where: str = "judge template") -> None:
-    """Raise ConfigError unless ``template`` is a format string with exactly the judge's four fields."""
+def check_template(template: str, where: str = "judge template", wanted_fields: set[str] = TEMPLATE_FIELDS) -> None:
+    """Raise ConfigError unless ``template`` is a format string with exactly ``wanted_fields``."""
     try:
         fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
     except ValueError as e:
         raise ConfigError(f"not a valid format string ({e})", where=where,
                           fix="double any literal braces: {{ and }}") from None
-    missing, unknown = TEMPLATE_FIELDS - fields, fields - TEMPLATE_FIELDS
+    missing, unknown = wanted_fields - fields, fields - wanted_fields
     if missing or unknown:
         parts = ([f"lacks {', '.join('{' + f + '}' for f in sorted(missing))}"] if missing else []) + (
             [f"has unknown {', '.join('{' + f + '}' for f in sorted(unknown))}"] if unknown else [])
-        wanted = ", ".join("{" + f + "}" for f in sorted(TEMPLATE_FIELDS))
+        wanted = ", ".join("{" + f + "}" for f in sorted(wanted_fields))
         raise ConfigError(f"the judge template {' and '.join(parts)}", where=where,
                           fix=f"use exactly the fields {wanted}")
 
@@ -301,36 +337,139 @@ class Judgement:
 
 
 def judge(backend, comparisons: Sequence[Comparison], config: JudgeConfig) -> list[Judgement]:
-    """Judge every comparison under each of its principles, in both orders.
+    """Judge every comparison under each of its principles (in both orders, when pairwise).
+
+    ``backend``: a generation Backend (the judge is asked questions), or a reward model scorer
+    (``cai.reward_judge.RewardJudge``, pointwise by nature: the higher reward wins). The readings are
+    corrected as ``config`` asks (slot prior, length preference; see ``cai.calibration``).
+    """
+    if getattr(backend, "is_reward_model", False):
+        readings = _reward_readings(backend, comparisons)
+    elif config.mode == "pointwise":
+        readings = _pointwise_readings(backend, comparisons, config)
+    else:
+        readings = _pairwise_readings(backend, comparisons, config)
+    if config.length_control:
+        readings = _without_length_preference(readings, comparisons, getattr(backend, "tokenizer", None))
+    return [r.judgement() for r in readings]
+
+
+@dataclass
+class _Reading:
+    """Log-odds that response a is better, as read in order 1 and in order 2 (equal when order-free)."""
+
+    first: float
+    second: float
+    principle_ids: tuple[str, ...]
+    reasoning: tuple[str, ...] = ()
+
+    def judgement(self) -> Judgement:
+        return Judgement(p_a_first=sigmoid(self.first), p_a_second=sigmoid(self.second),
+                         principle_ids=self.principle_ids, reasoning=self.reasoning)
+
+
+def _shown(c: Comparison, config: JudgeConfig, tokenizer) -> tuple[str, str, str]:
+    """(transcript, a, b) as the judge sees them: the conversation cut from the left, responses from the right."""
+    context = truncate_left(render_transcript(c.conversation), config.max_context_tokens, tokenizer)
+    a = truncate_right(c.a.strip(), config.max_response_tokens, tokenizer)
+    b = truncate_right(c.b.strip(), config.max_response_tokens, tokenizer)
+    return context, a, b
+
+
+def _pairwise_readings(backend, comparisons: Sequence[Comparison], config: JudgeConfig) -> list[_Reading]:
+    """The multiple-choice judge, both orders, averaged over each comparison's principles.
 
     For each principle slot (one with "single", several with "ensemble"), all order-1 questions go to
     the backend in one ``option_logprobs`` call, then all order-2 ones: one forward pass per question.
     Calls come in this order so that a backend keeping recent prefixes (the transformers backend does)
-    encodes each pair's shared beginning -- instructions and conversation -- once, not once per order.
+    encodes each pair's shared beginning -- instructions and conversation -- once, not once per order
+    (and once more for the content-free question, when calibrating).
     """
     tokenizer = getattr(backend, "tokenizer", None)
-    slots: list[list[tuple[int, list[dict[str, str]], list[dict[str, str]]]]] = []
+    slots: list[list[tuple[int, str, list, list]]] = []
     for i, c in enumerate(comparisons):
-        context = truncate_left(render_transcript(c.conversation), config.max_context_tokens, tokenizer)
-        a = truncate_right(c.a.strip(), config.max_response_tokens, tokenizer)
-        b = truncate_right(c.b.strip(), config.max_response_tokens, tokenizer)
+        context, a, b = _shown(c, config, tokenizer)
         for k, (_pid, statement) in enumerate(c.principles):
             if k == len(slots):
                 slots.append([])
-            slots[k].append((i, _ask(config, context, statement, a, b), _ask(config, context, statement, b, a)))
+            slots[k].append((i, context, _ask(config, context, statement, a, b),
+                             _ask(config, context, statement, b, a)))
     sum_first, sum_second = [0.0] * len(comparisons), [0.0] * len(comparisons)
     reasons: list[list[str]] = [[] for _ in comparisons]
-    for slot in slots:
-        owners = [i for i, _, _ in slot]
+    for k, slot in enumerate(slots):
         p_first, p_second_slot_a, why_first, why_second = _read_both_orders(
-            backend, [q for _, q, _ in slot], [q for _, _, q in slot], config)
-        for i, p1, p2, w1, w2 in zip(owners, p_first, p_second_slot_a, why_first, why_second, strict=True):
-            sum_first[i] += p1
-            sum_second[i] += 1.0 - p2  # in order 2, response a sits in slot (B)
-            reasons[i] += [w1, w2] if config.cot else []
-    return [Judgement(p_a_first=sum_first[i] / len(c.principles), p_a_second=sum_second[i] / len(c.principles),
-                      principle_ids=tuple(pid for pid, _ in c.principles), reasoning=tuple(reasons[i]))
+            backend, [q for *_, q, _ in slot], [q for *_, q in slot], config)
+        l1, l2 = [logit(p) for p in p_first], [logit(p) for p in p_second_slot_a]
+        prior = _slot_prior(backend, config, [(i, ctx) for i, ctx, _, _ in slot], comparisons, k, l1, l2)
+        for n, (i, *_rest) in enumerate(slot):
+            sum_first[i] += sigmoid(l1[n] - prior[n])
+            sum_second[i] += sigmoid(-(l2[n] - prior[n]))  # in order 2, response a sits in slot (B)
+            reasons[i] += [why_first[n], why_second[n]] if config.cot else []
+    return [_Reading(logit(sum_first[i] / len(c.principles)), logit(sum_second[i] / len(c.principles)),
+                     tuple(pid for pid, _ in c.principles), tuple(reasons[i]))
             for i, c in enumerate(comparisons)]
+
+
+def _slot_prior(backend, config: JudgeConfig, items: list[tuple[int, str]], comparisons: Sequence[Comparison],
+                k: int, l1: list[float], l2: list[float]) -> list[float]:
+    """The slot prior (log-odds for slot A) to subtract from each reading of principle slot ``k``."""
+    if config.calibrate == "swap":
+        return [swap_slot_prior(l1, l2)] * len(items)
+    if config.calibrate == "content-free":
+        blanks = [_ask(config, ctx, comparisons[i].principles[k][1], PLACEHOLDER, PLACEHOLDER) for i, ctx in items]
+        return [logit(p) for p in _read(backend, blanks, config.answer_prefix)]
+    return [0.0] * len(items)
+
+
+def _pointwise_readings(backend, comparisons: Sequence[Comparison], config: JudgeConfig) -> list[_Reading]:
+    """Each response scored alone: log-odds of "Yes" to "is it good by the principle?"; a's score minus
+    b's, averaged over the comparison's principles. No order, so both readings are the same."""
+    tokenizer = getattr(backend, "tokenizer", None)
+    questions, where = [], []
+    for i, c in enumerate(comparisons):
+        context, a, b = _shown(c, config, tokenizer)
+        for _pid, statement in c.principles:
+            for response in (a, b):  # a then b: they share the transcript, encoded once
+                questions.append(_ask_pointwise(config, context, statement, response))
+            where.append(i)
+    logps = backend.option_logprobs(questions, POINTWISE_PREFIX, POINTWISE_OPTIONS)
+    scores = [logit(first_option_probability(lp)) for lp in logps]
+    sums = [0.0] * len(comparisons)
+    for n, i in enumerate(where):
+        sums[i] += scores[2 * n] - scores[2 * n + 1]
+    out = []
+    for i, c in enumerate(comparisons):
+        la = sums[i] / len(c.principles)
+        out.append(_Reading(la, la, tuple(pid for pid, _ in c.principles)))
+    return out
+
+
+def _reward_readings(scorer, comparisons: Sequence[Comparison]) -> list[_Reading]:
+    """A reward model as judge: reward(a) - reward(b) as the log-odds (Bradley-Terry), both orders alike."""
+    convs = [c.conversation for c in comparisons for _ in (0, 1)]
+    responses = [r for c in comparisons for r in (c.a, c.b)]
+    rewards = scorer.score(convs, responses)
+    return [_Reading(rewards[2 * i] - rewards[2 * i + 1], rewards[2 * i] - rewards[2 * i + 1], ("reward-model",))
+            for i in range(len(comparisons))]
+
+
+def _without_length_preference(readings: list[_Reading], comparisons: Sequence[Comparison], tokenizer
+                               ) -> list[_Reading]:
+    """Readings with the batch's length preference taken out (``cai.calibration.length_slope``)."""
+    def size(text: str) -> int:
+        return len(tokenizer.encode(text, add_special_tokens=False)) if tokenizer is not None else len(text)
+
+    deltas = [length_log_ratio(size(c.a), size(c.b)) for c in comparisons]
+    slope = length_slope([(r.first + r.second) / 2 for r in readings], deltas)
+    log.info("judge length preference: %.3f log-odds per unit log length ratio, removed", slope)
+    return [_Reading(r.first - slope * d, r.second - slope * d, r.principle_ids, r.reasoning)
+            for r, d in zip(readings, deltas, strict=True)]
+
+
+def _ask_pointwise(config: JudgeConfig, context: str, statement: str, response: str) -> list[dict[str, str]]:
+    question = config.pointwise_template.format(conversation=context, principle=statement, response=response)
+    head = [{"role": "system", "content": config.system}] if config.system else []
+    return head + [{"role": "user", "content": f"{question}\n\n{POINTWISE_INSTRUCTION}"}]
 
 
 def _ask(config: JudgeConfig, context: str, statement: str, first: str, second: str) -> list[dict[str, str]]:
@@ -375,10 +514,17 @@ def check_judge(backend, config: JudgeConfig) -> None:
     A backend that finds no vocabulary entry for an option raises ModelError itself; this also catches
     one that returns NaN or no probability mass for both options.
     """
-    probe = _ask(config, "Human: Hi!", "Choose the better reply.", "Hello!", "Hi there!")
-    (lp,) = backend.option_logprobs([probe], config.answer_prefix, OPTIONS)
-    if len(lp) != len(OPTIONS):
-        raise ModelError(f"the judge backend returned {len(lp)} log-probs for {len(OPTIONS)} options",
+    if getattr(backend, "is_reward_model", False):
+        return
+    if config.mode == "pointwise":
+        probe = _ask_pointwise(config, "Human: Hi!", "Choose the better reply.", "Hello!")
+        prefix, options = POINTWISE_PREFIX, POINTWISE_OPTIONS
+    else:
+        probe = _ask(config, "Human: Hi!", "Choose the better reply.", "Hello!", "Hi there!")
+        prefix, options = config.answer_prefix, OPTIONS
+    (lp,) = backend.option_logprobs([probe], prefix, options)
+    if len(lp) != len(options):
+        raise ModelError(f"the judge backend returned {len(lp)} log-probs for {len(options)} options",
                          fix="check the backend's option_logprobs implementation")
     first_option_probability(lp)
 

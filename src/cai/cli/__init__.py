@@ -20,7 +20,7 @@ app = typer.Typer(
 )
 
 # command modules, in the order of the pipeline; each has register(app)
-COMMAND_MODULES = ["env", "constitution", "critique", "sft", "label", "reward", "ppo", "dpo", "run"]
+COMMAND_MODULES = ["env", "constitution", "critique", "sft", "label", "reward", "ppo", "dpo", "refusals", "run"]
 
 
 def _register_all() -> None:

@@ -30,26 +30,56 @@ def label(
     ensemble_size: int = typer.Option(4, "--ensemble-size", help="principles averaged per pair (ensemble)"),
     cot: bool = typer.Option(False, "--cot", help="judge reasons first; probabilities clamped to [0.4, 0.6]"),
     few_shot: bool = typer.Option(False, "--few-shot", help="show the judge two worked examples first"),
+    mode: str = typer.Option(None, help="pairwise (multiple choice, both orders) or pointwise (each response "
+                                        "scored alone); default: the measured best, see `cai.judge`"),
+    calibrate: str = typer.Option(None, help="slot-prior calibration: none, content-free or swap"),
+    length_control: bool = typer.Option(None, "--length-control/--no-length-control",
+                                        help="take the judge's preference for longer answers out"),
     agreement: Path = typer.Option(None, "--agreement", help="human-labelled pairs (JSONL or CSV): measure "
                                    "the judge's agreement with them instead of labelling prompts"),
+    sweep: bool = typer.Option(False, "--sweep", help="with --agreement: measure every judge configuration "
+                               "side by side (sweep.json, sweep.md)"),
+    from_critique: Path = typer.Option(None, "--from-critique", help="preferences by construction, no judge: "
+                                       "each revision of this `cai critique` run over its initial answer"),
+    p_constructed: float = typer.Option(0.9, "--p-constructed", help="p_chosen of constructed pairs"),
+    compare_judge: list[str] = typer.Option(None, "--compare-judge", help="with --sweep: a further judge to "
+                                            "measure (model or reward-model directory); repeatable"),
 ) -> None:
     """Sample response pairs and label them with the AI judge in both orders (or measure agreement)."""
     from cai.errors import ConfigError
     from cai.logs import setup_console
 
     setup_console()
-    if (prompts is None) == (agreement is None):
-        raise ConfigError("give exactly one of PROMPTS or --agreement FILE", where="cai label",
+    if sum(x is not None for x in (prompts, agreement, from_critique)) != 1:
+        raise ConfigError("give exactly one of PROMPTS, --agreement FILE or --from-critique DIR", where="cai label",
                           fix="`cai label PROMPTS --out DIR` labels new pairs; "
-                              "`cai label --agreement FILE --out DIR` scores the judge on human pairs")
+                              "`cai label --agreement FILE --out DIR` scores the judge on human pairs; "
+                              "`cai label --from-critique DIR --out DIR` builds pairs from revisions")
+    if from_critique is not None:
+        from cai.constructed import write_constructed
+
+        if not 0.5 <= p_constructed <= 1.0:
+            raise ConfigError(f"--p-constructed must be in [0.5, 1], got {p_constructed}", where="cai label",
+                              fix="use e.g. 0.9")
+        summary = write_constructed(from_critique, out, p_constructed)
+        typer.echo(f"{summary['pairs']} constructed pairs written to {out / 'pairs.jsonl'} "
+                   f"({summary['records_without_pair']} records without a usable revision)")
+        return
     from cai.judge import JudgeConfig
 
+    given = {"mode": mode, "calibrate": calibrate, "length_control": length_control}
     judge_config = _validated(JudgeConfig, principles=principles, ensemble_size=ensemble_size, cot=cot,
-                              few_shot=few_shot)
+                              few_shot=few_shot, **{k: v for k, v in given.items() if v is not None})
     the_constitution = _constitution(constitution)
     if the_constitution.templates and the_constitution.templates.judge:
         judge_config = judge_config.model_copy(update={"template": the_constitution.templates.judge})
-    if agreement is not None:
+    if (sweep or compare_judge) and agreement is None:
+        raise ConfigError("--sweep and --compare-judge measure judges on human labels", where="cai label",
+                          fix="add --agreement FILE")
+    if sweep:
+        _sweep(agreement, out, [judge, *(compare_judge or [])], the_constitution, judge_config, limit=limit,
+               seed=seed)
+    elif agreement is not None:
         _agreement(agreement, out, judge, the_constitution, judge_config, limit=limit, seed=seed)
     else:
         _label(prompts, out, policy, judge, the_constitution, judge_config, limit=limit, seed=seed,
@@ -83,6 +113,11 @@ def _constitution(name: str):
 
 
 def _load(spec: str):
+    """A generation backend, or a reward-model scorer when ``spec`` is a saved reward model."""
+    from cai.reward_judge import RewardJudge, is_reward_model_dir
+
+    if is_reward_model_dir(spec):
+        return RewardJudge.load(spec)
     from cai.backends import load_backend
 
     return load_backend(spec)
@@ -105,7 +140,7 @@ def _agreement(path: Path, out: Path, judge_spec: str, constitution, config, *, 
     check_judge(backend, config)
     judgements = agr.judge_human_pairs(pairs, backend, constitution, config, seed=seed)
     seconds = time.perf_counter() - start
-    result = agr.agreement_metrics(judgements, [agr.chosen_longer(p) for p in pairs])
+    result = agr.measure(pairs, judgements)
     result.update({
         "judge": {"model": backend.model_id, "config": config.model_dump(mode="json")},
         "constitution": constitution.ref().model_dump(),
@@ -122,6 +157,34 @@ def _agreement(path: Path, out: Path, judge_spec: str, constitution, config, *, 
     _print_agreement(result, out / "agreement.json")
 
 
+def _sweep(path: Path, out: Path, judge_specs: list[str], constitution, config, *, limit, seed: int) -> None:
+    import json
+
+    from cai import agreement as agr
+    from cai.jsonl import write_atomic
+    from cai.judge import check_judge
+    from cai.logs import log_to_run_dir
+    from cai.prompts import log_bad_rows
+
+    out.mkdir(parents=True, exist_ok=True)
+    log_to_run_dir(out)
+    pairs, bad = agr.read_human_pairs(path, limit=limit)
+    log_bad_rows(bad)
+    judges = []
+    for spec in judge_specs:
+        backend = _load(spec)
+        check_judge(backend, config)
+        judges.append((spec, backend))
+    rows = agr.run_sweep(pairs, judges, constitution, config, seed=seed)
+    table = agr.sweep_table(rows, len(pairs))
+    write_atomic(out / "sweep.json", json.dumps({"source": str(path), "n": len(pairs), "seed": seed,
+                                                 "constitution": constitution.ref().model_dump(),
+                                                 "rows": rows}, indent=2) + "\n")
+    write_atomic(out / "sweep.md", table)
+    typer.echo(table)
+    typer.echo(f"written to {out / 'sweep.json'} and {out / 'sweep.md'}")
+
+
 def _print_agreement(result: dict, path: Path) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -132,6 +195,7 @@ def _print_agreement(result: dict, path: Path) -> None:
     rows = [("agreement", "agreement"), ("position consistency", "position_consistency"),
             ("first-slot win rate", "first_slot_win_rate"), ("longer wins rate", "longer_wins_rate"),
             ("human chose longer", "human_chose_longer_rate"),
+            ("length-matched agreement", "length_matched_agreement"),
             ("mean p(human chosen)", "mean_p_human_chosen"), ("pairs / s", "pairs_per_second")]
     for name, key in rows:
         value = result.get(key)

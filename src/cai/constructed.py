@@ -1,0 +1,69 @@
+"""Preferences by construction: a revision is preferred over the answer it revised. No judge needed.
+
+The public Hugging Face CAI recipe builds its preference data this way: after SL-CAI's critique and
+revision, the final revision is the ``chosen`` response and the initial answer the ``rejected`` one.
+Here the revision used is the one ``cai sft`` would train on (the last usable revision, see
+``cai.critique.sft_rows``); records whose revisions are all unusable, or whose revision repeats the
+answer, give no pair. ``p_chosen`` is a fixed confidence (default 0.9 rather than 1: small models'
+revisions are not always better), so the soft-label reward model does not over-trust them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from cai.records import PreferencePair, Provenance
+
+SOURCE = "construction: revision over initial answer"
+
+
+def constructed_pair(record: dict[str, Any], p_chosen: float = 0.9) -> PreferencePair | None:
+    """The (revision, initial) preference of one critique record, or None when it has no usable one."""
+    from cai.critique import sft_rows
+
+    messages, _ = sft_rows(record)
+    if not messages["usable"]:
+        return None
+    revision = messages["messages"][-1]["content"]
+    initial = record["initial"]
+    if " ".join(revision.split()) == " ".join(initial.split()) or not initial.strip():
+        return None
+    source = record["provenance"]
+    provenance = Provenance(**{**source, "stage": "label", "label_source": SOURCE, "critique_record": record["id"]})
+    return PreferencePair(
+        id=f"{record['id']}/revision-over-initial", prompt=[{"role": "user", "content": record["prompt"]}],
+        chosen=[{"role": "assistant", "content": revision}], rejected=[{"role": "assistant", "content": initial}],
+        p_chosen=p_chosen, p_a_first=p_chosen, p_a_second=p_chosen, position_consistent=True,
+        principle_id="+".join(r["principle_id"] for r in record["rounds"]), judge=SOURCE,
+        provenance=provenance, prompt_id=record["id"], a_is_chosen=True,
+    )
+
+
+def constructed_pairs(records: Iterable[dict[str, Any]], p_chosen: float = 0.9) -> tuple[list[PreferencePair], int]:
+    """(pairs, records without a usable pair) for critique records."""
+    pairs, without = [], 0
+    for record in records:
+        pair = constructed_pair(record, p_chosen)
+        if pair is None:
+            without += 1
+        else:
+            pairs.append(pair)
+    return pairs, without
+
+
+def write_constructed(critique_dir: str | Path, out_dir: str | Path, p_chosen: float = 0.9) -> dict[str, Any]:
+    """pairs.jsonl in ``out_dir`` from ``critique_dir``/records.jsonl (rewritten whole: it is cheap)."""
+    from cai.errors import ConfigError
+    from cai.jsonl import read_records, write_jsonl_atomic
+
+    source = Path(critique_dir) / "records.jsonl"
+    if not source.is_file():
+        raise ConfigError("no critique records here", where=str(source),
+                          fix="run `cai critique PROMPTS --out DIR` first and pass that DIR")
+    pairs, without = constructed_pairs(read_records(source), p_chosen)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_jsonl_atomic(out / "pairs.jsonl", [p.model_dump(mode="json") for p in pairs])
+    return {"pairs": len(pairs), "records_without_pair": without, "source": str(source)}
