@@ -115,3 +115,27 @@ def test_prefix_store_finds_longest_prefix_and_evicts():
     assert store.lookup([5] * 40) == (0, None)
     store.put(list(range(100, 130)), "kb", "vb")  # over budget: the older entry goes
     assert store.lookup(a)[0] == 0 and len(store) == 1
+
+
+def test_pad_groups_split_on_length_drops_once_big_enough():
+    from cai.backends.transformers import pad_groups
+
+    assert pad_groups([100, 90, 40, 35, 5], waste=0.25, min_tokens=150) == [(0, 2), (2, 5)]
+    assert pad_groups([100, 90, 40], waste=0.25, min_tokens=10_000) == [(0, 3)]  # too small to split
+    assert pad_groups([], min_tokens=1) == []
+
+
+def test_prefill_in_groups_gives_the_same_logits_and_tokens(backend, monkeypatch):
+    import cai.backends.transformers as tb
+
+    prompts = [backend.encode_chat(c) for c in CONVS]
+    backend.prefix_store.clear()
+    whole = backend._last_logprobs(prompts)
+    params = SamplingParams(max_new_tokens=6, do_sample=False)
+    backend.prefix_store.clear()
+    whole_tokens = [c.token_ids for c in backend.generate(CONVS, params, progress=False)]
+    monkeypatch.setattr(tb, "pad_groups", lambda lengths: [(i, i + 1) for i in range(len(lengths))])
+    backend.prefix_store.clear()
+    assert torch.allclose(backend._last_logprobs(prompts), whole, atol=1e-4)
+    backend.prefix_store.clear()
+    assert [c.token_ids for c in backend.generate(CONVS, params, progress=False)] == whole_tokens

@@ -181,8 +181,8 @@ def test_length_baselines_are_complementary():
 def test_sweep_measures_each_configuration_and_extra_judges_side_by_side():
     pairs, _ = read_human_pairs(FIX / "hh.jsonl")
     names = ["pairwise (plain)", "pairwise + swap calibration"]
-    rows = run_sweep(pairs, [("fake-judge", FakeJudge(slot_bias=1.0)), ("fake-rm", FakeRewardJudge())],
-                     tiny_constitution(), JudgeConfig(), names=names)
+    rows = list(run_sweep(pairs, [("fake-judge", FakeJudge(slot_bias=1.0)), ("fake-rm", FakeRewardJudge())],
+                     tiny_constitution(), JudgeConfig(), names=names))
     assert [r["name"] for r in rows] == ["baseline: shorter answer wins", "baseline: longer answer wins",
                                          *names, "fake-rm as judge"]
     assert all(r["n"] == len(pairs) for r in rows)

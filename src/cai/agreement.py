@@ -320,25 +320,25 @@ SWEEP: dict[str, dict[str, Any]] = {
     "pairwise + few-shot": {"few_shot": True, "calibrate": "none", "length_control": False},
     "pairwise + ensemble of 4 principles": {"principles": "ensemble", "ensemble_size": 4, "calibrate": "none",
                                             "length_control": False},
-    "pairwise + chain of thought (clamped)": {"cot": True, "calibrate": "none", "length_control": False},
     "pointwise": {"mode": "pointwise", "calibrate": "none", "few_shot": False, "cot": False,
                   "length_control": False},
     "pointwise + length control": {"mode": "pointwise", "calibrate": "none", "few_shot": False, "cot": False,
                                    "length_control": True},
+    "pairwise + chain of thought (clamped)": {"cot": True, "calibrate": "none", "length_control": False},
 }
 
 
 def run_sweep(pairs: Sequence[HumanPair], judges: Sequence[tuple[str, Any]], constitution, base: JudgeConfig, *,
-              seed: int = 0, names: Sequence[str] | None = None) -> list[dict[str, Any]]:
+              seed: int = 0, names: Sequence[str] | None = None) -> Iterator[dict[str, Any]]:
     """Every configuration of ``SWEEP`` (or those ``names``) for the first judge, the base configuration
     for each further judge (a reward model, the SL-CAI model, ...), and the length baselines.
 
-    judges: (label, backend) pairs; the first is the main judge. Returns one row per configuration with
-    its figures and seconds.
+    judges: (label, backend) pairs; the first is the main judge. Yields one row per configuration with
+    its figures and seconds, as each finishes (the slow chain-of-thought configuration comes last).
     """
     import time
 
-    rows = [{"name": "baseline: shorter answer wins", "judge": None, "order_free": True,
+    yield from [{"name": "baseline: shorter answer wins", "judge": None, "order_free": True,
              **length_baseline(pairs, True)},
             {"name": "baseline: longer answer wins", "judge": None, "order_free": True,
              **length_baseline(pairs, False)}]
@@ -351,10 +351,9 @@ def run_sweep(pairs: Sequence[HumanPair], judges: Sequence[tuple[str, Any]], con
         start = time.perf_counter()
         judgements = judge_human_pairs(pairs, backend, constitution, config, seed=seed)
         order_free = config.mode == "pointwise" or getattr(backend, "is_reward_model", False)
-        rows.append({"name": name, "judge": label, "order_free": order_free, "config": config.model_dump(
+        yield {"name": name, "judge": label, "order_free": order_free, "config": config.model_dump(
             mode="json", exclude={"system", "template", "answer_prefix", "pointwise_template"}),
-            **measure(pairs, judgements), "seconds": round(time.perf_counter() - start, 1)})
-    return rows
+            **measure(pairs, judgements), "seconds": round(time.perf_counter() - start, 1)}
 
 
 def sweep_table(rows: Sequence[dict[str, Any]], n: int) -> str:

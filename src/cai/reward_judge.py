@@ -39,7 +39,7 @@ class RewardJudge:
     def load(cls, path: str | Path, **kwargs) -> RewardJudge:
         from cai.train.reward import load_reward_model
 
-        model, tokenizer = load_reward_model(path)
+        model, tokenizer = load_reward_model(path, dtype="auto")  # bf16 where the CPU has it: scoring only
         return cls(model, tokenizer, str(path), **kwargs)
 
     def score(self, conversations: Sequence[list[dict[str, str]]], responses: Sequence[str]) -> list[float]:

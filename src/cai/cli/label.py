@@ -175,12 +175,14 @@ def _sweep(path: Path, out: Path, judge_specs: list[str], constitution, config, 
         backend = _load(spec)
         check_judge(backend, config)
         judges.append((spec, backend))
-    rows = agr.run_sweep(pairs, judges, constitution, config, seed=seed)
-    table = agr.sweep_table(rows, len(pairs))
-    write_atomic(out / "sweep.json", json.dumps({"source": str(path), "n": len(pairs), "seed": seed,
-                                                 "constitution": constitution.ref().model_dump(),
-                                                 "rows": rows}, indent=2) + "\n")
-    write_atomic(out / "sweep.md", table)
+    rows = []
+    for row in agr.run_sweep(pairs, judges, constitution, config, seed=seed):
+        rows.append(row)  # written after each configuration, so a long sweep keeps what it measured
+        table = agr.sweep_table(rows, len(pairs))
+        write_atomic(out / "sweep.json", json.dumps({"source": str(path), "n": len(pairs), "seed": seed,
+                                                     "constitution": constitution.ref().model_dump(),
+                                                     "rows": rows}, indent=2) + "\n")
+        write_atomic(out / "sweep.md", table)
     typer.echo(table)
     typer.echo(f"written to {out / 'sweep.json'} and {out / 'sweep.md'}")
 
