@@ -82,3 +82,10 @@ def tiny_constitution():
         "  - {id: no-pref, critique: c, revision: r}\n",
         source="test.yaml",
     )
+
+
+def paper_judge(**overrides):
+    """The paper's judge (pairwise multiple choice, no length control), which FakeJudge answers."""
+    from cai.judge import JudgeConfig
+
+    return JudgeConfig(mode="pairwise", length_control=False, **overrides)

@@ -16,8 +16,8 @@ from cai.agreement import (
     read_human_pairs,
 )
 from cai.errors import ConfigError
-from cai.judge import JudgeConfig, Judgement
-from label_fakes import FakeJudge
+from cai.judge import Judgement
+from label_fakes import FakeJudge, paper_judge
 
 FIX = Path(__file__).parent / "fixtures" / "pairs"
 
@@ -112,7 +112,7 @@ def test_judging_human_pairs_puts_the_human_choice_in_slot_a_first():
     backend = FakeJudge(score=lambda t: 2.0 if "doctor" in t or "locksmith" in t else 0.0)
     from label_fakes import tiny_constitution
 
-    js = judge_human_pairs(pairs, backend, tiny_constitution(), JudgeConfig(), seed=0)
+    js = judge_human_pairs(pairs, backend, tiny_constitution(), paper_judge(), seed=0)
     assert all(j.p_a > 0.5 and j.consistent for j in js)
     assert chosen_longer(pairs[0]) is True
 
@@ -128,7 +128,7 @@ def _run_cli(monkeypatch, args, backend):
 
     loads = []
     monkeypatch.setattr(label_cli, "_load", lambda spec: loads.append(spec) or backend)
-    result = CliRunner().invoke(app, ["label", *args])
+    result = CliRunner().invoke(app, ["label", "--mode", "pairwise", "--no-length-control", *args])
     return result, loads
 
 
@@ -208,7 +208,7 @@ def test_chain_of_thought_with_a_tiny_real_model(tiny_model_dir):
 
     backend = TransformersBackend.load(str(tiny_model_dir), dtype="fp32")
     pairs, _ = read_human_pairs(FIX / "messages.jsonl")
-    config = JudgeConfig(cot=True, cot_max_new_tokens=4, cot_band=(0.45, 0.55))
+    config = paper_judge(cot=True, cot_max_new_tokens=4, cot_band=(0.45, 0.55))
     from label_fakes import tiny_constitution
 
     js = judge_human_pairs(pairs, backend, tiny_constitution(), config)

@@ -13,7 +13,7 @@ from cai.agreement import length_baseline, read_human_pairs, run_sweep, sweep_ta
 from cai.calibration import length_log_ratio, length_slope, logit, sigmoid, swap_slot_prior
 from cai.constructed import constructed_pair, constructed_pairs
 from cai.judge import Comparison, JudgeConfig, judge
-from label_fakes import FakeJudge, tiny_constitution
+from label_fakes import FakeJudge, paper_judge, tiny_constitution
 
 FIX = Path(__file__).parent / "fixtures" / "pairs"
 USER = [{"role": "user", "content": "How can I get into my neighbour's shed without asking?"}]
@@ -55,9 +55,9 @@ def test_length_slope_is_least_squares_through_the_origin():
 def test_content_free_calibration_removes_the_slot_prior_and_restores_consistency():
     backend = FakeJudge(slot_bias=3.0)  # content difference 2.0 ("safe"), slot bias 3.0 towards (A)
     comps = [Comparison(USER, SAFE, UNSAFE, HARM), Comparison(USER, UNSAFE, SAFE, HARM)]
-    plain = judge(backend, comps, JudgeConfig())
+    plain = judge(backend, comps, paper_judge())
     assert not any(j.consistent for j in plain)  # the bias outweighs the content
-    j1, j2 = judge(backend, comps, JudgeConfig(calibrate="content-free"))
+    j1, j2 = judge(backend, comps, paper_judge(calibrate="content-free"))
     assert j1.consistent and j2.consistent
     assert j1.p_a_first == pytest.approx(sigmoid(2.0)) and j1.p_a_second == pytest.approx(sigmoid(2.0))
     assert j2.p_a == pytest.approx(sigmoid(-2.0))
@@ -67,7 +67,7 @@ def test_content_free_calibration_removes_the_slot_prior_and_restores_consistenc
 def test_swap_calibration_uses_the_batch_and_keeps_the_winner():
     backend = FakeJudge(slot_bias=-2.5)
     comps = [Comparison(USER, SAFE, UNSAFE, HARM), Comparison(USER, UNSAFE, SAFE, HARM)]
-    j1, j2 = judge(backend, comps, JudgeConfig(calibrate="swap"))
+    j1, j2 = judge(backend, comps, paper_judge(calibrate="swap"))
     assert j1.consistent and j2.consistent and j1.p_a > 0.5 > j2.p_a
 
 
@@ -76,9 +76,9 @@ def test_length_control_takes_out_a_pure_length_preference():
     short, long_ = "No.", "No, and here is a much longer answer saying the same thing at length."
     comps = [Comparison(USER, long_, short, HARM), Comparison(USER, short, long_, HARM),
              Comparison(USER, "Yes, fine.", "Yes, fine!", HARM)]
-    biased = judge(backend, comps, JudgeConfig())
+    biased = judge(backend, comps, paper_judge())
     assert biased[0].p_a > 0.9
-    fixed = judge(backend, comps, JudgeConfig(length_control=True))
+    fixed = judge(backend, comps, JudgeConfig(mode="pairwise", length_control=True))
     assert abs(fixed[0].p_a - 0.5) < abs(biased[0].p_a - 0.5)
     assert fixed[0].p_a == pytest.approx(1 - fixed[1].p_a)
 
@@ -105,7 +105,7 @@ class FakePointwise:
 def test_pointwise_scores_each_response_alone_and_is_order_free():
     backend = FakePointwise(lambda t: 1.5 if "can't" in t else -0.5)
     j1, j2 = judge(backend, [Comparison(USER, SAFE, UNSAFE, HARM), Comparison(USER, UNSAFE, SAFE, HARM)],
-                   JudgeConfig(mode="pointwise"))
+                   JudgeConfig(length_control=False, mode="pointwise"))
     assert backend.calls == [4]  # both responses of both pairs in one call
     assert j1.p_a_first == j1.p_a_second == pytest.approx(sigmoid(2.0))
     assert j2.p_a == pytest.approx(sigmoid(-2.0)) and j1.consistent
@@ -114,7 +114,7 @@ def test_pointwise_scores_each_response_alone_and_is_order_free():
 def test_pointwise_rejects_pairwise_only_options():
     for extra in ({"cot": True}, {"few_shot": True}, {"calibrate": "swap"}):
         with pytest.raises(ValueError, match="pairwise judge only"):
-            JudgeConfig(mode="pointwise", **extra)
+            JudgeConfig(length_control=False, mode="pointwise", **extra)
 
 
 class FakeRewardJudge:
@@ -126,7 +126,7 @@ class FakeRewardJudge:
 
 
 def test_a_reward_model_judges_by_reward_difference():
-    (j,) = judge(FakeRewardJudge(), [Comparison(USER, UNSAFE, SAFE, HARM)], JudgeConfig())
+    (j,) = judge(FakeRewardJudge(), [Comparison(USER, UNSAFE, SAFE, HARM)], paper_judge())
     assert j.p_a == pytest.approx(sigmoid(-3.0)) and j.principle_ids == ("reward-model",)
 
 
@@ -182,7 +182,7 @@ def test_sweep_measures_each_configuration_and_extra_judges_side_by_side():
     pairs, _ = read_human_pairs(FIX / "hh.jsonl")
     names = ["pairwise (plain)", "pairwise + swap calibration"]
     rows = list(run_sweep(pairs, [("fake-judge", FakeJudge(slot_bias=1.0)), ("fake-rm", FakeRewardJudge())],
-                     tiny_constitution(), JudgeConfig(), names=names))
+                     tiny_constitution(), paper_judge(), names=names))
     assert [r["name"] for r in rows] == ["baseline: shorter answer wins", "baseline: longer answer wins",
                                          *names, "fake-rm as judge"]
     assert all(r["n"] == len(pairs) for r in rows)

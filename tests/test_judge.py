@@ -11,7 +11,6 @@ from cai.judge import (
     ANSWER_PREFIX,
     COT_ANSWER,
     Comparison,
-    JudgeConfig,
     check_judge,
     check_template,
     choose_principles,
@@ -26,7 +25,7 @@ from cai.judge import (
     truncate_left,
     truncate_right,
 )
-from label_fakes import FakeJudge, options_in, tiny_constitution
+from label_fakes import FakeJudge, options_in, paper_judge, tiny_constitution
 
 USER = [{"role": "user", "content": "How do I get into my neighbour's house while they are away?"}]
 SAFE = "I can't help with entering someone's home; a safe option is to ask them for a key."
@@ -76,11 +75,11 @@ def test_clamp_limits_to_the_band():
 
 
 def test_question_shows_conversation_principle_and_both_options():
-    conv = judge_conversation(JudgeConfig(), "Q?")
+    conv = judge_conversation(paper_judge(), "Q?")
     assert conv[0]["role"] == "system" and conv[-1]["content"].startswith("Q?")
     assert "Answer with (A) or (B)." in conv[-1]["content"]
-    assert len(judge_conversation(JudgeConfig(few_shot=True), "Q?")) == len(conv) + 4
-    assert judge_conversation(JudgeConfig(system=""), "Q?")[0]["role"] == "user"
+    assert len(judge_conversation(paper_judge(few_shot=True), "Q?")) == len(conv) + 4
+    assert judge_conversation(paper_judge(system=""), "Q?")[0]["role"] == "user"
 
 
 def test_render_transcript_names_the_speakers_and_skips_system_turns():
@@ -107,14 +106,14 @@ def test_template_must_have_the_four_fields():
     with pytest.raises(ConfigError, match=r"unknown \{extra\}"):
         check_template("{conversation} {principle} {response_a} {response_b} {extra}")
     with pytest.raises(ConfigError):
-        JudgeConfig(template="{conversation}")
+        paper_judge(template="{conversation}")
 
 
 def test_cot_band_is_checked():
     with pytest.raises(ValueError):
-        JudgeConfig(cot_band=(0.6, 0.4))
+        paper_judge(cot_band=(0.6, 0.4))
     with pytest.raises(ValueError):
-        JudgeConfig(unknown_key=1)
+        paper_judge(unknown_key=1)
 
 
 # ---- principles --------------------------------------------------------------------------------------
@@ -122,15 +121,15 @@ def test_cot_band_is_checked():
 
 def test_single_principle_is_seeded_by_item_and_only_from_preference_principles():
     c = tiny_constitution()
-    picks = {choose_principles(c, f"p{i}", JudgeConfig(), seed=0) for i in range(40)}
+    picks = {choose_principles(c, f"p{i}", paper_judge(), seed=0) for i in range(40)}
     assert {p[0][0] for p in picks} == {"harm", "honest"}  # never `no-pref`
-    again = choose_principles(c, "p1", JudgeConfig(), seed=0)
-    assert choose_principles(c, "p1", JudgeConfig(), seed=0) == again
+    again = choose_principles(c, "p1", paper_judge(), seed=0)
+    assert choose_principles(c, "p1", paper_judge(), seed=0) == again
 
 
 def test_ensemble_takes_distinct_principles():
     c = tiny_constitution()
-    picked = choose_principles(c, "x", JudgeConfig(principles="ensemble", ensemble_size=5), seed=3)
+    picked = choose_principles(c, "x", paper_judge(principles="ensemble", ensemble_size=5), seed=3)
     assert sorted(pid for pid, _ in picked) == ["harm", "honest"]
 
 
@@ -139,7 +138,7 @@ def test_constitution_without_preference_statements_is_an_error():
 
     c = parse_constitution("name: n\nversion: 1\nprinciples:\n  - {id: a, critique: c, revision: r}\n")
     with pytest.raises(ConfigError, match="preference"):
-        choose_principles(c, "x", JudgeConfig(), seed=0)
+        choose_principles(c, "x", paper_judge(), seed=0)
 
 
 # ---- judging with a backend ----------------------------------------------------------------------------
@@ -148,7 +147,7 @@ def test_constitution_without_preference_statements_is_an_error():
 def test_judge_reads_each_order_in_one_call_and_averages():
     backend = FakeJudge(slot_bias=1.0)  # prefers content ("safe") and slot (A)
     comps = [Comparison(USER, SAFE, UNSAFE, HARM), Comparison(USER, UNSAFE, SAFE, HARM)]
-    j1, j2 = judge(backend, comps, JudgeConfig())
+    j1, j2 = judge(backend, comps, paper_judge())
     assert [n for n, _ in backend.option_calls] == [2, 2]  # one call per order, all pairs in it
     assert all(prefix == ANSWER_PREFIX for _, prefix in backend.option_calls)
     sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
@@ -161,7 +160,7 @@ def test_judge_reads_each_order_in_one_call_and_averages():
 
 def test_pure_slot_bias_gives_half_and_inconsistent():
     backend = FakeJudge(score=lambda t: 0.0, slot_bias=3.0)
-    (j,) = judge(backend, [Comparison(USER, SAFE, UNSAFE, HARM)], JudgeConfig())
+    (j,) = judge(backend, [Comparison(USER, SAFE, UNSAFE, HARM)], paper_judge())
     assert j.p_a == pytest.approx(0.5) and not j.consistent
 
 
@@ -173,7 +172,7 @@ def test_ensemble_averages_over_principles():
     original = backend.p_first
     backend.p_first = lambda conv: original(conv) if "honest" in conv[-1]["content"] else (
         0.9 if options_in(conv)[0] == SAFE else 0.1)
-    (j,) = judge(backend, [Comparison(USER, SAFE, UNSAFE, principles)], JudgeConfig(principles="ensemble"))
+    (j,) = judge(backend, [Comparison(USER, SAFE, UNSAFE, principles)], paper_judge(principles="ensemble"))
     assert j.principle_ids == ("harm", "honest")
     assert j.p_a_first == pytest.approx((0.9 + 0.5) / 2) and j.p_a_second == pytest.approx((0.9 + 0.5) / 2)
     # one call per (principle, order): order 2 of a principle right after its order 1
@@ -184,7 +183,7 @@ def test_ensemble_averages_over_principles():
 
 def test_chain_of_thought_reads_after_the_reasoning_and_clamps():
     backend = FakeJudge(reasoning="Response A refuses politely.")
-    (j,) = judge(backend, [Comparison(USER, SAFE, UNSAFE, HARM)], JudgeConfig(cot=True, cot_band=(0.4, 0.6)))
+    (j,) = judge(backend, [Comparison(USER, SAFE, UNSAFE, HARM)], paper_judge(cot=True, cot_band=(0.4, 0.6)))
     assert backend.generate_calls == 1
     assert all(prefix == "Response A refuses politely." + COT_ANSWER for _, prefix in backend.option_calls)
     assert j.p_a_first == 0.6 and j.p_a_second == 0.6  # raw 0.88 in both orders, clamped
@@ -195,7 +194,7 @@ def test_chain_of_thought_reads_after_the_reasoning_and_clamps():
 def test_judge_truncates_long_histories_from_the_left():
     backend = FakeJudge()
     long_user = [{"role": "user", "content": "old " * 2000 + "the latest question"}]
-    judge(backend, [Comparison(long_user, SAFE, UNSAFE, HARM)], JudgeConfig(max_context_tokens=32))
+    judge(backend, [Comparison(long_user, SAFE, UNSAFE, HARM)], paper_judge(max_context_tokens=32))
     text = backend.seen[0][-1]["content"]
     assert "the latest question" in text and len(text) < 1000
 
@@ -206,8 +205,8 @@ def test_check_judge_refuses_a_judge_without_option_tokens():
             return [[-math.inf, -math.inf] for _ in conversations]
 
     with pytest.raises(ModelError, match="fix"):
-        check_judge(NoOptions(), JudgeConfig())
-    check_judge(FakeJudge(), JudgeConfig())
+        check_judge(NoOptions(), paper_judge())
+    check_judge(FakeJudge(), paper_judge())
 
 
 # ---- the transformers backend's option tokens -------------------------------------------------------
@@ -232,7 +231,7 @@ def test_smollm2_tokenizer_option_tokens_and_scores(tiny_model_dir, tokenizer):
     vocab = tokenizer.get_vocab()
     assert {vocab["A"], vocab["ĠA"]} <= set(ids_a) and {vocab["B"], vocab["ĠB"]} <= set(ids_b)
     assert not set(ids_a) & set(ids_b)
-    conv = judge_conversation(JudgeConfig(), "Which? (A) yes (B) no")
+    conv = judge_conversation(paper_judge(), "Which? (A) yes (B) no")
     (got,) = backend.option_logprobs([conv], ANSWER_PREFIX, ["A", "B"])
     assert got == pytest.approx(_manual_option_logprobs(backend, conv, [ids_a, ids_b]), abs=1e-4)
     assert math.exp(got[0]) + math.exp(got[1]) == pytest.approx(1.0)
@@ -272,7 +271,7 @@ def test_merged_option_tokens_are_all_summed(tmp_path, tokenizer):
     texts = [merged.convert_tokens_to_string([merged.convert_ids_to_tokens(i)]) for i in ids_a]
     assert all(t.strip().lstrip("(").strip() == "A" for t in texts), texts  # and nothing else
     assert not set(ids_a) & set(ids_b) and any("(B" in merged.convert_ids_to_tokens(i) for i in ids_b)
-    conv = judge_conversation(JudgeConfig(), "which one?")
+    conv = judge_conversation(paper_judge(), "which one?")
     (got,) = backend.option_logprobs([conv], ANSWER_PREFIX, ["A", "B"])
     assert got == pytest.approx(_manual_option_logprobs(backend, conv, [ids_a, ids_b]), abs=1e-4)
 
@@ -293,4 +292,4 @@ def test_judge_without_option_tokens_is_a_model_error(tmp_path, tokenizer):
     fast.chat_template = tokenizer.chat_template
     backend = TransformersBackend.load(str(build_tiny_llama(tmp_path / "noab", fast)), dtype="fp32")
     with pytest.raises(ModelError, match="option"):
-        check_judge(backend, JudgeConfig())
+        check_judge(backend, paper_judge())

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from cai.jsonl import read_records
-from cai.judge import JudgeConfig, stable_seed
+from cai.judge import stable_seed
 from cai.preferences import LabelConfig, all_pairs, label_prompts, usable_responses
 from cai.prompts import PromptRow
-from label_fakes import FakeJudge, FakePolicy, tiny_constitution
+from label_fakes import FakeJudge, FakePolicy, paper_judge, tiny_constitution
 
 PROMPTS = [PromptRow(id=f"p{i}", prompt=f"harmful request number {i}") for i in range(4)]
 SAFE_SEED = stable_seed(0, "sample-0")
@@ -28,6 +28,7 @@ def safe_first(prompt: str, seed: int) -> str:
 
 
 def run(rows, out, policy=None, judge_backend=None, **config):
+    config.setdefault("judge", paper_judge())
     """label_prompts with fakes and the tiny constitution; ``config``: LabelConfig fields."""
     return label_prompts(rows, policy=policy or FakePolicy(), judge_backend=judge_backend or FakeJudge(),
                          constitution=tiny_constitution(), out_dir=out, config=LabelConfig(**config))
@@ -108,7 +109,7 @@ def test_resume_after_partial_output_has_no_duplicates(tmp_path):
 
 def test_same_seed_same_pairs(tmp_path):
     for d in ("a", "b"):
-        run(PROMPTS, tmp_path / d, seed=3, judge=JudgeConfig(principles="ensemble"))
+        run(PROMPTS, tmp_path / d, seed=3, judge=paper_judge(principles="ensemble"))
     a, b = (read_records(tmp_path / d / "pairs.jsonl") for d in ("a", "b"))
     for r in a + b:
         del r["provenance"]["created_at"]
@@ -118,7 +119,7 @@ def test_same_seed_same_pairs(tmp_path):
 _KILL_SCRIPT = """
 import sys, time
 sys.path.insert(0, {tests!r})
-from label_fakes import FakeJudge, FakePolicy, tiny_constitution
+from label_fakes import FakeJudge, FakePolicy, paper_judge, tiny_constitution
 from cai.preferences import LabelConfig, label_prompts
 from cai.prompts import PromptRow
 
@@ -129,7 +130,7 @@ class Slow(FakePolicy):
 
 rows = [PromptRow(id=f"p{{i}}", prompt=f"request {{i}}") for i in range(12)]
 label_prompts(rows, policy=Slow(), judge_backend=FakeJudge(), constitution=tiny_constitution(),
-              out_dir={out!r}, config=LabelConfig(chunk_size=1))
+              out_dir={out!r}, config=LabelConfig(chunk_size=1, judge=paper_judge()))
 """
 
 
@@ -178,7 +179,8 @@ def test_cli_label_loads_one_model_for_both_roles_and_writes_pairs(tmp_path, mon
     loads = []
     monkeypatch.setattr(label_cli, "_load", lambda spec: loads.append(spec) or Both())
     out = tmp_path / "l"
-    result = CliRunner().invoke(app, ["label", str(prompts), "--out", str(out), "-k", "2", "--limit", "2"])
+    result = CliRunner().invoke(app, ["label", str(prompts), "--out", str(out), "-k", "2", "--limit", "2",
+                                      "--mode", "pairwise", "--no-length-control"])
     assert result.exit_code == 0, result.output
     assert loads == ["smollm2-135m"]
     rows = read_records(out / "pairs.jsonl")

@@ -311,20 +311,19 @@ def length_baseline(pairs: Sequence[HumanPair], shorter: bool) -> dict[str, Any]
 
 
 # Judge configurations measured side by side by ``run_sweep`` (overrides of the default JudgeConfig).
+_PAIRWISE = {"mode": "pairwise", "calibrate": "none", "length_control": False}
+_POINTWISE = {"mode": "pointwise", "calibrate": "none", "few_shot": False, "cot": False, "length_control": False}
 SWEEP: dict[str, dict[str, Any]] = {
-    "pairwise (plain)": {"calibrate": "none", "length_control": False},
-    "pairwise + content-free calibration": {"calibrate": "content-free", "length_control": False},
-    "pairwise + swap calibration": {"calibrate": "swap", "length_control": False},
-    "pairwise + length control": {"calibrate": "none", "length_control": True},
-    "pairwise + swap calibration + length control": {"calibrate": "swap", "length_control": True},
-    "pairwise + few-shot": {"few_shot": True, "calibrate": "none", "length_control": False},
-    "pairwise + ensemble of 4 principles": {"principles": "ensemble", "ensemble_size": 4, "calibrate": "none",
-                                            "length_control": False},
-    "pointwise": {"mode": "pointwise", "calibrate": "none", "few_shot": False, "cot": False,
-                  "length_control": False},
-    "pointwise + length control": {"mode": "pointwise", "calibrate": "none", "few_shot": False, "cot": False,
-                                   "length_control": True},
-    "pairwise + chain of thought (clamped)": {"cot": True, "calibrate": "none", "length_control": False},
+    "pairwise (plain)": _PAIRWISE,
+    "pairwise + content-free calibration": {**_PAIRWISE, "calibrate": "content-free"},
+    "pairwise + swap calibration": {**_PAIRWISE, "calibrate": "swap"},
+    "pairwise + length control": {**_PAIRWISE, "length_control": True},
+    "pairwise + swap calibration + length control": {**_PAIRWISE, "calibrate": "swap", "length_control": True},
+    "pairwise + few-shot": {**_PAIRWISE, "few_shot": True},
+    "pairwise + ensemble of 4 principles": {**_PAIRWISE, "principles": "ensemble", "ensemble_size": 4},
+    "pointwise": _POINTWISE,
+    "pointwise + length control": {**_POINTWISE, "length_control": True},
+    "pairwise + chain of thought (clamped)": {**_PAIRWISE, "cot": True},
 }
 
 

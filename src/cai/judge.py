@@ -96,12 +96,12 @@ class JudgeConfig(BaseModel):
     principles: Literal["single", "ensemble"] = "single"
     ensemble_size: int = Field(4, ge=1, description="distinct principles averaged per comparison")
     mode: Literal["pairwise", "pointwise"] = Field(
-        "pairwise", description="pairwise: one multiple-choice question per order; pointwise: each response "
+        "pointwise", description="pairwise: one multiple-choice question per order; pointwise: each response "
                                 "scored alone (P(Yes) that it meets the principle), the better score wins")
     calibrate: Literal["none", "content-free", "swap"] = Field(
         "none", description="remove the judge's slot prior: read from a content-free question per pair, or "
                             "from the swapped orders over the batch (see cai.calibration)")
-    length_control: bool = Field(False, description="take the judge's length preference out (per batch)")
+    length_control: bool = Field(True, description="take the judge's length preference out (per batch)")
     few_shot: bool = False
     cot: bool = False
     cot_max_new_tokens: int = Field(128, ge=1)
@@ -124,6 +124,16 @@ class JudgeConfig(BaseModel):
     def _has_pointwise_fields(cls, value: str) -> str:
         check_template(value, "pointwise judge template", POINTWISE_FIELDS)
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pairwise_when_asked(cls, data: Any) -> Any:
+        """Chain of thought, few-shot examples and slot calibration are pairwise-judge options: asking
+        for one without naming a mode selects the pairwise judge."""
+        if isinstance(data, dict) and "mode" not in data and (
+                data.get("cot") or data.get("few_shot") or data.get("calibrate") not in (None, "none")):
+            return {**data, "mode": "pairwise"}
+        return data
 
     @model_validator(mode="after")
     def _band(self) -> JudgeConfig:
