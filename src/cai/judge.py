@@ -19,6 +19,15 @@ turns before the question), and chain-of-thought (the judge writes its reasoning
 probabilities read after it are clamped to a band such as [0.4, 0.6], because reasoning makes them
 overconfident).
 
+The default is not the paper's pairwise question but **pointwise scoring with length control**
+(``mode="pointwise"``, ``length_control=True``): each response is scored alone (log-odds of "Yes" to
+"is this reply good by the principle?"), the better score wins, and the judge's preference for longer
+answers is regressed out per batch. On the first 200 HH-RLHF harmless test pairs with the embedded
+SmolLM2-135M it agreed with the human labels more often than any pairwise variant (0.540 against 0.455
+for the plain pairwise question, 0.520 for "the shorter answer wins"; ``cai label --agreement FILE
+--sweep`` measures them all), and it has no slot to be biased towards. Asking for chain of thought,
+few-shot examples or slot calibration selects the pairwise judge.
+
 Template fields, for ``templates.judge`` in a constitution: ``{conversation}`` (the transcript,
 "Human: ..." / "Assistant: ..." turns), ``{principle}`` (the preference statement), ``{response_a}``,
 ``{response_b}``. The instruction (answer with A or B, or think first) is added after it.

@@ -141,6 +141,8 @@ def _agreement(path: Path, out: Path, judge_spec: str, constitution, config, *, 
     judgements = agr.judge_human_pairs(pairs, backend, constitution, config, seed=seed)
     seconds = time.perf_counter() - start
     result = agr.measure(pairs, judgements)
+    # a pointwise judge (or a reward model) sees one response at a time: no slot, so no position figures
+    result["order_free"] = config.mode == "pointwise" or getattr(backend, "is_reward_model", False)
     result.update({
         "judge": {"model": backend.model_id, "config": config.model_dump(mode="json")},
         "constitution": constitution.ref().model_dump(),
@@ -201,6 +203,9 @@ def _print_agreement(result: dict, path: Path) -> None:
             ("mean p(human chosen)", "mean_p_human_chosen"), ("pairs / s", "pairs_per_second")]
     for name, key in rows:
         value = result.get(key)
+        if result.get("order_free") and key in ("position_consistency", "first_slot_win_rate"):
+            table.add_row(name, "n/a (order-free)")
+            continue
         table.add_row(name, "-" if value is None else f"{value:.3f}")
     console = Console()
     console.print(table)
