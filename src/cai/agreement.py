@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from cai.errors import ConfigError
-from cai.judge import Comparison, JudgeConfig, Judgement, choose_principles, first_slot_wins, judge
+from cai.judge import Comparison, JudgeConfig, Judgement, choose_principles, first_slot_wins, judge, order_free
 from cai.prompts import BadRow
 
 log = logging.getLogger(__name__)
@@ -337,10 +337,8 @@ def run_sweep(pairs: Sequence[HumanPair], judges: Sequence[tuple[str, Any]], con
     """
     import time
 
-    yield from [{"name": "baseline: shorter answer wins", "judge": None, "order_free": True,
-             **length_baseline(pairs, True)},
-            {"name": "baseline: longer answer wins", "judge": None, "order_free": True,
-             **length_baseline(pairs, False)}]
+    for name, shorter in (("baseline: shorter answer wins", True), ("baseline: longer answer wins", False)):
+        yield {"name": name, "judge": None, "order_free": True, **length_baseline(pairs, shorter)}
     (main_label, main), others = judges[0], judges[1:]
     plan = [(name, main_label, main, base.model_copy(update=SWEEP[name])) for name in (names or SWEEP)]
     plan += [(f"{label} as judge", label, backend, base) for label, backend in others]
@@ -349,8 +347,7 @@ def run_sweep(pairs: Sequence[HumanPair], judges: Sequence[tuple[str, Any]], con
         log.info("sweep: %s", name)
         start = time.perf_counter()
         judgements = judge_human_pairs(pairs, backend, constitution, config, seed=seed)
-        order_free = config.mode == "pointwise" or getattr(backend, "is_reward_model", False)
-        yield {"name": name, "judge": label, "order_free": order_free, "config": config.model_dump(
+        yield {"name": name, "judge": label, "order_free": order_free(backend, config), "config": config.model_dump(
             mode="json", exclude={"system", "template", "answer_prefix", "pointwise_template"}),
             **measure(pairs, judgements), "seconds": round(time.perf_counter() - start, 1)}
 

@@ -313,10 +313,13 @@ def few_shot_turns(config: JudgeConfig) -> list[dict[str, str]]:
 
 def judge_conversation(config: JudgeConfig, question: str) -> list[dict[str, str]]:
     """Chat messages asking ``question``: system line, optional few-shot turns, the question."""
-    head = [{"role": "system", "content": config.system}] if config.system else []
     shots = few_shot_turns(config) if config.few_shot else []
     instruction = COT_INSTRUCTION if config.cot else ANSWER_INSTRUCTION
-    return head + shots + [{"role": "user", "content": f"{question}\n\n{instruction}"}]
+    return _system_turn(config) + shots + [{"role": "user", "content": f"{question}\n\n{instruction}"}]
+
+
+def _system_turn(config: JudgeConfig) -> list[dict[str, str]]:
+    return [{"role": "system", "content": config.system}] if config.system else []
 
 
 # ---- judging --------------------------------------------------------------------------------------
@@ -362,6 +365,8 @@ def judge(backend, comparisons: Sequence[Comparison], config: JudgeConfig) -> li
     (``cai.reward_judge.RewardJudge``, pointwise by nature: the higher reward wins). The readings are
     corrected as ``config`` asks (slot prior, length preference; see ``cai.calibration``).
     """
+    if not comparisons:
+        return []
     if getattr(backend, "is_reward_model", False):
         readings = _reward_readings(backend, comparisons)
     elif config.mode == "pointwise":
@@ -385,6 +390,11 @@ class _Reading:
     def judgement(self) -> Judgement:
         return Judgement(p_a_first=sigmoid(self.first), p_a_second=sigmoid(self.second),
                          principle_ids=self.principle_ids, reasoning=self.reasoning)
+
+
+def order_free(backend, config: JudgeConfig) -> bool:
+    """True when the judge sees one response at a time (pointwise, or a reward model): no slot, no order."""
+    return config.mode == "pointwise" or getattr(backend, "is_reward_model", False)
 
 
 def _shown(c: Comparison, config: JudgeConfig, tokenizer) -> tuple[str, str, str]:
@@ -487,8 +497,7 @@ def _without_length_preference(readings: list[_Reading], comparisons: Sequence[C
 
 def _ask_pointwise(config: JudgeConfig, context: str, statement: str, response: str) -> list[dict[str, str]]:
     question = config.pointwise_template.format(conversation=context, principle=statement, response=response)
-    head = [{"role": "system", "content": config.system}] if config.system else []
-    return head + [{"role": "user", "content": f"{question}\n\n{POINTWISE_INSTRUCTION}"}]
+    return _system_turn(config) + [{"role": "user", "content": f"{question}\n\n{POINTWISE_INSTRUCTION}"}]
 
 
 def _ask(config: JudgeConfig, context: str, statement: str, first: str, second: str) -> list[dict[str, str]]:

@@ -129,7 +129,7 @@ def _agreement(path: Path, out: Path, judge_spec: str, constitution, config, *, 
 
     from cai import agreement as agr
     from cai.jsonl import write_atomic, write_jsonl_atomic
-    from cai.judge import check_judge
+    from cai.judge import check_judge, order_free
     from cai.logs import log_to_run_dir
     from cai.prompts import log_bad_rows
 
@@ -141,8 +141,7 @@ def _agreement(path: Path, out: Path, judge_spec: str, constitution, config, *, 
     judgements = agr.judge_human_pairs(pairs, backend, constitution, config, seed=seed)
     seconds = time.perf_counter() - start
     result = agr.measure(pairs, judgements)
-    # a pointwise judge (or a reward model) sees one response at a time: no slot, so no position figures
-    result["order_free"] = config.mode == "pointwise" or getattr(backend, "is_reward_model", False)
+    result["order_free"] = order_free(backend, config)  # one response at a time: no position figures
     result.update({
         "judge": {"model": backend.model_id, "config": config.model_dump(mode="json")},
         "constitution": constitution.ref().model_dump(),
