@@ -117,25 +117,80 @@ def test_prefix_store_finds_longest_prefix_and_evicts():
     assert store.lookup(a)[0] == 0 and len(store) == 1
 
 
-def test_pad_groups_split_on_length_drops_once_big_enough():
-    from cai.backends.transformers import pad_groups
+def test_packed_chunks_close_before_the_token_budget():
+    from cai.backends.transformers import packed_chunks
 
-    assert pad_groups([100, 90, 40, 35, 5], waste=0.25, min_tokens=150) == [(0, 2), (2, 5)]
-    assert pad_groups([100, 90, 40], waste=0.25, min_tokens=10_000) == [(0, 3)]  # too small to split
-    assert pad_groups([], min_tokens=1) == []
+    assert packed_chunks([100, 90, 40, 35, 5], max_tokens=150) == [(0, 1), (1, 3), (3, 5)]
+    assert packed_chunks([500, 10], max_tokens=100) == [(0, 1), (1, 2)]  # a longer row goes alone
+    assert packed_chunks([], max_tokens=1) == []
 
 
-def test_prefill_in_groups_gives_the_same_logits_and_tokens(backend, monkeypatch):
+def test_shared_prefixes_are_the_branch_points_in_levels():
+    from cai.backends.transformers import prefix_levels, shared_prefixes
+
+    head, conv = list(range(20)), list(range(100, 120))
+    prompts = [head + conv + [1, 2], head + conv + [3], head + [7] * 30, [9] * 40, head + [7] * 30]
+    found = shared_prefixes(prompts)
+    assert found == [tuple(head), tuple(head + conv), tuple(head + [7] * 30)]
+    assert prefix_levels(found) == [[tuple(head)], [tuple(head + conv), tuple(head + [7] * 30)]]
+    assert shared_prefixes([head + [1], [5] + head]) == []  # nothing shared from the start
+
+
+def test_prefill_shares_prefixes_and_packs_without_changing_results(backend, monkeypatch):
     import cai.backends.transformers as tb
 
-    prompts = [backend.encode_chat(c) for c in CONVS]
+    shared = [[{"role": "system", "content": "Judge carefully. " * 6}, *c] for c in CONVS]
+    prompts = [backend.encode_chat(c) for c in shared]
     backend.prefix_store.clear()
     whole = backend._last_logprobs(prompts)
+    assert len(backend.prefix_store) > len(prompts)  # the shared system turn was stored on its own
     params = SamplingParams(max_new_tokens=6, do_sample=False)
     backend.prefix_store.clear()
-    whole_tokens = [c.token_ids for c in backend.generate(CONVS, params, progress=False)]
-    monkeypatch.setattr(tb, "pad_groups", lambda lengths: [(i, i + 1) for i in range(len(lengths))])
+    whole_tokens = [c.token_ids for c in backend.generate(shared, params, progress=False)]
+    # one row per pass and no sharing: the same logits and tokens
+    monkeypatch.setattr(tb, "packed_chunks", lambda lengths: [(i, i + 1) for i in range(len(lengths))])
+    monkeypatch.setattr(tb, "shared_prefixes", lambda prompts: [])
     backend.prefix_store.clear()
     assert torch.allclose(backend._last_logprobs(prompts), whole, atol=1e-4)
     backend.prefix_store.clear()
-    assert [c.token_ids for c in backend.generate(CONVS, params, progress=False)] == whole_tokens
+    assert [c.token_ids for c in backend.generate(shared, params, progress=False)] == whole_tokens
+
+
+def test_prepacked_weights_give_bit_identical_logits(tiny_model_dir, monkeypatch):
+    import cai.backends.engine as lean
+
+    packed = lean.LlamaEngine.from_checkpoint(tiny_model_dir, dtype=torch.bfloat16)
+    monkeypatch.setattr(lean, "_can_prepack", lambda dtype, device: False)
+    plain = lean.LlamaEngine.from_checkpoint(tiny_model_dir, dtype=torch.bfloat16)
+    if not packed.prepacked:
+        pytest.skip("this CPU has no oneDNN bf16 prepacking")
+    tokens = torch.arange(3, 43)
+    rows, pos = torch.arange(4).repeat_interleave(10), torch.arange(10).repeat(4)
+    with torch.inference_mode():
+        caches = [e.new_cache(4, 12) for e in (packed, plain)]
+        first = [e.prefill(tokens, rows, pos, c) for e, c in zip((packed, plain), caches, strict=True)]
+        step = [e.decode(tokens[:4], torch.full((4,), 10), c) for e, c in zip((packed, plain), caches, strict=True)]
+    assert torch.equal(first[0], first[1]) and torch.equal(step[0], step[1])
+
+
+def test_lean_load_skips_transformers_and_matches_it(tiny_model_dir):
+    import subprocess
+    import sys
+
+    code = ("import sys; from cai.backends.transformers import TransformersBackend as T; from cai.backends.base "
+            f"import SamplingParams; b = T.load({str(tiny_model_dir)!r}, dtype='fp32'); "
+            "b.generate([[{'role': 'user', 'content': 'Hi'}]], SamplingParams(max_new_tokens=3), progress=False); "
+            "print(type(b.tokenizer).__name__, 'transformers' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["LightTokenizer", "False"]
+
+    from cai import models
+    from cai.backends.transformers import TransformersBackend
+
+    lean = TransformersBackend.load(str(tiny_model_dir), dtype="fp32")
+    source = models.resolve(str(tiny_model_dir))
+    full = TransformersBackend(models.load_causal_lm(source, dtype=torch.float32, device="cpu"),
+                               models.load_tokenizer(source), source.model_id)
+    prompts = [full.encode_chat(c) for c in CONVS]
+    assert prompts == [lean.encode_chat(c) for c in CONVS]
+    assert torch.allclose(lean._last_logprobs(prompts), full._last_logprobs(prompts), atol=1e-5)

@@ -115,8 +115,8 @@ class JudgeConfig(BaseModel):
     cot: bool = False
     cot_max_new_tokens: int = Field(128, ge=1)
     cot_band: tuple[float, float] = (0.4, 0.6)
-    max_context_tokens: int = Field(256, ge=16, description="conversation kept, from the right")
-    max_response_tokens: int = Field(192, ge=8, description="each response kept, from the left")
+    max_context_tokens: int = Field(128, ge=16, description="conversation kept, from the right")
+    max_response_tokens: int = Field(128, ge=8, description="each response kept, from the left")
     system: str = DEFAULT_SYSTEM
     template: str = DEFAULT_TEMPLATE
     answer_prefix: str = ANSWER_PREFIX

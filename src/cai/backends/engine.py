@@ -7,64 +7,152 @@ pair) re-encodes the whole history. This engine
 
 * runs the same weights (q/k/v and gate/up projections fused into one matmul each),
 * keeps each row's tokens contiguous from position 0 in a preallocated cache (no left padding: a row
-  writes at its own positions, and a boolean mask ``key_pos <= query_pos`` does the rest),
+  writes at its own positions, and a mask ``key_pos <= query_pos`` does the rest),
+* encodes prompts *packed*: the linear layers, which are nearly all of the work, see only real tokens,
+  never padding; only attention lays each row's queries out on a grid,
 * stores finished rows' keys/values in a ``PrefixStore`` so a later prompt that starts with the same
-  tokens (the next turn of the same conversation) only encodes its new suffix.
+  tokens (the next turn of the same conversation, or a sibling sharing instructions) only encodes its
+  new suffix,
+* can be built straight from a safetensors checkpoint (``from_checkpoint``), so a run that only
+  generates and scores never imports transformers (~2 s of start-up on a laptop CPU).
 
 It supports plain Llama layers (the embedded SmolLM2 and most Llama-style checkpoints). For anything
-else ``LlamaEngine.supports`` is False and the backend falls back to the model's own forward. A test
-checks its logits against transformers' forward.
+else ``supports`` is False and the backend falls back to the model's own forward. Tests check its
+logits against transformers' forward.
 """
 
 from __future__ import annotations
 
+import json
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 
 
 def supports(model) -> bool:
-    """True when ``model`` is a plain Llama decoder this engine reproduces exactly."""
+    """True when ``model`` is a plain Llama decoder this engine reproduces exactly (its rotary
+    frequencies are taken from the model, so scaled variants work too)."""
     cfg = getattr(model, "config", None)
-    if cfg is None or getattr(cfg, "model_type", None) != "llama":
+    if cfg is None or getattr(model, "peft_config", None) is not None or not hasattr(cfg, "to_dict"):
         return False
-    rope = getattr(cfg, "rope_parameters", None) or {}
-    return (not getattr(cfg, "attention_bias", False) and not getattr(cfg, "mlp_bias", False)
-            and rope.get("rope_type", "default") in ("default", "linear", "llama3")
-            and getattr(cfg, "hidden_act", "silu") == "silu" and getattr(model, "peft_config", None) is None)
+    return supports_config(cfg.to_dict(), rope_types=("default", "linear", "llama3"))
+
+
+def supports_config(cfg: dict, rope_types: tuple[str, ...] = ("default",)) -> bool:
+    """True when a model config (``config.json`` as a dict) describes a plain Llama decoder."""
+    rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+    return (cfg.get("model_type") == "llama" and not cfg.get("attention_bias", False)
+            and not cfg.get("mlp_bias", False) and cfg.get("hidden_act", "silu") == "silu"
+            and rope.get("rope_type", rope.get("type", "default")) in rope_types
+            and cfg.get("pretraining_tp", 1) == 1)
+
+
+def checkpoint_supported(path: str | Path) -> bool:
+    """True when ``path`` holds a single-file safetensors Llama checkpoint ``from_checkpoint`` can load."""
+    path = Path(path)
+    if not (path / "model.safetensors").is_file() or not (path / "config.json").is_file():
+        return False
+    try:
+        return supports_config(json.loads((path / "config.json").read_text()))
+    except (OSError, ValueError):
+        return False
+
+
+def rope_inv_freq(head_dim: int, theta: float):
+    """The default rotary frequencies: theta ** (-2i / head_dim), i < head_dim / 2. [head_dim / 2] float32."""
+    import torch
+
+    return 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+
+
+ATTENTION_ROWS = 8  # rows per attention call in prefill
+
+
+@dataclass
+class _Group:
+    """Rows ``rows`` of a prefill (packed tokens lo..hi-1) laid out for one attention call."""
+
+    rows: slice
+    n_rows: int
+    lo: int
+    hi: int
+    row: object  # [hi - lo] grid row of each token
+    col: object  # [hi - lo] grid column of each token
+    q_len: int
+    t_len: int
+    bias: object  # [n_rows, 1, q_len, t_len] float32, 0 or -inf
+
+
+@dataclass
+class _Layer:
+    w_in: object  # input norm [H]
+    w_qkv: object  # [nq + 2 nk, H]
+    w_o: object
+    w_post: object
+    w_gu: object  # [2 I, H]
+    w_down: object
 
 
 class LlamaEngine:
-    """Forward passes over a ``RowCache`` with the weights of a transformers Llama model (a snapshot)."""
+    """Forward passes over a ``RowCache`` with the weights of a Llama model (a snapshot)."""
 
-    def __init__(self, model):
+    def __init__(self, cfg: dict, weight, *, dtype, device: str = "cpu", rope=None):
+        """cfg: the model's config as a dict; weight(name) -> tensor, by checkpoint name;
+        rope: (inv_freq, attention scale) when not the default rotary embedding."""
         import torch
 
-        cfg = model.config
-        inner = model.model
-        self.dtype = inner.embed_tokens.weight.dtype
-        self.device = inner.embed_tokens.weight.device
-        self.n_layers = cfg.num_hidden_layers
-        self.n_heads = cfg.num_attention_heads
-        self.n_kv = cfg.num_key_value_heads
-        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        self.eps = cfg.rms_norm_eps
-        self.embed = inner.embed_tokens.weight
-        self.lm_head = model.lm_head.weight
-        self.final_norm = inner.norm.weight
-        self.inv_freq = inner.rotary_emb.inv_freq.float()
-        self.rope_scale = float(inner.rotary_emb.attention_scaling)
-        self.layers = []
+        self.dtype, self.device = dtype, torch.device(device)
+        self.n_layers = cfg["num_hidden_layers"]
+        self.n_heads = cfg["num_attention_heads"]
+        self.n_kv = cfg.get("num_key_value_heads") or self.n_heads
+        self.head_dim = cfg.get("head_dim") or cfg["hidden_size"] // self.n_heads
+        self.eps = cfg.get("rms_norm_eps", 1e-6)
+        theta = (cfg.get("rope_parameters") or {}).get("rope_theta", cfg.get("rope_theta", 10000.0))
+
+        def w(name):
+            return weight(name).to(device=self.device, dtype=dtype)
+
+        self.prepacked = _can_prepack(dtype, self.device)
+        pack = _prepack if self.prepacked else (lambda t: t)
         with torch.no_grad():
-            for layer in inner.layers:
-                a, m = layer.self_attn, layer.mlp
-                self.layers.append((
-                    layer.input_layernorm.weight,
-                    torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight], 0).contiguous(),
-                    a.o_proj.weight,
-                    layer.post_attention_layernorm.weight,
-                    torch.cat([m.gate_proj.weight, m.up_proj.weight], 0).contiguous(),
-                    m.down_proj.weight,
+            self.embed = w("model.embed_tokens.weight")
+            self.lm_head = pack(self.embed if cfg.get("tie_word_embeddings", False) else w("lm_head.weight"))
+            self.final_norm = w("model.norm.weight")
+            inv_freq, self.rope_scale = rope or (rope_inv_freq(self.head_dim, theta), 1.0)
+            self.inv_freq = inv_freq.float().to(self.device)
+            self.layers = []
+            for i in range(self.n_layers):
+                p = f"model.layers.{i}."
+                self.layers.append(_Layer(
+                    w(p + "input_layernorm.weight"),
+                    pack(torch.cat([w(p + f"self_attn.{n}_proj.weight") for n in "qkv"], 0).contiguous()),
+                    pack(w(p + "self_attn.o_proj.weight")),
+                    w(p + "post_attention_layernorm.weight"),
+                    pack(torch.cat([w(p + "mlp.gate_proj.weight"), w(p + "mlp.up_proj.weight")], 0).contiguous()),
+                    pack(w(p + "mlp.down_proj.weight")),
                 ))
+
+    @classmethod
+    def from_model(cls, model) -> LlamaEngine:
+        """The engine over a loaded transformers Llama model's current weights."""
+        params = dict(model.named_parameters())
+        params.update(dict(model.named_buffers()))
+        if "lm_head.weight" not in params:  # tied: named_parameters lists a shared tensor once
+            params["lm_head.weight"] = model.get_output_embeddings().weight
+        emb = model.get_input_embeddings().weight
+        rotary = model.model.rotary_emb
+        return cls(model.config.to_dict(), params.__getitem__, dtype=emb.dtype, device=str(emb.device),
+                   rope=(rotary.inv_freq, float(rotary.attention_scaling)))
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, *, dtype, device: str = "cpu") -> LlamaEngine:
+        """The engine straight from ``path/model.safetensors`` and ``path/config.json`` (no transformers)."""
+        from safetensors import safe_open
+
+        path = Path(path)
+        cfg = json.loads((path / "config.json").read_text())
+        with safe_open(str(path / "model.safetensors"), framework="pt") as f:
+            return cls(cfg, f.get_tensor, dtype=dtype, device=device)
 
     def new_cache(self, rows: int, length: int) -> RowCache:
         import torch
@@ -79,73 +167,143 @@ class LlamaEngine:
 
         return F.rms_norm(x, (x.shape[-1],), w, self.eps)
 
-    def forward(self, tokens, start, n_valid, cache: RowCache):
-        """Encode ``tokens`` for each row at positions ``start[b] ...`` and return next-token logits.
+    def _rope(self, pos):
+        """(cos, sin) for positions ``pos`` [...]: each [..., head_dim] in the engine's dtype."""
+        import torch
 
-        tokens: [B, Q] long (row b's first n_valid[b] entries are real, the rest padding);
-        start: [B] long, where row b's tokens begin (its cache holds positions < start[b]);
-        n_valid: [B] long; cache: RowCache with exactly B rows.
-        Writes keys/values for positions start[b] .. start[b]+Q-1 (padding writes land beyond the row's
-        valid length and are overwritten later). Returns logits [B, V] float32 at each row's last real token.
+        freqs = pos[..., None].float() * self.inv_freq
+        emb = torch.cat([freqs, freqs], -1)
+        return (emb.cos() * self.rope_scale).to(self.dtype), (emb.sin() * self.rope_scale).to(self.dtype)
+
+    def _linear(self, x, w):
+        """x @ w.T for 2-D ``x``; ``w`` prepacked for oneDNN when ``self.prepacked``."""
+        import torch
+        import torch.nn.functional as F
+
+        if self.prepacked:
+            return torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
+        return F.linear(x, w)
+
+    def _mlp(self, x, layer: _Layer):
+        import torch.nn.functional as F
+
+        gate, up = self._linear(self._norm(x, layer.w_post), layer.w_gu).chunk(2, dim=-1)
+        return x + self._linear(F.silu(gate) * up, layer.w_down)
+
+    def _logits(self, last):
+        return self._linear(self._norm(last, self.final_norm), self.lm_head).float()
+
+    def prefill(self, tokens, rows, pos, cache: RowCache):
+        """Encode a packed batch of row suffixes; return next-token logits after each row's last token.
+
+        tokens, rows, pos: [N] long, grouped by row in row order (row 0's tokens first). Token n goes to
+        cache row ``rows[n]`` at position ``pos[n]``; each row of ``cache`` gets at least one token, in
+        position order, and the cache holds every position before a row's first. The linear layers see
+        these N tokens only, no padding. Attention runs per group of ``ATTENTION_ROWS`` rows, each laid
+        out on its own [rows, longest suffix] grid over its own longest key span, so short rows do not pay
+        for long ones. Returns logits [R, V] float32.
         """
         import torch
         import torch.nn.functional as F
 
-        B, Q = tokens.shape
-        pos = start[:, None] + torch.arange(Q, device=self.device)[None, :]  # [B, Q]
-        # decode attends over the whole (contiguous) cache, masking unwritten positions: a slice of it
-        # would be strided, and CPU bf16 bmm copies strided operands (~3x the matmul's own cost)
-        t_used = cache.k.shape[3] if Q == 1 else int(pos.max()) + 1
-        kpos = torch.arange(t_used, device=self.device)
-        mask = (kpos[None, None, :] <= pos[:, :, None])[:, None]  # [B, 1, Q, T]
-        if Q == 1:  # decode: an additive bias, built once for all layers
-            mask = torch.zeros(mask.shape, device=self.device).masked_fill_(~mask, float("-inf"))
-        freqs = pos[..., None].float() * self.inv_freq  # [B, Q, D/2]
-        emb = torch.cat([freqs, freqs], -1)
-        cos = (emb.cos() * self.rope_scale).to(self.dtype)[:, None]  # [B, 1, Q, D]
-        sin = (emb.sin() * self.rope_scale).to(self.dtype)[:, None]
-        b_idx = torch.arange(B, device=self.device)[:, None, None]
-        h_idx = torch.arange(self.n_kv, device=self.device)[None, :, None]
-        p_idx = pos[:, None, :]
+        R, N = cache.k.shape[1], tokens.shape[0]
+        counts = torch.bincount(rows, minlength=R).tolist()
+        ends = torch.zeros(R, dtype=torch.long, device=self.device).scatter_reduce_(
+            0, rows, pos + 1, "amax").tolist()  # each row's key span
+        groups = [self._attention_group(lo, min(lo + ATTENTION_ROWS, R), counts, ends, pos)
+                  for lo in range(0, R, ATTENTION_ROWS)]
+        cos, sin = (t[:, None] for t in self._rope(pos))  # [N, 1, D]
+        kv_idx = torch.arange(self.n_kv, device=self.device)[None, :]
         nq, nk, d = self.n_heads * self.head_dim, self.n_kv * self.head_dim, self.head_dim
-        x = F.embedding(tokens, self.embed)  # [B, Q, H]
-        for i, (w_in, w_qkv, w_o, w_post, w_gu, w_down) in enumerate(self.layers):
-            h = self._norm(x, w_in)
-            qkv = F.linear(h, w_qkv)
-            qk = qkv[..., : nq + nk].view(B, Q, self.n_heads + self.n_kv, d).transpose(1, 2)
-            qk = qk * cos + _rotate_half(qk) * sin  # rotary embedding of queries and keys in one go
-            q, k = qk[:, : self.n_heads], qk[:, self.n_heads:]
-            v = qkv[..., nq + nk:].view(B, Q, self.n_kv, d).transpose(1, 2)
-            cache.k[i].index_put_((b_idx, h_idx, p_idx), k)
-            cache.v[i].index_put_((b_idx, h_idx, p_idx), v)
-            keys, values = cache.k[i][:, :, :t_used], cache.v[i][:, :, :t_used]
-            att = _attend(q, keys, values, mask)
-            x = x + F.linear(att.transpose(1, 2).reshape(B, Q, nq), w_o)
-            gate, up = F.linear(self._norm(x, w_post), w_gu).chunk(2, dim=-1)
-            x = x + F.linear(F.silu(gate) * up, w_down)
-        last = x[torch.arange(B, device=self.device), n_valid - 1]  # [B, H]
-        return F.linear(self._norm(last, self.final_norm), self.lm_head).float()
+        x = F.embedding(tokens, self.embed)  # [N, H]
+        for i, layer in enumerate(self.layers):
+            qkv = self._linear(self._norm(x, layer.w_in), layer.w_qkv)
+            qk = qkv[:, : nq + nk].view(N, self.n_heads + self.n_kv, d)
+            qk = qk * cos + _rotate_half(qk) * sin
+            cache.k[i].index_put_((rows[:, None], kv_idx, pos[:, None]), qk[:, self.n_heads:])
+            cache.v[i].index_put_((rows[:, None], kv_idx, pos[:, None]), qkv[:, nq + nk:].view(N, self.n_kv, d))
+            queries = qk[:, : self.n_heads].float()
+            att = torch.empty(N, self.n_heads, d, dtype=torch.float32, device=self.device)
+            for g in groups:
+                grid = queries.new_zeros(g.n_rows, g.q_len, self.n_heads, d)
+                grid[g.row, g.col] = queries[g.lo:g.hi]
+                out = F.scaled_dot_product_attention(
+                    grid.transpose(1, 2), cache.k[i][g.rows, :, : g.t_len].float(),
+                    cache.v[i][g.rows, :, : g.t_len].float(), attn_mask=g.bias,
+                    enable_gqa=self.n_kv != self.n_heads)  # [rows, heads, Q, D]
+                att[g.lo:g.hi] = out.transpose(1, 2)[g.row, g.col]
+            x = self._mlp(x + self._linear(att.reshape(N, nq).to(self.dtype), layer.w_o), layer)
+        last = torch.tensor(counts, device=self.device).cumsum(0) - 1
+        return self._logits(x[last])
+
+    def _attention_group(self, r_lo: int, r_hi: int, counts: list[int], ends: list[int], pos) -> _Group:
+        """The attention layout of cache rows r_lo..r_hi-1 (see ``prefill``)."""
+        import torch
+
+        lo = sum(counts[:r_lo])
+        hi = lo + sum(counts[r_lo:r_hi])
+        sizes = torch.tensor(counts[r_lo:r_hi], device=self.device)
+        row = torch.repeat_interleave(torch.arange(r_hi - r_lo, device=self.device), sizes)
+        col = torch.arange(hi - lo, device=self.device) - (sizes.cumsum(0) - sizes)[row]
+        q_len, t_len = max(counts[r_lo:r_hi]), max(ends[r_lo:r_hi])
+        qpos = torch.zeros(r_hi - r_lo, q_len, dtype=torch.long, device=self.device)
+        qpos[row, col] = pos[lo:hi]  # grid cells without a query look at position 0 only (never read)
+        bias = torch.zeros(r_hi - r_lo, 1, q_len, t_len, device=self.device).masked_fill_(
+            (torch.arange(t_len, device=self.device)[None, None, :] > qpos[:, :, None])[:, None], float("-inf"))
+        return _Group(slice(r_lo, r_hi), r_hi - r_lo, lo, hi, row, col, q_len, t_len, bias)
+
+    def decode(self, tokens, pos, cache: RowCache):
+        """One new token per row: ``tokens`` [B] at positions ``pos`` [B] of each cache row. Returns logits
+        [B, V] float32. Attends over the whole (contiguous) cache with an additive mask: a slice would be
+        strided, and CPU bf16 bmm copies strided operands (~3x the matmul's own cost)."""
+        import torch
+        import torch.nn.functional as F
+
+        B = tokens.shape[0]
+        dev = self.device
+        t_all = cache.k.shape[3]
+        bias = torch.zeros(B, t_all, device=dev).masked_fill_(
+            torch.arange(t_all, device=dev)[None, :] > pos[:, None], float("-inf"))  # [B, T] fp32
+        cos, sin = (t[:, None] for t in self._rope(pos))  # [B, 1, D]
+        b_idx = torch.arange(B, device=dev)[:, None]
+        kv_idx = torch.arange(self.n_kv, device=dev)[None, :]
+        nq, nk, d = self.n_heads * self.head_dim, self.n_kv * self.head_dim, self.head_dim
+        group = self.n_heads // self.n_kv
+        x = F.embedding(tokens, self.embed)  # [B, H]
+        for i, layer in enumerate(self.layers):
+            qkv = self._linear(self._norm(x, layer.w_in), layer.w_qkv)
+            qk = qkv[:, : nq + nk].view(B, self.n_heads + self.n_kv, d)
+            qk = qk * cos + _rotate_half(qk) * sin
+            cache.k[i].index_put_((b_idx, kv_idx, pos[:, None]), qk[:, self.n_heads:])
+            cache.v[i].index_put_((b_idx, kv_idx, pos[:, None]), qkv[:, nq + nk:].view(B, self.n_kv, d))
+            q = qk[:, : self.n_heads].reshape(B, self.n_kv, group, d) * d**-0.5
+            scores = q @ cache.k[i].transpose(-1, -2)  # [B, KV, G, T]
+            probs = torch.softmax(torch.add(bias[:, None, None, :], scores), dim=-1)  # fp32
+            att = (probs.to(self.dtype) @ cache.v[i]).reshape(B, nq)
+            x = self._mlp(x + self._linear(att, layer.w_o), layer)
+        return self._logits(x)
 
 
-def _attend(q, k, v, mask):
-    """Causal attention with grouped KV heads. q: [B, H, Q, D]; k, v: [B, KV, T, D]; mask: [B, 1, Q, T],
-    boolean (True: attend) for prefill, additive (0 or -inf, float32) for one-token decode.
-
-    One-token decode steps use plain grouped matmuls over the whole, contiguous cache (torch's CPU SDPA
-    kernel is ~15x slower in bf16 for this shape); multi-token prefill uses SDPA in fp32, whose fused
-    CPU kernel is fast and memory-light.
-    """
+def _can_prepack(dtype, device) -> bool:
+    """True when oneDNN can hold bf16 weights in its own blocked layout on this CPU. A weight prepacked once
+    skips the reordering ``F.linear`` does on every call: one decode step of the 135M model runs its matmuls
+    ~15% faster, with bit-identical results (checked by a test)."""
     import torch
-    import torch.nn.functional as F
 
-    B, H, Q, D = q.shape
-    kv = k.shape[1]
-    if Q == 1:
-        scores = (q.reshape(B, kv, H // kv, D) * D**-0.5) @ k.transpose(-1, -2)  # [B, KV, G, T]
-        probs = torch.softmax(torch.add(mask.view(B, 1, 1, -1), scores), dim=-1)  # fp32
-        return (probs.to(v.dtype) @ v).view(B, H, 1, D)
-    out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask, enable_gqa=kv != H)
-    return out.to(q.dtype)
+    if device.type != "cpu" or dtype != torch.bfloat16 or not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        w = torch.ops.mkldnn._reorder_linear_weight(torch.ones(8, 8, dtype=dtype))
+        out = torch.ops.mkldnn._linear_pointwise(torch.ones(2, 8, dtype=dtype), w, None, "none", [], "")
+    except (AttributeError, RuntimeError):
+        return False
+    return bool((out == 8).all())
+
+
+def _prepack(w):
+    import torch
+
+    return torch.ops.mkldnn._reorder_linear_weight(w)
 
 
 def _rotate_half(x):

@@ -42,19 +42,46 @@ def length_batches(lengths: Sequence[int], batch_size: int, max_tokens: int | No
     return batches
 
 
-def pad_groups(lengths: Sequence[int], waste: float = 0.25, min_tokens: int = 2048) -> list[tuple[int, int]]:
-    """Split rows sorted by length (longest first) into contiguous groups [lo, hi) to encode together.
+def packed_chunks(lengths: Sequence[int], max_tokens: int = 4096) -> list[tuple[int, int]]:
+    """Split rows (sorted by length, longest first) into contiguous chunks [lo, hi) to encode in one packed
+    pass: a chunk closes before it would exceed ``max_tokens`` real tokens (a longer row goes alone)."""
+    chunks: list[tuple[int, int]] = []
+    lo, size = 0, 0
+    for i, n in enumerate(lengths):
+        if i > lo and size + n > max_tokens:
+            chunks.append((lo, i))
+            lo, size = i, 0
+        size += n
+    if lo < len(lengths):
+        chunks.append((lo, len(lengths)))
+    return chunks
 
-    A group closes when the next row is more than ``waste`` shorter than the group's longest and the
-    group already holds ``min_tokens`` padded tokens (small groups are not worth a separate pass).
-    """
-    groups: list[tuple[int, int]] = []
-    lo = 0
-    for i in range(1, len(lengths) + 1):
-        if i == len(lengths) or (lengths[i] < (1 - waste) * lengths[lo] and lengths[lo] * (i - lo) >= min_tokens):
-            groups.append((lo, i))
-            lo = i
-    return groups
+
+def shared_prefixes(prompts: Sequence[Sequence[int]], min_tokens: int = 16) -> list[tuple[int, ...]]:
+    """The prefixes (at least ``min_tokens`` long) that two or more prompts share, as far as they share
+    them: the branch points of the batch's prefix tree, shortest first. Encoding each once lets its
+    prompts start from it (instructions common to a batch, a conversation common to two judged replies)."""
+    ordered = sorted(tuple(p) for p in prompts)
+    found: set[tuple[int, ...]] = set()
+    for a, b in zip(ordered[:-1], ordered[1:], strict=True):
+        n = 0
+        while n < len(a) and n < len(b) and a[n] == b[n]:
+            n += 1
+        if n >= min_tokens:
+            found.add(a[:n])
+    return sorted(found, key=lambda t: (len(t), t))
+
+
+def prefix_levels(prefixes: Sequence[tuple[int, ...]]) -> list[list[tuple[int, ...]]]:
+    """``prefixes`` in levels: each one after every other that it extends, so a level can be encoded
+    in one pass on top of the levels before it."""
+    left = sorted(set(prefixes), key=len)
+    levels = []
+    while left:
+        level = [p for p in left if not any(len(q) < len(p) and p[: len(q)] == q for q in left)]
+        levels.append(level)
+        left = [p for p in left if p not in set(level)]
+    return levels
 
 
 _M31 = 0x7FFF_FFFF
@@ -118,17 +145,32 @@ def step_key(seed: int, step: int) -> int:
 class TransformersBackend:
     """A local Hugging Face causal LM behind the ``Backend`` contract."""
 
-    def __init__(self, model, tokenizer, model_id: str, *, batch_size: int = 64, max_batch_tokens: int = 65536):
-        self.model, self.tokenizer, self.model_id = model, tokenizer, model_id
-        self.batch_size, self.max_batch_tokens = batch_size, max_batch_tokens
-        self.device = next(model.parameters()).device
-        self._eos = {t for t in _as_list(tokenizer.eos_token_id) + _as_list(model.generation_config.eos_token_id)}
-        self._option_ids: dict[tuple[str, ...], list[list[int]]] = {}
-        from cai.backends import engine
+    def __init__(self, model, tokenizer, model_id: str, *, batch_size: int = 64, max_batch_tokens: int = 65536,
+                 engine=None, load_model=None, eos_ids: Sequence[int] = ()):
+        """``model``: a transformers causal LM, or None with ``engine`` given and ``load_model`` to build
+        the model only if something needs it (the fallback forward, tests)."""
+        from cai.backends import engine as lean
 
-        self.engine = engine.LlamaEngine(model) if engine.supports(model) else None
-        self.prefix_store = engine.PrefixStore()
+        self._model, self._load_model = model, load_model
+        self.tokenizer, self.model_id = tokenizer, model_id
+        self.batch_size, self.max_batch_tokens = batch_size, max_batch_tokens
+        if engine is None and model is not None and lean.supports(model):
+            engine = lean.LlamaEngine.from_model(model)
+        self.engine = engine
+        self.device = engine.device if engine is not None else next(model.parameters()).device
+        gen_eos = _as_list(model.generation_config.eos_token_id) if model is not None else []
+        self._eos = set(_as_list(tokenizer.eos_token_id)) | set(gen_eos) | set(eos_ids)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self._eos, default=0)
+        self._option_ids: dict[tuple[str, ...], list[list[int]]] = {}
+        self.prefix_store = lean.PrefixStore()
         log.debug("fast engine: %s", "on" if self.engine else "off (model's own forward)")
+
+    @property
+    def model(self):
+        """The transformers model (loaded on first use when the backend was built from a checkpoint)."""
+        if self._model is None:
+            self._model = self._load_model()
+        return self._model
 
     @classmethod
     def load(cls, spec: str | None = None, *, dtype=None, device: str | None = None, batch_size: int = 64,
@@ -138,10 +180,36 @@ class TransformersBackend:
         source = models.resolve(spec)
         device = device or models.default_device()
         dtype = models.parse_dtype(dtype, device) if isinstance(dtype, str) or dtype is None else dtype
+        lean = None if trust_remote_code else cls._load_lean(source, dtype, device, batch_size)
+        if lean is not None:
+            return lean
         tok = models.load_tokenizer(source, trust_remote_code=trust_remote_code)
         model = models.load_causal_lm(source, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
         log.info("loaded %s (%s) on %s as %s", source.model_id, source.path, device, dtype)
         return cls(model, tok, source.model_id, batch_size=batch_size)
+
+    @classmethod
+    def _load_lean(cls, source, dtype, device: str, batch_size: int) -> TransformersBackend | None:
+        """The backend straight from a local safetensors Llama checkpoint, without importing transformers
+        (its import alone is ~2 s of a CPU run's start-up); None when the checkpoint needs transformers."""
+        import json
+        from pathlib import Path
+
+        from cai import models
+        from cai.backends import engine
+        from cai.backends.light_tokenizer import LightTokenizer
+
+        if not source.is_local or not engine.checkpoint_supported(source.path):
+            return None
+        tok = LightTokenizer.load(source.path)
+        if tok is None:
+            return None
+        gen = Path(source.path) / "generation_config.json"
+        eos = _as_list(json.loads(gen.read_text()).get("eos_token_id")) if gen.is_file() else []
+        lean = engine.LlamaEngine.from_checkpoint(source.path, dtype=dtype, device=device)
+        log.info("loaded %s (%s) on %s as %s, lean engine", source.model_id, source.path, device, dtype)
+        return cls(None, tok, source.model_id, batch_size=batch_size, engine=lean, eos_ids=eos,
+                   load_model=lambda: models.load_causal_lm(source, dtype=dtype, device=device))
 
     # ---- rendering -------------------------------------------------------------------------------
 
@@ -217,20 +285,26 @@ class TransformersBackend:
         return [self._completion(p, t, f, stop_strings) for p, t, f in zip(prompts, new_tokens, finish, strict=True)]
 
     def _prefill(self, prompts: list[list[int]], extra: int):
-        """Encode prompts into a fresh cache, reusing stored prefixes.
+        """Encode prompts into a fresh cache: first what two or more of them share (``shared_prefixes``,
+        level by level, into the prefix store), then each prompt's own rest on top of its longest stored
+        prefix. Returns (cache, logits [B, V], order): cache row s holds prompts[order[s]]."""
+        for level in prefix_levels([p for p in shared_prefixes(prompts)
+                                    if self.prefix_store.lookup(list(p))[0] < len(p)]):
+            cache, _, order = self._encode([list(p) for p in level], 0)
+            for s, i in enumerate(order):
+                self._remember(cache, s, list(level[i]))
+        return self._encode(prompts, extra)
 
-        Returns (cache, logits [B, V], order): cache row s holds prompts[order[s]]. Rows are ordered by
-        the length of what is left to encode and encoded in groups of similar length (``pad_groups``),
-        so a few long suffixes do not make every row pay for their padding.
-        """
+    def _encode(self, prompts: list[list[int]], extra: int):
+        """Encode prompts into a fresh cache with room for ``extra`` more tokens per row, reusing stored
+        prefixes; packed (no padding), longest suffix first. Returns (cache, logits [B, V], order)."""
         import torch
 
         hits = [self.prefix_store.lookup(p) for p in prompts]
         reuse = [min(m, len(p) - 1) for (m, _), p in zip(hits, prompts, strict=True)]
         todo = [len(p) - r for p, r in zip(prompts, reuse, strict=True)]
         order = sorted(range(len(prompts)), key=lambda i: -todo[i])
-        # padding after a short suffix is written past the row's end too, so leave room for it
-        cache = self.engine.new_cache(len(prompts), max(r + todo[order[0]] for r in reuse) + extra)
+        cache = self.engine.new_cache(len(prompts), max(len(p) for p in prompts) + extra)
         for s, i in enumerate(order):
             if reuse[i] > 0:
                 entry = hits[i][1]
@@ -238,15 +312,12 @@ class TransformersBackend:
                 cache.v[:, s, :, : reuse[i]] = entry.v[:, :, : reuse[i]]
         dev = self.engine.device
         logits = []
-        for lo, hi in pad_groups([todo[i] for i in order]):
+        for lo, hi in packed_chunks([todo[i] for i in order]):
             rows = order[lo:hi]
-            width = todo[rows[0]]
-            tokens = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
-            for b, i in enumerate(rows):
-                tokens[b, : todo[i]] = torch.tensor(prompts[i][reuse[i]:])
-            start = torch.tensor([reuse[i] for i in rows])
-            n_valid = torch.tensor([todo[i] for i in rows])
-            logits.append(self.engine.forward(tokens.to(dev), start.to(dev), n_valid.to(dev), cache.rows(lo, hi)))
+            tokens = torch.tensor([t for i in rows for t in prompts[i][reuse[i]:]], device=dev)
+            where = torch.tensor([b for b, i in enumerate(rows) for _ in range(todo[i])], device=dev)
+            pos = torch.tensor([q for i in rows for q in range(reuse[i], len(prompts[i]))], device=dev)
+            logits.append(self.engine.prefill(tokens, where, pos, cache.rows(lo, hi)))
         return cache, torch.cat(logits), order
 
     def _remember(self, cache, row: int, tokens: list[int]) -> None:
@@ -279,7 +350,7 @@ class TransformersBackend:
                 for s, t in enumerate(picks):
                     r = slot_of[s]
                     if r < 0:
-                        next_ids.append(self.tokenizer.pad_token_id)
+                        next_ids.append(self.pad_id)
                         continue
                     done = t in self._eos
                     if not done:
@@ -300,9 +371,8 @@ class TransformersBackend:
                     slot_of = [slot_of[s] for s in keep]
                     next_ids = [next_ids[s] for s in keep]
                 dev = self.engine.device
-                start = torch.tensor([fed[r] if r >= 0 else 0 for r in slot_of], device=dev)
-                logits = self.engine.forward(torch.tensor(next_ids, device=dev)[:, None], start,
-                                             torch.ones(len(slot_of), dtype=torch.long, device=dev), cache)
+                pos = torch.tensor([fed[r] if r >= 0 else 0 for r in slot_of], device=dev)
+                logits = self.engine.decode(torch.tensor(next_ids, device=dev), pos, cache)
                 for r in slot_of:
                     if r >= 0:
                         fed[r] += 1
@@ -387,7 +457,7 @@ class TransformersBackend:
         import torch
 
         width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
         for b, p in enumerate(prompts):
             ids[b, width - len(p):] = torch.tensor(p)
