@@ -194,3 +194,15 @@ def test_lean_load_skips_transformers_and_matches_it(tiny_model_dir):
     prompts = [full.encode_chat(c) for c in CONVS]
     assert prompts == [lean.encode_chat(c) for c in CONVS]
     assert torch.allclose(lean._last_logprobs(prompts), full._last_logprobs(prompts), atol=1e-5)
+
+
+def test_full_distribution_sampling_follows_the_softmax_per_row_key():
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    logits = probs.log()[None].repeat(4000, 1)
+    params = SamplingParams(temperature=1.0, top_p=1.0)
+    picks = torch.tensor(sample_next(logits, params, list(range(4000))))
+    freq = torch.bincount(picks, minlength=4).float() / len(picks)
+    assert torch.allclose(freq, probs, atol=0.03), freq
+    # a row's draw depends on its own key and logits only, not on the other rows of the batch
+    alone = [sample_next(logits[:1], params, [k])[0] for k in range(20)]
+    assert alone == picks[:20].tolist()

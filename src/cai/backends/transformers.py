@@ -101,30 +101,44 @@ def sample_next(logits, params: SamplingParams, keys: list[int], top_k: int = 25
     """Next token per row: greedy, or temperature + nucleus (top-p) sampling keyed per row and step.
 
     logits: [B, V] float; keys: one int per row (mix of the row's seed and the step). Returns B token ids.
-    The nucleus is searched among the ``top_k`` most likely tokens (sorting the whole vocabulary costs more
-    than the model's forward on a CPU); a row whose top_k tokens hold less than ``top_p`` of the mass falls
-    back to the full vocabulary, so the result is exact. Each row draws by the Gumbel-max trick with noise
-    indexed by token id (``token_uniforms``), so the draw depends on the row's seed and its own
-    probabilities only, not on batch composition.
+    Every draw depends on the row's key and its own probabilities only, not on batch composition.
+
+    * top_p < 1: the nucleus is searched among the ``top_k`` most likely tokens (sorting the whole
+      vocabulary costs more than the model's forward on a CPU); a row whose top_k tokens hold less than
+      ``top_p`` of the mass falls back to the full vocabulary, so the result is exact. The draw is
+      Gumbel-max with noise indexed by token id (``token_uniforms``).
+    * top_p = 1 (the whole distribution): inverse-CDF sampling over the vocabulary in id order with one
+      keyed uniform per row -- exact, and no sort at all.
     """
     import torch
 
     if not params.do_sample or params.temperature <= 0:
         return logits.argmax(-1).tolist()
     scaled = logits.float() / params.temperature
+    key_t = torch.tensor(keys, dtype=torch.long, device=scaled.device)[:, None]
+    if params.top_p >= 1.0:
+        return _inverse_cdf_pick(scaled, key_t).tolist()
     log_z = scaled.logsumexp(-1, keepdim=True)
     k = min(top_k, scaled.shape[-1])
     top_l, top_i = scaled.topk(k, dim=-1)  # sorted, descending
     top_p = (top_l - log_z).exp()
     mass = top_p.sum(-1)
-    key_t = torch.tensor(keys, dtype=torch.long, device=top_i.device)[:, None]
     picks = _gumbel_pick(top_p, top_i, key_t, params.top_p).tolist()
-    full = k < scaled.shape[-1] and params.top_p >= 1.0
     for b in range(len(keys)):  # rows whose nucleus reaches past the top_k: the whole vocabulary, sorted
-        if full or float(mass[b]) < params.top_p:
+        if k < scaled.shape[-1] and float(mass[b]) < params.top_p:
             p_row, i_row = (scaled[b] - log_z[b]).exp().sort(descending=True)
             picks[b] = int(_gumbel_pick(p_row[None], i_row[None], key_t[b:b + 1], params.top_p)[0])
     return picks
+
+
+def _inverse_cdf_pick(scaled, keys):
+    """Per row, the token where the cumulative softmax of ``scaled`` [B, V] first exceeds the row's keyed
+    uniform (``keys`` [B, 1] long). The sum runs in float64, so no token's share is lost to rounding."""
+    import torch
+
+    cdf = torch.softmax(scaled, dim=-1).double().cumsum(-1)
+    u = token_uniforms(torch.zeros_like(keys), keys) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u).clamp_(max=scaled.shape[-1] - 1).squeeze(-1)
 
 
 def _gumbel_pick(probs, ids, keys, top_p: float):
