@@ -6,6 +6,10 @@ batch and from the KV cache the moment they finish, so a batch never keeps compu
 sequences, (3) samples each row from its own seeded generator, so a conversation's completion depends on
 the seed and its own text, not on which other prompts share its batch (resumed runs reproduce), and
 (4) runs in the fastest accurate dtype (bf16 on CPUs with AVX512-BF16, where matmuls are ~2.6x fp32).
+
+For a local safetensors Llama checkpoint (the embedded model included) the backend is built without
+transformers at all: the lean engine straight from the checkpoint and ``LightTokenizer``; the
+transformers model is loaded only if something asks for ``backend.model``.
 """
 
 from __future__ import annotations
