@@ -309,11 +309,18 @@ def test_refuses_what_it_does_not_reproduce(tmp_path, tokenizer_dir, change):
     assert LightTokenizer.load(path) is None
 
 
-def test_refuses_truncation_baked_into_tokenizer_json(tmp_path, tokenizer_dir):
+def test_ignores_padding_and_truncation_baked_into_tokenizer_json_as_transformers_does(tmp_path, tokenizer_dir):
+    from transformers import AutoTokenizer
+
     tok_json = json.loads((tokenizer_dir / "tokenizer.json").read_text())
     tok_json["truncation"] = {"direction": "Right", "max_length": 8, "strategy": "LongestFirst", "stride": 0}
+    tok_json["padding"] = {"strategy": "BatchLongest", "direction": "Left", "pad_to_multiple_of": None,
+                           "pad_id": 2, "pad_type_id": 0, "pad_token": "<|im_end|>"}
     path = _variant(tmp_path, tokenizer_dir, files={"tokenizer.json": tok_json})
-    assert LightTokenizer.load(path) is None
+    light, full = LightTokenizer.load(path), AutoTokenizer.from_pretrained(path)
+    text = "A sentence with a good many more than eight tokens in it, to see whether it gets cut."
+    assert light.encode(text) == full.encode(text) and len(light.encode(text)) > 8
+    assert light(text, add_special_tokens=False)["input_ids"] == full(text, add_special_tokens=False)["input_ids"]
 
 
 def test_pad_token_can_be_set(light):

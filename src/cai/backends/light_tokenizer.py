@@ -7,7 +7,7 @@ the ones ``AutoTokenizer.from_pretrained(dir)`` gives.
 
 Exactness comes from refusing, not from imitation: whenever the directory asks for something this class
 does not reproduce (an unknown tokenizer_config key, a custom tokenizer class, cleanup of decoded spaces,
-special tokens transformers would add or re-flag, padding or truncation baked into tokenizer.json, ...)
+special tokens transformers would add or re-flag, ...)
 ``load`` returns None and the caller falls back to ``AutoTokenizer``.
 """
 
@@ -321,10 +321,12 @@ def _flags(token) -> dict[str, bool]:
 
 
 def _check_backend(backend, config: dict, special_values: list) -> None:
-    """Refuse what transformers would change in the backend on load: settings baked into tokenizer.json,
-    special tokens it would add or re-flag, and added_tokens_decoder entries that differ from tokenizer.json."""
-    if backend.truncation is not None or backend.padding is not None:
-        raise _Unsupported("tokenizer.json enables truncation or padding")
+    """Refuse what transformers would change in the backend on load: special tokens it would add or
+    re-flag, and added_tokens_decoder entries that differ from tokenizer.json. Padding or truncation baked
+    into tokenizer.json (a tokenizer saved after padded batches, as PPO does) is switched off: transformers
+    switches both off for every call that does not ask for them, and this class never does."""
+    backend.no_padding()
+    backend.no_truncation()
     added = backend.get_added_tokens_decoder()  # id -> tokenizers.AddedToken
     by_content = {token.content: token for token in added.values()}
     for value in special_values:
