@@ -136,7 +136,6 @@ class LlamaEngine:
     def from_model(cls, model) -> LlamaEngine:
         """The engine over a loaded transformers Llama model's current weights."""
         params = dict(model.named_parameters())
-        params.update(dict(model.named_buffers()))
         if "lm_head.weight" not in params:  # tied: named_parameters lists a shared tensor once
             params["lm_head.weight"] = model.get_output_embeddings().weight
         emb = model.get_input_embeddings().weight
@@ -184,6 +183,26 @@ class LlamaEngine:
             return torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
         return F.linear(x, w)
 
+    def _slots(self, rows, pos):
+        """Where tokens at (``rows`` [N], ``pos`` [N]) go in a cache layer, and their rotary (cos, sin)
+        [N, 1, D]: computed once per forward, used by every layer (``_queries_storing_keys``)."""
+        import torch
+
+        cos, sin = (t[:, None] for t in self._rope(pos))
+        return (rows[:, None], torch.arange(self.n_kv, device=self.device)[None, :], pos[:, None]), cos, sin
+
+    def _queries_storing_keys(self, x, layer: _Layer, cache: RowCache, i: int, slots):
+        """Layer ``i``'s rotated queries [N, heads, D] for hidden states ``x`` [N, H]; its keys and values
+        go into ``cache`` at ``slots`` (from ``_slots``)."""
+        where, cos, sin = slots
+        n, nq, nk, d = x.shape[0], self.n_heads * self.head_dim, self.n_kv * self.head_dim, self.head_dim
+        qkv = self._linear(self._norm(x, layer.w_in), layer.w_qkv)
+        qk = qkv[:, : nq + nk].view(n, self.n_heads + self.n_kv, d)
+        qk = qk * cos + _rotate_half(qk) * sin
+        cache.k[i].index_put_(where, qk[:, self.n_heads:])
+        cache.v[i].index_put_(where, qkv[:, nq + nk:].view(n, self.n_kv, d))
+        return qk[:, : self.n_heads]
+
     def _mlp(self, x, layer: _Layer):
         import torch.nn.functional as F
 
@@ -212,17 +231,11 @@ class LlamaEngine:
             0, rows, pos + 1, "amax").tolist()  # each row's key span
         groups = [self._attention_group(lo, min(lo + ATTENTION_ROWS, R), counts, ends, pos)
                   for lo in range(0, R, ATTENTION_ROWS)]
-        cos, sin = (t[:, None] for t in self._rope(pos))  # [N, 1, D]
-        kv_idx = torch.arange(self.n_kv, device=self.device)[None, :]
-        nq, nk, d = self.n_heads * self.head_dim, self.n_kv * self.head_dim, self.head_dim
+        slots = self._slots(rows, pos)
+        nq, d = self.n_heads * self.head_dim, self.head_dim
         x = F.embedding(tokens, self.embed)  # [N, H]
         for i, layer in enumerate(self.layers):
-            qkv = self._linear(self._norm(x, layer.w_in), layer.w_qkv)
-            qk = qkv[:, : nq + nk].view(N, self.n_heads + self.n_kv, d)
-            qk = qk * cos + _rotate_half(qk) * sin
-            cache.k[i].index_put_((rows[:, None], kv_idx, pos[:, None]), qk[:, self.n_heads:])
-            cache.v[i].index_put_((rows[:, None], kv_idx, pos[:, None]), qkv[:, nq + nk:].view(N, self.n_kv, d))
-            queries = qk[:, : self.n_heads].float()
+            queries = self._queries_storing_keys(x, layer, cache, i, slots).float()
             att = torch.empty(N, self.n_heads, d, dtype=torch.float32, device=self.device)
             for g in groups:
                 grid = queries.new_zeros(g.n_rows, g.q_len, self.n_heads, d)
@@ -264,19 +277,13 @@ class LlamaEngine:
         t_all = cache.k.shape[3]
         bias = torch.zeros(B, t_all, device=dev).masked_fill_(
             torch.arange(t_all, device=dev)[None, :] > pos[:, None], float("-inf"))  # [B, T] fp32
-        cos, sin = (t[:, None] for t in self._rope(pos))  # [B, 1, D]
-        b_idx = torch.arange(B, device=dev)[:, None]
-        kv_idx = torch.arange(self.n_kv, device=dev)[None, :]
-        nq, nk, d = self.n_heads * self.head_dim, self.n_kv * self.head_dim, self.head_dim
+        slots = self._slots(torch.arange(B, device=dev), pos)
+        nq, d = self.n_heads * self.head_dim, self.head_dim
         group = self.n_heads // self.n_kv
         x = F.embedding(tokens, self.embed)  # [B, H]
         for i, layer in enumerate(self.layers):
-            qkv = self._linear(self._norm(x, layer.w_in), layer.w_qkv)
-            qk = qkv[:, : nq + nk].view(B, self.n_heads + self.n_kv, d)
-            qk = qk * cos + _rotate_half(qk) * sin
-            cache.k[i].index_put_((b_idx, kv_idx, pos[:, None]), qk[:, self.n_heads:])
-            cache.v[i].index_put_((b_idx, kv_idx, pos[:, None]), qkv[:, nq + nk:].view(B, self.n_kv, d))
-            q = qk[:, : self.n_heads].reshape(B, self.n_kv, group, d) * d**-0.5
+            queries = self._queries_storing_keys(x, layer, cache, i, slots)
+            q = queries.reshape(B, self.n_kv, group, d) * d**-0.5
             scores = q @ cache.k[i].transpose(-1, -2)  # [B, KV, G, T]
             probs = torch.softmax(torch.add(bias[:, None, None, :], scores), dim=-1)  # fp32
             att = (probs.to(self.dtype) @ cache.v[i]).reshape(B, nq)

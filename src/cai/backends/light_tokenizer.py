@@ -118,6 +118,10 @@ class LightTokenizer:
             from tokenizers import Tokenizer
 
             backend = Tokenizer.from_file(str(directory / "tokenizer.json"))
+            # padding or truncation baked into tokenizer.json (saved after padded batches, as PPO does):
+            # transformers switches both off for every call that does not ask for them, and no call here does
+            backend.no_padding()
+            backend.no_truncation()
             _check_backend(backend, config, [*filter(None, special.values()), *extra])
         except _Unsupported as why:
             log.debug("no light tokenizer for %s (%s); use AutoTokenizer", directory, why)
@@ -322,11 +326,7 @@ def _flags(token) -> dict[str, bool]:
 
 def _check_backend(backend, config: dict, special_values: list) -> None:
     """Refuse what transformers would change in the backend on load: special tokens it would add or
-    re-flag, and added_tokens_decoder entries that differ from tokenizer.json. Padding or truncation baked
-    into tokenizer.json (a tokenizer saved after padded batches, as PPO does) is switched off: transformers
-    switches both off for every call that does not ask for them, and this class never does."""
-    backend.no_padding()
-    backend.no_truncation()
+    re-flag, and added_tokens_decoder entries that differ from tokenizer.json."""
     added = backend.get_added_tokens_decoder()  # id -> tokenizers.AddedToken
     by_content = {token.content: token for token in added.values()}
     for value in special_values:

@@ -84,7 +84,8 @@ def prefix_levels(prefixes: Sequence[tuple[int, ...]]) -> list[list[tuple[int, .
     while left:
         level = [p for p in left if not any(len(q) < len(p) and p[: len(q)] == q for q in left)]
         levels.append(level)
-        left = [p for p in left if p not in set(level)]
+        done = set(level)
+        left = [p for p in left if p not in done]
     return levels
 
 
