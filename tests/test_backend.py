@@ -7,7 +7,7 @@ import torch
 
 from cai.backends.base import SamplingParams
 from cai.backends.engine import PrefixStore
-from cai.backends.transformers import TransformersBackend, length_batches, sample_next
+from cai.backends.transformers import TransformersBackend, length_batches, sample_next, token_uniforms
 
 CONVS = [[{"role": "user", "content": f"Question number {i}: " + "why? " * i}] for i in range(5)]
 
@@ -206,3 +206,21 @@ def test_full_distribution_sampling_follows_the_softmax_per_row_key():
     # a row's draw depends on its own key and logits only, not on the other rows of the batch
     alone = [sample_next(logits[:1], params, [k])[0] for k in range(20)]
     assert alone == picks[:20].tolist()
+
+
+def test_full_distribution_sampling_spans_blocks_of_the_vocabulary():
+    from cai.backends.transformers import _inverse_cdf_pick
+
+    # 700 tokens = two full blocks of 256 and a padded third; mass sits in all three blocks
+    probs = torch.full((700,), 1e-9)
+    probs[[3, 255, 256, 511, 699]] = torch.tensor([0.2, 0.1, 0.3, 0.25, 0.15])
+    logits = (probs / probs.sum()).log()[None].repeat(6000, 1)
+    keys = torch.arange(6000)[:, None]
+    picks = _inverse_cdf_pick(logits, keys)
+    freq = torch.bincount(picks, minlength=700).float() / len(picks)
+    assert torch.allclose(freq[[3, 255, 256, 511, 699]], probs[[3, 255, 256, 511, 699]], atol=0.025), freq
+    assert freq.sum() == 1 and int(picks.max()) < 700
+    # the same draws as one pass over the whole vocabulary's cumulative sum
+    cdf = torch.softmax(logits, -1).double().cumsum(-1)
+    u = token_uniforms(torch.zeros_like(keys), keys) * cdf[:, -1:]
+    assert (picks == torch.searchsorted(cdf, u).squeeze(-1)).float().mean() > 0.999

@@ -123,27 +123,38 @@ def sample_next(logits, params: SamplingParams, keys: list[int], top_k: int = 25
     key_t = torch.tensor(keys, dtype=torch.long, device=scaled.device)[:, None]
     if params.top_p >= 1.0:
         return _inverse_cdf_pick(scaled, key_t).tolist()
-    log_z = scaled.logsumexp(-1, keepdim=True)
+    probs = torch.softmax(scaled, dim=-1)  # cheaper than logsumexp, and topk then gives probabilities
     k = min(top_k, scaled.shape[-1])
-    top_l, top_i = scaled.topk(k, dim=-1)  # sorted, descending
-    top_p = (top_l - log_z).exp()
+    top_p, top_i = probs.topk(k, dim=-1)  # sorted, descending
     mass = top_p.sum(-1)
     picks = _gumbel_pick(top_p, top_i, key_t, params.top_p).tolist()
     for b in range(len(keys)):  # rows whose nucleus reaches past the top_k: the whole vocabulary, sorted
         if k < scaled.shape[-1] and float(mass[b]) < params.top_p:
-            p_row, i_row = (scaled[b] - log_z[b]).exp().sort(descending=True)
+            p_row, i_row = probs[b].sort(descending=True)
             picks[b] = int(_gumbel_pick(p_row[None], i_row[None], key_t[b:b + 1], params.top_p)[0])
     return picks
 
 
-def _inverse_cdf_pick(scaled, keys):
+def _inverse_cdf_pick(scaled, keys, block: int = 256):
     """Per row, the token where the cumulative softmax of ``scaled`` [B, V] first exceeds the row's keyed
-    uniform (``keys`` [B, 1] long). The sum runs in float64, so no token's share is lost to rounding."""
+    uniform (``keys`` [B, 1] long). Two levels, so no sequential scan (nor float64 copy) covers the whole
+    vocabulary, which took most of a step's sampling: the uniform picks a block of ``block`` tokens by the
+    blocks' masses, then a token inside the block by its float64 cumulative sum, rescaled to the block's
+    mass so the two levels agree (no token's share is lost to rounding)."""
     import torch
+    import torch.nn.functional as F
 
-    cdf = torch.softmax(scaled, dim=-1).double().cumsum(-1)
-    u = token_uniforms(torch.zeros_like(keys), keys) * cdf[:, -1:]
-    return torch.searchsorted(cdf, u).clamp_(max=scaled.shape[-1] - 1).squeeze(-1)
+    probs = torch.softmax(scaled, dim=-1)
+    n, v = probs.shape
+    blocks = (F.pad(probs, (0, -v % block)) if v % block else probs).view(n, -1, block)
+    block_cdf = blocks.sum(-1).double().cumsum(-1)  # [B, V / block]
+    u = token_uniforms(torch.zeros_like(keys), keys) * block_cdf[:, -1:]
+    b = torch.searchsorted(block_cdf, u).clamp_(max=block_cdf.shape[1] - 1)  # [B, 1]
+    start = torch.where(b > 0, block_cdf.gather(1, (b - 1).clamp(min=0)), torch.zeros_like(u))
+    inner = blocks.gather(1, b[:, :, None].expand(n, 1, block)).squeeze(1).double().cumsum(-1)  # [B, block]
+    target = (u - start) / (block_cdf.gather(1, b) - start) * inner[:, -1:]
+    t = torch.searchsorted(inner, target).clamp_(max=block - 1)
+    return (b * block + t).clamp_(max=v - 1).squeeze(-1)
 
 
 def _gumbel_pick(probs, ids, keys, top_p: float):
