@@ -233,6 +233,7 @@ class LlamaEngine:
                   for lo in range(0, R, ATTENTION_ROWS)]
         slots = self._slots(rows, pos)
         nq, d = self.n_heads * self.head_dim, self.head_dim
+        last = torch.tensor(counts, device=self.device).cumsum(0) - 1  # each row's last token
         x = F.embedding(tokens, self.embed)  # [N, H]
         for i, layer in enumerate(self.layers):
             queries = self._queries_storing_keys(x, layer, cache, i, slots).float()
@@ -245,9 +246,10 @@ class LlamaEngine:
                     cache.v[i][g.rows, :, : g.t_len].float(), attn_mask=g.bias,
                     enable_gqa=self.n_kv != self.n_heads)  # [rows, heads, Q, D]
                 att[g.lo:g.hi] = out.transpose(1, 2)[g.row, g.col]
-            x = self._mlp(x + self._linear(att.reshape(N, nq).to(self.dtype), layer.w_o), layer)
-        last = torch.tensor(counts, device=self.device).cumsum(0) - 1
-        return self._logits(x[last])
+            if i == self.n_layers - 1:  # past the last keys and values only the last tokens matter
+                x, att = x[last], att[last]
+            x = self._mlp(x + self._linear(att.reshape(x.shape[0], nq).to(self.dtype), layer.w_o), layer)
+        return self._logits(x)
 
     def _attention_group(self, r_lo: int, r_hi: int, counts: list[int], ends: list[int], pos) -> _Group:
         """The attention layout of cache rows r_lo..r_hi-1 (see ``prefill``)."""
