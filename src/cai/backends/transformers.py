@@ -430,7 +430,11 @@ class TransformersBackend:
             vocab = self.tokenizer.get_vocab()
             found: list[list[int]] = []
             for opt in options:
-                ids = sorted({i for tok, i in vocab.items()
+                # decoding all ~50k entries takes ~0.1 s per option: decode only those that can spell it
+                # (an ASCII option appears in the raw token, as do byte-fallback entries such as <0x41>)
+                maybe = [(t, i) for t, i in vocab.items() if opt in t or t.startswith("<0x")] if opt.isascii() \
+                    else vocab.items()
+                ids = sorted({i for tok, i in maybe
                               if self.tokenizer.convert_tokens_to_string([tok]).strip().lstrip("(").strip() == opt})
                 if not ids:
                     raise ModelError(
