@@ -156,21 +156,29 @@ def test_prefill_shares_prefixes_and_packs_without_changing_results(backend, mon
     assert [c.token_ids for c in backend.generate(shared, params, progress=False)] == whole_tokens
 
 
-def test_prepacked_weights_give_bit_identical_logits(tiny_model_dir, monkeypatch):
+def test_prepacked_weights_match_plain_bf16_and_stay_as_close_to_fp32(tiny_model_dir, monkeypatch):
     import cai.backends.engine as lean
 
     packed = lean.LlamaEngine.from_checkpoint(tiny_model_dir, dtype=torch.bfloat16)
+    exact = lean.LlamaEngine.from_checkpoint(tiny_model_dir, dtype=torch.float32)
     monkeypatch.setattr(lean, "_can_prepack", lambda dtype, device: False)
     plain = lean.LlamaEngine.from_checkpoint(tiny_model_dir, dtype=torch.bfloat16)
     if not packed.prepacked:
         pytest.skip("this CPU has no oneDNN bf16 prepacking")
     tokens = torch.arange(3, 43)
     rows, pos = torch.arange(4).repeat_interleave(10), torch.arange(10).repeat(4)
+    engines = (packed, plain, exact)
     with torch.inference_mode():
-        caches = [e.new_cache(4, 12) for e in (packed, plain)]
-        first = [e.prefill(tokens, rows, pos, c) for e, c in zip((packed, plain), caches, strict=True)]
-        step = [e.decode(tokens[:4], torch.full((4,), 10), c) for e, c in zip((packed, plain), caches, strict=True)]
-    assert torch.equal(first[0], first[1]) and torch.equal(step[0], step[1])
+        # a prepacked matmul alone gives bit-identical results
+        x, w = torch.randn(5, packed.embed.shape[1], dtype=torch.bfloat16), plain.layers[0].w_o
+        assert torch.equal(packed._linear(x, packed.layers[0].w_o), plain._linear(x, w))
+        # whole passes differ from plain bf16 only by rounding (the fused post-ops round once, not per op)
+        caches = [e.new_cache(4, 12) for e in engines]
+        first = [e.prefill(tokens, rows, pos, c) for e, c in zip(engines, caches, strict=True)]
+        step = [e.decode(tokens[:4], torch.full((4,), 10), c) for e, c in zip(engines, caches, strict=True)]
+    for fused, unfused, ref in (first, step):
+        err_fused, err_plain = (fused - ref).abs().max(), (unfused - ref).abs().max()
+        assert err_fused <= 1.5 * err_plain + 1e-3, (err_fused, err_plain)
 
 
 def test_lean_load_skips_transformers_and_matches_it(tiny_model_dir):

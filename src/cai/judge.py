@@ -23,7 +23,7 @@ The default is not the paper's pairwise question but **pointwise scoring with le
 (``mode="pointwise"``, ``length_control=True``): each response is scored alone (log-odds of "Yes" to
 "is this reply good by the principle?"), the better score wins, and the judge's preference for longer
 answers is regressed out per batch. On the first 200 HH-RLHF harmless test pairs with the embedded
-SmolLM2-135M it agreed with the human labels more often than any pairwise variant (0.580 against 0.480
+SmolLM2-135M it agreed with the human labels more often than any pairwise variant (0.585 against 0.480
 for the plain pairwise question, 0.520 for "the shorter answer wins"; ``cai label --agreement FILE
 --sweep`` measures them all), and it has no slot to be biased towards. That is still chance level: on
 all 2,307 usable pairs it agrees 0.493 (shorter-wins: 0.553), and bf16 rounding alone (whether a shared
