@@ -228,7 +228,7 @@ class LlamaEngine:
             gate = linear(h, layer.w_gate, None, "swish", [], "")
             return self._linear_add(linear.binary(h, gate, layer.w_up, None, "mul"), layer.w_down, x)
         gate, up = self._linear(h, layer.w_gu).chunk(2, dim=-1)
-        return x + self._linear(F.silu(gate) * up, layer.w_down)
+        return self._linear_add(F.silu(gate) * up, layer.w_down, x)
 
     def _logits(self, last):
         return self._linear(self._norm(last, self.final_norm), self.lm_head).float()
