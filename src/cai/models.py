@@ -89,9 +89,25 @@ def _local_model_id(path: Path) -> str:
     return str(path.resolve())
 
 
+def gguf_fingerprint(gguf: Path, window: int = 1 << 20) -> str:
+    """A key for a GGUF file's content: its size and the sha256 of its first and last MiB.
+
+    Content, not path or mtime, so every virtual environment that installs the same package shares
+    one cached copy (a path key left a 0.5 GB copy behind per fresh install). The header holds the
+    metadata and the tail the last tensors, so a different build of the file changes the key; hashing
+    all 98 MB would add ~0.2 s to every start.
+    """
+    size = gguf.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with gguf.open("rb") as f:
+        digest.update(f.read(window))
+        f.seek(max(size - window, 0))
+        digest.update(f.read(window))
+    return digest.hexdigest()[:12]
+
+
 def _plain_copy_of_gguf(gguf: Path, name: str | None = None) -> Path:
-    stat = gguf.stat()
-    key = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{int(stat.st_mtime)}".encode()).hexdigest()[:12]
+    key = gguf_fingerprint(gguf)
     target = cache_dir() / "models" / f"{name or gguf.stem}-{key}"
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         return target
