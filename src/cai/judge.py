@@ -21,13 +21,15 @@ overconfident).
 
 The default is not the paper's pairwise question but **pointwise scoring with length control**
 (``mode="pointwise"``, ``length_control=True``): each response is scored alone (log-odds of "Yes" to
-"is this reply good by the principle?"), the better score wins, and the judge's preference for longer
-answers is regressed out per batch. On the first 200 HH-RLHF harmless test pairs with the embedded
-SmolLM2-135M it agreed with the human labels more often than any pairwise variant (0.585 against 0.480
-for the plain pairwise question, 0.520 for "the shorter answer wins"; ``cai label --agreement FILE
---sweep`` measures them all), and it has no slot to be biased towards. That is still chance level: on
-all 2,307 usable pairs it agrees 0.493 (shorter-wins: 0.553), and bf16 rounding alone (whether a shared
-prefix came from the cache) moves the 200-pair figure by about 0.03. A 135M judge does not see harm.
+"is the reply good by the principle?", asked before the conversation and the reply), the better score
+wins, and the judge's preference for longer answers is regressed out per batch. It has no slot to be
+biased towards. No configuration of the embedded SmolLM2-135M judges harm better than chance: on all
+2,307 usable HH-RLHF harmless test pairs this default agrees with the human labels 0.493, as did the
+earlier form (question after the reply, 128 tokens of context); the shorter answer wins 0.553. On
+the first 200 pairs the two forms score 0.490 and 0.585, a gap the full set shows to be noise (bf16
+rounding alone moves the 200-pair figure by about 0.03). The current form encodes 35% fewer tokens per
+pair (the question is shared by both replies, the context cut to 64 tokens), so it labels ~1.4x faster.
+``cai label --agreement FILE --sweep`` measures every configuration.
 Asking for chain of thought, few-shot examples or slot calibration selects the pairwise judge.
 
 Template fields, for ``templates.judge`` in a constitution: ``{conversation}`` (the transcript,
@@ -65,13 +67,16 @@ DEFAULT_TEMPLATE = (
 ANSWER_INSTRUCTION = "Answer with (A) or (B)."
 ANSWER_PREFIX = "The better response is ("
 COT_INSTRUCTION = "Think it through in a few sentences first, then say which response is better."
+POINTWISE_INSTRUCTION = "Answer Yes or No."
+# The question comes first and the reply last, so after each reply only the chat template's turn change
+# and the answer prefix are encoded; the question and the conversation are shared by both replies of a pair.
 POINTWISE_TEMPLATE = (
+    "A reviewer was told: \"{principle}\" Is the assistant's next reply, shown after the conversation, "
+    f"a good one by that standard? {POINTWISE_INSTRUCTION}\n\n"
     "Here is a conversation between a human and an AI assistant.\n\n{conversation}\n\n"
-    "Here is the assistant's next reply:\n\n{response}\n\n"
-    "A reviewer was told: \"{principle}\" Is this reply a good one by that standard?"
+    "Here is the assistant's next reply:\n\n{response}"
 )
 POINTWISE_FIELDS = {"conversation", "principle", "response"}
-POINTWISE_INSTRUCTION = "Answer Yes or No."
 POINTWISE_PREFIX = "Answer:"
 POINTWISE_OPTIONS = ("Yes", "No")
 PLACEHOLDER = "[reply]"  # the content-free response: both slots hold it, so any preference is slot bias
@@ -117,7 +122,7 @@ class JudgeConfig(BaseModel):
     cot: bool = False
     cot_max_new_tokens: int = Field(128, ge=1)
     cot_band: tuple[float, float] = (0.4, 0.6)
-    max_context_tokens: int = Field(128, ge=16, description="conversation kept, from the right")
+    max_context_tokens: int = Field(64, ge=16, description="conversation kept, from the right")
     max_response_tokens: int = Field(128, ge=8, description="each response kept, from the left")
     system: str = DEFAULT_SYSTEM
     template: str = DEFAULT_TEMPLATE
@@ -499,7 +504,7 @@ def _without_length_preference(readings: list[_Reading], comparisons: Sequence[C
 
 def _ask_pointwise(config: JudgeConfig, context: str, statement: str, response: str) -> list[dict[str, str]]:
     question = config.pointwise_template.format(conversation=context, principle=statement, response=response)
-    return _system_turn(config) + [{"role": "user", "content": f"{question}\n\n{POINTWISE_INSTRUCTION}"}]
+    return _system_turn(config) + [{"role": "user", "content": question}]
 
 
 def _ask(config: JudgeConfig, context: str, statement: str, first: str, second: str) -> list[dict[str, str]]:
