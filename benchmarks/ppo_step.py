@@ -14,7 +14,8 @@ memory (``getrusage`` ``ru_maxrss``, read right after the last timed update) is 
 update is a warm-up and is not timed. TRL keeps a separate value model (a second trunk) and trains
 in fp32 on a CPU (``trl``; ``trl-bf16`` adds bf16 autocast); cai puts the value head on the policy's
 trunk and, with ``dtype=auto``, samples rollouts from a bf16 copy where the CPU has AVX512-BF16
-(``cai-fp32``: plain fp32 everywhere).
+(``cai-fp32``: plain fp32 everywhere). cai samples its rollouts with its lean decoder
+(``cai-generate``: with transformers' ``generate`` instead, as before).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ PROMPTS = [
     "How do airplanes stay in the air? Explain lift and thrust.",
     "Describe the history of the printing press and its effects.",
 ]
-SIDES = ("cai", "cai-fp32", "trl", "trl-bf16")
+SIDES = ("cai", "cai-generate", "cai-fp32", "trl", "trl-bf16")
 
 
 def main() -> None:
@@ -155,13 +156,14 @@ def run_cai(spec: dict, side: str) -> dict:
                          mini_batch_size=spec["mini_batch_size"], ppo_epochs=spec["ppo_epochs"],
                          max_new_tokens=spec["max_new_tokens"], temperature=spec["temperature"],
                          lr=spec["lr"], kl_coef=spec["kl_coef"], seed=0,
-                         dtype="fp32" if side == "cai-fp32" else "auto")
+                         dtype="fp32" if side == "cai-fp32" else "auto", lean_rollouts=side != "cai-generate")
     out = Path(tempfile.mkdtemp(dir=spec["work"], prefix=f"{side}-"))
     train_ppo(spec["prompts"], spec["reward_model"], out, policy=spec["policy"], options=options)
     rows = read_records(out / "metrics.jsonl")
     timed = rows[spec["warmup"]:]
     return {"seconds_per_update": statistics.median(r["time"] for r in timed),
             "cpu_seconds_per_update": statistics.median(r["cpu_time"] for r in timed),
+            "rollout_and_scoring_seconds_per_update": statistics.median(r["time_rollout"] for r in timed),
             "update_seconds": [r["time"] for r in rows], "peak_rss_mb": timed[-1]["max_rss_mb"],
             "response_len": statistics.mean(r["response_len"] for r in rows), "library": _versions("cai")}
 

@@ -244,6 +244,52 @@ def test_ppo_learns_a_simple_reward_on_a_tiny_model(tmp_path, babbler_dir):
     assert (tmp_path / "cai.log").is_file() and (tmp_path / "checkpoint" / "state.json").is_file()
 
 
+def _babbler_rollouts(babbler_dir, tokenizer, prompts, *, lean: bool, seed: int = 0):
+    from transformers import AutoModelForCausalLM
+
+    from cai.train.ppo_policy import eos_token_ids, sample_responses, sample_responses_lean
+
+    model = AutoModelForCausalLM.from_pretrained(babbler_dir, dtype=torch.float32).eval()
+    msgs = [[{"role": "user", "content": p}] for p in prompts]
+    kw = dict(max_new_tokens=12, temperature=1.0, top_p=1.0, eos_ids=eos_token_ids(tokenizer, model))
+    torch.manual_seed(seed)
+    if lean:
+        return sample_responses_lean(model, tokenizer, msgs, **kw, seed=seed), kw["eos_ids"]
+    return sample_responses(model, tokenizer, msgs, **kw), kw["eos_ids"]
+
+
+def test_lean_rollouts_are_laid_out_like_generate_rollouts(babbler_dir, tokenizer):
+    prompts = PROMPTS[:3] + [PROMPTS[0]]  # one prompt twice in the batch
+    lean, eos_ids = _babbler_rollouts(babbler_dir, tokenizer, prompts, lean=True)
+    hf, _ = _babbler_rollouts(babbler_dir, tokenizer, prompts, lean=False)
+    q = lean.query_len
+    assert q == hf.query_len
+    assert torch.equal(lean.input_ids[:, :q], hf.input_ids[:, :q])
+    assert torch.equal(lean.attention_mask[:, :q], hf.attention_mask[:, :q])
+    allowed = {_word_id(tokenizer, w) for w in WORDS} | eos_ids
+    responses = lean.input_ids[:, q:]
+    for b in range(len(prompts)):
+        kept = responses[b][lean.mask[b].bool()].tolist()
+        assert kept and set(kept) <= allowed
+        assert not any(t in eos_ids for t in kept[:-1])  # the mask ends at the first end token
+        assert bool(lean.ended[b]) == (kept[-1] in eos_ids)
+        assert len(kept) == 12 or lean.ended[b]
+        assert torch.equal(lean.attention_mask[b, q:], lean.mask[b].long())
+        assert lean.texts[b] == tokenizer.decode(kept, skip_special_tokens=True)
+    assert responses[0][lean.mask[0].bool()].tolist() != responses[3][lean.mask[3].bool()].tolist()
+
+
+def test_lean_rollouts_draw_from_the_policy_distribution(babbler_dir, tokenizer):
+    """The babbler says each of its six tokens with probability 1/6 at every position."""
+    from collections import Counter
+
+    rollout, _ = _babbler_rollouts(babbler_dir, tokenizer, [f"Prompt {i}" for i in range(48)], lean=True, seed=3)
+    tokens = rollout.input_ids[:, rollout.query_len:][rollout.mask.bool()].tolist()
+    counts = Counter(tokens)
+    assert len(counts) == 6 and len(tokens) > 150
+    assert all(0.1 < c / len(tokens) < 0.24 for c in counts.values()), counts
+
+
 def test_a_large_kl_coef_keeps_the_policy_near_the_reference(tmp_path, babbler_dir):
     from cai.train.ppo import train_ppo
 

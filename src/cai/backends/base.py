@@ -32,7 +32,8 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str = "stop"  # "stop" (EOS or a stop string) or "length"
-    token_ids: list[int] = field(default_factory=list, repr=False)
+    token_ids: list[int] = field(default_factory=list, repr=False)  # the generated tokens, the EOS left out
+    eos_id: int | None = None  # the end-of-sequence token that ended the completion, if one did
 
 
 @runtime_checkable

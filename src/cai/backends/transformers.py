@@ -281,6 +281,7 @@ class TransformersBackend:
         cache = DynamicCache()
         new_tokens: list[list[int]] = [[] for _ in range(n)]
         finish = ["length"] * n
+        eos: list[int | None] = [None] * n
         alive = list(range(n))  # original row index of each row still in the batch
         stop_strings = tuple(params.stop)
         with torch.inference_mode():
@@ -292,7 +293,7 @@ class TransformersBackend:
                 keep = []
                 for j, (r, t) in enumerate(zip(alive, picks, strict=True)):
                     if t in self._eos:
-                        finish[r] = "stop"
+                        finish[r], eos[r] = "stop", t
                         continue
                     new_tokens[r].append(t)
                     if stop_strings and self._hit_stop(new_tokens[r], stop_strings):
@@ -312,7 +313,8 @@ class TransformersBackend:
                 logits = self.model(input_ids=step_ids, attention_mask=mask, position_ids=next_pos.unsqueeze(1),
                                     past_key_values=cache, use_cache=True).logits[:, -1]
                 next_pos = next_pos + 1
-        return [self._completion(p, t, f, stop_strings) for p, t, f in zip(prompts, new_tokens, finish, strict=True)]
+        return [self._completion(p, t, f, stop_strings, e)
+                for p, t, f, e in zip(prompts, new_tokens, finish, eos, strict=True)]
 
     def _prefill(self, prompts: list[list[int]], extra: int):
         """Encode prompts into a fresh cache: first what two or more of them share (``shared_prefixes``,
@@ -367,6 +369,7 @@ class TransformersBackend:
         seeds = [row_seed(params.seed, p) for p in prompts]
         new_tokens: list[list[int]] = [[] for _ in range(n)]
         finish = ["length"] * n
+        eos: list[int | None] = [None] * n
         stop_strings = tuple(params.stop)
         with torch.inference_mode():
             cache, logits, slot_of = self._prefill(prompts, params.max_new_tokens + 1)
@@ -383,7 +386,9 @@ class TransformersBackend:
                         next_ids.append(self.pad_id)
                         continue
                     done = t in self._eos
-                    if not done:
+                    if done:
+                        eos[r] = t
+                    else:
                         new_tokens[r].append(t)
                         done = bool(stop_strings) and self._hit_stop(new_tokens[r], stop_strings)
                     if done or step == params.max_new_tokens - 1:
@@ -406,19 +411,21 @@ class TransformersBackend:
                 for r in slot_of:
                     if r >= 0:
                         fed[r] += 1
-        return [self._completion(p, t, f, stop_strings) for p, t, f in zip(prompts, new_tokens, finish, strict=True)]
+        return [self._completion(p, t, f, stop_strings, e)
+                for p, t, f, e in zip(prompts, new_tokens, finish, eos, strict=True)]
 
     def _hit_stop(self, tokens: list[int], stops: tuple[str, ...]) -> bool:
         tail = self.tokenizer.decode(tokens[-8:], skip_special_tokens=True)
         return any(s in tail for s in stops)
 
-    def _completion(self, prompt: list[int], tokens: list[int], finish: str, stops: tuple[str, ...]) -> Completion:
+    def _completion(self, prompt: list[int], tokens: list[int], finish: str, stops: tuple[str, ...],
+                    eos: int | None = None) -> Completion:
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)
         for s in stops:
             if s in text:
                 text = text[: text.index(s)]
         return Completion(text=text.strip(), prompt_tokens=len(prompt), completion_tokens=len(tokens),
-                          finish_reason=finish, token_ids=tokens)
+                          finish_reason=finish, token_ids=tokens, eos_id=eos)
 
     # ---- scoring ---------------------------------------------------------------------------------
 

@@ -33,6 +33,9 @@ def ppo(
     target_kl: float = typer.Option(None, "--target-kl", help="target KL per response, in nats (default 6)"),
     save_every: int = typer.Option(None, "--save-every", help="checkpoint every N steps (default: at end)"),
     dtype: str = typer.Option(None, help="auto (bf16 compute where the hardware is fast at it) | bf16 | fp32"),
+    lean_rollouts: bool = typer.Option(None, "--lean-rollouts/--generate-rollouts",
+                                       help="sample rollouts with cai's lean decoder (default, where it supports "
+                                       "the policy) or with transformers' generate"),
     seed: int = typer.Option(None, help="random seed (default 0)"),
     limit: int = typer.Option(None, help="use only the first N prompts"),
 ) -> None:
@@ -47,7 +50,7 @@ def ppo(
         PPOOptions, steps=steps, kl_coef=kl_coef, batch_size=batch_size, mini_batch_size=mini_batch_size,
         ppo_epochs=ppo_epochs, lr=lr, max_new_tokens=max_new_tokens, temperature=temperature, sl_coef=sl_coef,
         lora=lora or None, adaptive_kl=adaptive_kl or None, target_kl=target_kl, save_every=save_every,
-        dtype=dtype, seed=seed,
+        dtype=dtype, seed=seed, lean_rollouts=lean_rollouts,
     )
     rows, bad = load_prompts(prompts, limit=limit)
     log_bad_rows(bad)

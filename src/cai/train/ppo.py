@@ -3,7 +3,8 @@
 Written by hand: TRL removed its PPO trainer (and its value-head model) in 2026. Each step follows the
 recipe of Ziegler et al. (2019) / Stiennon et al. (2020), as used by Bai et al. (2022) for RL-CAI:
 
-1. sample a batch of prompts and a response to each from the current policy;
+1. sample a batch of prompts and a response to each from the current policy (with cai's lean decoder
+   over a snapshot of the weights where it supports the model, else with transformers' ``generate``);
 2. score each (prompt, response) with the reward model;
 3. compute the responses' log-probs under the policy and under the frozen reference, and the values;
 4. per-token reward = -beta * KL(policy || reference), plus the score at the last response token;
@@ -68,6 +69,8 @@ class PPOOptions(BaseModel):
     save_every: int = Field(0, ge=0, description="checkpoint every N steps (0: only at the end)")
     max_kl: float = Field(50.0, gt=0, description="stop if the mean per-sequence KL exceeds this")
     dtype: Literal["auto", "fp32", "bf16"] = "auto"
+    lean_rollouts: bool = Field(True, description="sample rollouts with cai's lean decoder when it supports the "
+                                "policy (a Llama, no LoRA); off: transformers' generate")
 
     @model_validator(mode="after")
     def _minibatches_fit(self) -> PPOOptions:
@@ -91,6 +94,7 @@ class _Run:
     kl_ctl: Any
     eos_ids: set[int]
     sl_rows: list[dict] | None = None
+    lean_rollouts: bool = False  # options.lean_rollouts, where the lean decoder supports the policy
     history: dict[str, Any] = field(default_factory=lambda: {"first_len": None, "kl": []})
 
 
@@ -140,15 +144,20 @@ def ppo_step(run: _Run, step: int) -> tuple[dict[str, Any], list[dict]]:
 
     from cai.train.ppo_data import batch_indices
     from cai.train.ppo_losses import gae, kl_k3, masked_mean, masked_whiten, per_token_rewards
-    from cai.train.ppo_policy import sample_responses
+    from cai.train.ppo_policy import sample_responses, sample_responses_lean
 
     o, ac, t0, cpu0 = run.options, run.ac, time.time(), time.process_time()
     torch.manual_seed(o.seed * 1_000_003 + step)  # each step's sampling depends on (seed, step) only
 
     # 1. a batch of prompts, and one sampled response to each
     prompts = [run.prompts[i] for i in batch_indices(len(run.prompts), o.batch_size, step, o.seed)]
-    rollout = sample_responses(ac.rollout_model, run.tokenizer, prompts, max_new_tokens=o.max_new_tokens,
-                               temperature=o.temperature, top_p=o.top_p, eos_ids=run.eos_ids)
+    sampling = {"max_new_tokens": o.max_new_tokens, "temperature": o.temperature, "top_p": o.top_p,
+                "eos_ids": run.eos_ids}
+    if run.lean_rollouts:
+        rollout = sample_responses_lean(ac.rollout_model, run.tokenizer, prompts, **sampling,
+                                        seed=o.seed * 1_000_003 + step)
+    else:
+        rollout = sample_responses(ac.rollout_model, run.tokenizer, prompts, **sampling)
     mask = rollout.mask
 
     # 2. the reward model's score of each response
@@ -396,6 +405,7 @@ def _setup(source, prompts, reward_fn, sl_rows, out_dir: Path, options: PPOOptio
     exists. Returns (run, first step to do)."""
     import torch
 
+    from cai.backends.engine import supports
     from cai.models import load_causal_lm, load_tokenizer
     from cai.train.ppo_checkpoint import find_checkpoint, load_checkpoint, truncate_metrics
     from cai.train.ppo_losses import AdaptiveKLController, FixedKLController
@@ -412,7 +422,9 @@ def _setup(source, prompts, reward_fn, sl_rows, out_dir: Path, options: PPOOptio
     else:
         kl_ctl = FixedKLController(options.kl_coef)
     run = _Run(options, out_dir, prompts, reward_fn, tokenizer, ac, optimizer, kl_ctl,
-               eos_token_ids(tokenizer, causal_lm), sl_rows)
+               eos_token_ids(tokenizer, causal_lm), sl_rows,
+               lean_rollouts=options.lean_rollouts and not options.lora and supports(ac.rollout_model))
+    log.info("rollouts: %s", "cai's lean decoder" if run.lean_rollouts else "transformers generate")
     checkpoint = find_checkpoint(out_dir)
     if checkpoint is None:
         for name in ("metrics.jsonl", "samples.jsonl"):

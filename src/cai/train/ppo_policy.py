@@ -219,3 +219,51 @@ def sample_responses(rollout_model, tokenizer, prompts: list[list[dict]], *, max
     texts = [tokenizer.decode(r[m.bool()], skip_special_tokens=True)
              for r, m in zip(responses, mask, strict=True)]
     return Rollout(torch.cat([input_ids, responses], dim=1), full_attention, query_len, mask, ended, texts)
+
+
+def sample_responses_lean(rollout_model, tokenizer, prompts: list[list[dict]], *, max_new_tokens: int,
+                          temperature: float, top_p: float, eos_ids: set[int], seed: int) -> Rollout:
+    """``sample_responses`` through cai's lean decoder (``cai.backends.engine``) over a snapshot of the
+    rollout weights: packed prefill, finished rows dropped, keyed sampling. On the 135M model's CPU
+    rollouts it is several times faster than ``generate``; tokens come from the same distribution
+    (temperature, exact nucleus, no top-k). ``seed`` keys the draws (with each prompt's tokens), so a
+    repeated prompt in one batch gets the next seed for each repeat, not the same response.
+    """
+    import torch
+
+    from cai.backends.base import SamplingParams
+    from cai.backends.engine import LlamaEngine
+    from cai.backends.transformers import TransformersBackend
+
+    backend = TransformersBackend(None, tokenizer, "rollout", engine=LlamaEngine.from_model(rollout_model),
+                                  batch_size=len(prompts), eos_ids=sorted(eos_ids))
+    queries = [backend.encode_chat(p) for p in prompts]
+    repeat: dict[tuple[int, ...], int] = {}
+    by_repeat: dict[int, list[int]] = {}
+    for i, q in enumerate(queries):
+        k = repeat[tuple(q)] = repeat.get(tuple(q), -1) + 1
+        by_repeat.setdefault(k, []).append(i)
+    generated: list[list[int]] = [[] for _ in queries]
+    for k, rows in sorted(by_repeat.items()):
+        params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                                do_sample=True, seed=seed + k)
+        for i, c in zip(rows, backend.generate_ids([queries[i] for i in rows], params, progress=False),
+                        strict=True):
+            generated[i] = c.token_ids + ([c.eos_id] if c.eos_id is not None else [])
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else backend.pad_id
+    device = rollout_model.device
+    query_len, width = max(map(len, queries)), max(map(len, generated))
+    input_ids = torch.full((len(queries), query_len), pad, dtype=torch.long)
+    attention = torch.zeros_like(input_ids)
+    responses = torch.full((len(queries), width), pad, dtype=torch.long)
+    mask = torch.zeros(len(queries), width)
+    for b, (q, g) in enumerate(zip(queries, generated, strict=True)):
+        input_ids[b, query_len - len(q):], attention[b, query_len - len(q):] = torch.tensor(q), 1
+        responses[b, : len(g)], mask[b, : len(g)] = torch.tensor(g, dtype=torch.long), 1.0
+    ended = torch.tensor([bool(g) and g[-1] in eos_ids for g in generated])
+    texts = [tokenizer.decode(g, skip_special_tokens=True) for g in generated]
+    input_ids, attention, responses = input_ids.to(device), attention.to(device), responses.to(device)
+    mask, ended = mask.to(device), ended.to(device)
+    full_attention = torch.cat([attention, mask.long()], dim=1)
+    return Rollout(torch.cat([input_ids, responses], dim=1), full_attention, query_len, mask, ended, texts)
