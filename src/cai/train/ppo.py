@@ -147,15 +147,15 @@ def ppo_step(run: _Run, step: int) -> tuple[dict[str, Any], list[dict]]:
     from cai.train.ppo_policy import sample_responses, sample_responses_lean
 
     o, ac, t0, cpu0 = run.options, run.ac, time.time(), time.process_time()
-    torch.manual_seed(o.seed * 1_000_003 + step)  # each step's sampling depends on (seed, step) only
+    step_seed = o.seed * 1_000_003 + step
+    torch.manual_seed(step_seed)  # each step's sampling depends on (seed, step) only
 
     # 1. a batch of prompts, and one sampled response to each
     prompts = [run.prompts[i] for i in batch_indices(len(run.prompts), o.batch_size, step, o.seed)]
     sampling = {"max_new_tokens": o.max_new_tokens, "temperature": o.temperature, "top_p": o.top_p,
                 "eos_ids": run.eos_ids}
     if run.lean_rollouts:
-        rollout = sample_responses_lean(ac.rollout_model, run.tokenizer, prompts, **sampling,
-                                        seed=o.seed * 1_000_003 + step)
+        rollout = sample_responses_lean(ac.rollout_model, run.tokenizer, prompts, **sampling, seed=step_seed)
     else:
         rollout = sample_responses(ac.rollout_model, run.tokenizer, prompts, **sampling)
     mask = rollout.mask

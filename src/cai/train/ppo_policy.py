@@ -226,14 +226,15 @@ def sample_responses_lean(rollout_model, tokenizer, prompts: list[list[dict]], *
     """``sample_responses`` through cai's lean decoder (``cai.backends.engine``) over a snapshot of the
     rollout weights: packed prefill, finished rows dropped, keyed sampling. On the 135M model's CPU
     rollouts it is several times faster than ``generate``; tokens come from the same distribution
-    (temperature, exact nucleus, no top-k). ``seed`` keys the draws (with each prompt's tokens), so a
-    repeated prompt in one batch gets the next seed for each repeat, not the same response.
+    (temperature, exact nucleus, no top-k). ``seed`` keys the draws (with each prompt's tokens); the k-th
+    repeat (k >= 1) of a prompt in one batch draws under a seed hashed from (``seed``, k), so repeats get
+    their own responses, and none shares its key with another step's seed (``seed + k`` would).
     """
     import torch
 
     from cai.backends.base import SamplingParams
     from cai.backends.engine import LlamaEngine
-    from cai.backends.transformers import TransformersBackend
+    from cai.backends.transformers import TransformersBackend, row_seed
 
     backend = TransformersBackend(None, tokenizer, "rollout", engine=LlamaEngine.from_model(rollout_model),
                                   batch_size=len(prompts), eos_ids=sorted(eos_ids))
@@ -246,24 +247,19 @@ def sample_responses_lean(rollout_model, tokenizer, prompts: list[list[dict]], *
     generated: list[list[int]] = [[] for _ in queries]
     for k, rows in sorted(by_repeat.items()):
         params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                                do_sample=True, seed=seed + k)
+                                do_sample=True, seed=seed if k == 0 else row_seed(seed, [k]))
         for i, c in zip(rows, backend.generate_ids([queries[i] for i in rows], params, progress=False),
                         strict=True):
             generated[i] = c.token_ids + ([c.eos_id] if c.eos_id is not None else [])
 
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else backend.pad_id
-    device = rollout_model.device
-    query_len, width = max(map(len, queries)), max(map(len, generated))
-    input_ids = torch.full((len(queries), query_len), pad, dtype=torch.long)
-    attention = torch.zeros_like(input_ids)
-    responses = torch.full((len(queries), width), pad, dtype=torch.long)
+    input_ids, attention, _ = backend._left_padded(queries)  # on the engine's (the rollout model's) device
+    width = max(map(len, generated))
+    responses = torch.full((len(queries), width), backend.pad_id, dtype=torch.long)
     mask = torch.zeros(len(queries), width)
-    for b, (q, g) in enumerate(zip(queries, generated, strict=True)):
-        input_ids[b, query_len - len(q):], attention[b, query_len - len(q):] = torch.tensor(q), 1
+    for b, g in enumerate(generated):
         responses[b, : len(g)], mask[b, : len(g)] = torch.tensor(g, dtype=torch.long), 1.0
     ended = torch.tensor([bool(g) and g[-1] in eos_ids for g in generated])
     texts = [tokenizer.decode(g, skip_special_tokens=True) for g in generated]
-    input_ids, attention, responses = input_ids.to(device), attention.to(device), responses.to(device)
-    mask, ended = mask.to(device), ended.to(device)
+    responses, mask, ended = responses.to(input_ids.device), mask.to(input_ids.device), ended.to(input_ids.device)
     full_attention = torch.cat([attention, mask.long()], dim=1)
-    return Rollout(torch.cat([input_ids, responses], dim=1), full_attention, query_len, mask, ended, texts)
+    return Rollout(torch.cat([input_ids, responses], dim=1), full_attention, input_ids.shape[1], mask, ended, texts)
