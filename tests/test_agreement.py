@@ -150,14 +150,12 @@ def test_cli_agreement_writes_the_figures(tmp_path, monkeypatch):
 
 
 def test_cli_agreement_bad_file_is_a_clear_error_and_writes_nothing(tmp_path, monkeypatch):
-    from cai.cli import main
+    from cai.cli import _run
 
     out = tmp_path / "a"
     argv = ["cai", "label", "--agreement", str(FIX / "all_bad.jsonl"), "--out", str(out)]
     monkeypatch.setattr("sys.argv", argv)
-    with pytest.raises(SystemExit) as e:
-        main()
-    assert e.value.code == 2
+    assert _run() == 2  # the exit status main() ends the process with
     assert not (out / "agreement.json").exists()
 
 

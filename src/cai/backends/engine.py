@@ -80,7 +80,7 @@ class _Group:
     col: object  # [hi - lo] grid column of each token
     q_len: int
     t_len: int
-    bias: object  # [n_rows, 1, q_len, t_len] float32, 0 or -inf
+    bias: object  # [n_rows, 1, 1, q_len, t_len] engine dtype, 0 or -inf
 
 
 @dataclass
@@ -111,8 +111,9 @@ class LlamaEngine:
         self.eps = cfg.get("rms_norm_eps", 1e-6)
         theta = (cfg.get("rope_parameters") or {}).get("rope_theta", cfg.get("rope_theta", 10000.0))
 
-        def w(name):
-            return weight(name).to(device=self.device, dtype=dtype)
+        def w(name, scale: float = 1.0):
+            t = weight(name)
+            return (t if scale == 1.0 else t.float() * scale).to(device=self.device, dtype=dtype)
 
         self.prepacked = _can_prepack(dtype, self.device)
         pack = _prepack if self.prepacked else (lambda t: t)
@@ -128,7 +129,10 @@ class LlamaEngine:
                 gate, up = w(p + "mlp.gate_proj.weight"), w(p + "mlp.up_proj.weight")
                 self.layers.append(_Layer(
                     w(p + "input_layernorm.weight"),
-                    pack(torch.cat([w(p + f"self_attn.{n}_proj.weight") for n in "qkv"], 0).contiguous()),
+                    # queries come out scaled by 1/sqrt(head_dim) (exact for a power-of-2 scale)
+                    pack(torch.cat([w(p + "self_attn.q_proj.weight", self.head_dim**-0.5),
+                                    w(p + "self_attn.k_proj.weight"), w(p + "self_attn.v_proj.weight")],
+                                   0).contiguous()),
                     pack(w(p + "self_attn.o_proj.weight")),
                     w(p + "post_attention_layernorm.weight"),
                     None if self.prepacked else torch.cat([gate, up], 0).contiguous(),
@@ -166,9 +170,13 @@ class LlamaEngine:
                         torch.zeros(shape, dtype=self.dtype, device=self.device))
 
     def _norm(self, x, w):
-        import torch.nn.functional as F
+        """RMS norm in fp32, rounded once to the engine's dtype. For thousands of rows this is ~5x faster
+        than ``F.rms_norm`` on bf16 input, which on a CPU runs as a chain of separate bf16 passes."""
+        import torch
 
-        return F.rms_norm(x, (x.shape[-1],), w, self.eps)
+        xf = x.float()  # x itself when the engine runs in fp32: not modified in place
+        r = torch.rsqrt(xf.square().mean(-1, keepdim=True).add_(self.eps))
+        return (xf * r).mul_(w).to(self.dtype)
 
     def _rope(self, pos):
         """(cos, sin) for positions ``pos`` [...]: each [..., head_dim] in the engine's dtype."""
@@ -204,8 +212,8 @@ class LlamaEngine:
         return (rows[:, None], torch.arange(self.n_kv, device=self.device)[None, :], pos[:, None]), cos, sin
 
     def _queries_storing_keys(self, x, layer: _Layer, cache: RowCache, i: int, slots):
-        """Layer ``i``'s rotated queries [N, heads, D] for hidden states ``x`` [N, H]; its keys and values
-        go into ``cache`` at ``slots`` (from ``_slots``)."""
+        """Layer ``i``'s rotated queries [N, heads, D], scaled by 1/sqrt(D), for hidden states ``x`` [N, H];
+        its keys and values go into ``cache`` at ``slots`` (from ``_slots``)."""
         where, cos, sin = slots
         n, nq, nk, d = x.shape[0], self.n_heads * self.head_dim, self.n_kv * self.head_dim, self.head_dim
         qkv = self._linear(self._norm(x, layer.w_in), layer.w_qkv)
@@ -246,31 +254,42 @@ class LlamaEngine:
         import torch
         import torch.nn.functional as F
 
-        R, N = cache.k.shape[1], tokens.shape[0]
+        R = cache.k.shape[1]
         counts = torch.bincount(rows, minlength=R).tolist()
         ends = torch.zeros(R, dtype=torch.long, device=self.device).scatter_reduce_(
             0, rows, pos + 1, "amax").tolist()  # each row's key span
         groups = [self._attention_group(lo, min(lo + ATTENTION_ROWS, R), counts, ends, pos)
                   for lo in range(0, R, ATTENTION_ROWS)]
         slots = self._slots(rows, pos)
-        nq, d = self.n_heads * self.head_dim, self.head_dim
+        nq = self.n_heads * self.head_dim
         last = torch.tensor(counts, device=self.device).cumsum(0) - 1  # each row's last token
         x = F.embedding(tokens, self.embed)  # [N, H]
         for i, layer in enumerate(self.layers):
-            queries = self._queries_storing_keys(x, layer, cache, i, slots).float()
-            att = torch.empty(N, self.n_heads, d, dtype=torch.float32, device=self.device)
-            for g in groups:
-                grid = queries.new_zeros(g.n_rows, g.q_len, self.n_heads, d)
-                grid[g.row, g.col] = queries[g.lo:g.hi]
-                out = F.scaled_dot_product_attention(
-                    grid.transpose(1, 2), cache.k[i][g.rows, :, : g.t_len].float(),
-                    cache.v[i][g.rows, :, : g.t_len].float(), attn_mask=g.bias,
-                    enable_gqa=self.n_kv != self.n_heads)  # [rows, heads, Q, D]
-                att[g.lo:g.hi] = out.transpose(1, 2)[g.row, g.col]
+            queries = self._queries_storing_keys(x, layer, cache, i, slots)
+            att = torch.cat([self._group_attention(queries, cache, i, g) for g in groups])
             if i == self.n_layers - 1:  # past the last keys and values only the last tokens matter
                 x, att = x[last], att[last]
-            x = self._mlp(self._linear_add(att.reshape(x.shape[0], nq).to(self.dtype), layer.w_o, x), layer)
+            x = self._mlp(self._linear_add(att.reshape(x.shape[0], nq), layer.w_o, x), layer)
         return self._logits(x)
+
+    def _group_attention(self, queries, cache: RowCache, i: int, g: _Group):
+        """Layer ``i``'s attention output [hi - lo, heads, D] for the queries of group ``g``.
+
+        Two batched matmuls in the engine's dtype with an fp32 softmax, the query heads that share a key
+        head stacked into one matrix (grouped-query attention without copying keys). On a CPU this runs
+        ~1.6x faster in bf16 than ``scaled_dot_product_attention`` in fp32, and the bf16 kernel of the
+        latter is slower still; it rounds the scores to bf16 as transformers' eager bf16 attention does."""
+        import torch
+
+        group, d = self.n_heads // self.n_kv, self.head_dim
+        grid = queries.new_empty(g.n_rows, self.n_heads, g.q_len, d)  # cells without a query: never read
+        grid[g.row, :, g.col] = queries[g.lo:g.hi]
+        q = grid.view(g.n_rows, self.n_kv, group * g.q_len, d)
+        keys, values = cache.k[i][g.rows, :, : g.t_len], cache.v[i][g.rows, :, : g.t_len]
+        scores = (q @ keys.transpose(-1, -2)).view(g.n_rows, self.n_kv, group, g.q_len, g.t_len)
+        probs = torch.softmax(scores.add_(g.bias), dim=-1)  # computed in fp32, stored in the engine's dtype
+        out = probs.view(g.n_rows, self.n_kv, group * g.q_len, g.t_len) @ values
+        return out.view(g.n_rows, self.n_heads, g.q_len, d)[g.row, :, g.col]
 
     def _attention_group(self, r_lo: int, r_hi: int, counts: list[int], ends: list[int], pos) -> _Group:
         """The attention layout of cache rows r_lo..r_hi-1 (see ``prefill``)."""
@@ -284,8 +303,9 @@ class LlamaEngine:
         q_len, t_len = max(counts[r_lo:r_hi]), max(ends[r_lo:r_hi])
         qpos = torch.zeros(r_hi - r_lo, q_len, dtype=torch.long, device=self.device)
         qpos[row, col] = pos[lo:hi]  # grid cells without a query look at position 0 only (never read)
-        bias = torch.zeros(r_hi - r_lo, 1, q_len, t_len, device=self.device).masked_fill_(
-            (torch.arange(t_len, device=self.device)[None, None, :] > qpos[:, :, None])[:, None], float("-inf"))
+        bias = torch.zeros(r_hi - r_lo, 1, 1, q_len, t_len, dtype=self.dtype, device=self.device).masked_fill_(
+            (torch.arange(t_len, device=self.device)[None, None, :] > qpos[:, :, None])[:, None, None],
+            float("-inf"))
         return _Group(slice(r_lo, r_hi), r_hi - r_lo, lo, hi, row, col, q_len, t_len, bias)
 
     def decode(self, tokens, pos, cache: RowCache):
@@ -298,18 +318,17 @@ class LlamaEngine:
         B = tokens.shape[0]
         dev = self.device
         t_all = cache.k.shape[3]
-        bias = torch.zeros(B, t_all, device=dev).masked_fill_(
-            torch.arange(t_all, device=dev)[None, :] > pos[:, None], float("-inf"))  # [B, T] fp32
+        bias = torch.zeros(B, t_all, dtype=self.dtype, device=dev).masked_fill_(
+            torch.arange(t_all, device=dev)[None, :] > pos[:, None], float("-inf"))  # [B, T]
         slots = self._slots(torch.arange(B, device=dev), pos)
         nq, d = self.n_heads * self.head_dim, self.head_dim
         group = self.n_heads // self.n_kv
         x = F.embedding(tokens, self.embed)  # [B, H]
         for i, layer in enumerate(self.layers):
             queries = self._queries_storing_keys(x, layer, cache, i, slots)
-            q = queries.reshape(B, self.n_kv, group, d) * d**-0.5
-            scores = q @ cache.k[i].transpose(-1, -2)  # [B, KV, G, T]
-            probs = torch.softmax(torch.add(bias[:, None, None, :], scores), dim=-1)  # fp32
-            att = (probs.to(self.dtype) @ cache.v[i]).reshape(B, nq)
+            scores = queries.reshape(B, self.n_kv, group, d) @ cache.k[i].transpose(-1, -2)  # [B, KV, G, T]
+            probs = torch.softmax(scores.add_(bias[:, None, None, :]), dim=-1)  # computed in fp32
+            att = (probs @ cache.v[i]).reshape(B, nq)
             x = self._mlp(self._linear_add(att, layer.w_o, x), layer)
         return self._logits(x)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -155,6 +156,10 @@ def _agreement(path: Path, out: Path, judge_spec: str, constitution, config, *, 
     log_to_run_dir(out)
     write_jsonl_atomic(out / "agreement_pairs.jsonl", agr.judgement_rows(pairs, judgements))
     write_atomic(out / "agreement.json", json.dumps(result, indent=2) + "\n")
+    logging.getLogger(__name__).info(
+        "judge %s agrees with the human labels of %s on %.3f of %d pairs (%.2f pairs/s); details in %s",
+        backend.model_id, path, result["agreement"], result["n"], result["pairs_per_second"],
+        out / "agreement.json")
     _print_agreement(result, out / "agreement.json")
 
 
