@@ -232,3 +232,24 @@ def test_full_distribution_sampling_spans_blocks_of_the_vocabulary():
     cdf = torch.softmax(logits, -1).double().cumsum(-1)
     u = token_uniforms(torch.zeros_like(keys), keys) * cdf[:, -1:]
     assert (picks == torch.searchsorted(cdf, u).squeeze(-1)).float().mean() > 0.999
+
+
+def test_attention_groups_cover_all_rows_and_pad_less_than_fixed_groups():
+    import random
+
+    from cai.backends.engine import attention_groups
+
+    rng = random.Random(0)
+    counts = sorted((rng.randint(1, 120) for _ in range(40)), reverse=True)
+    ends = [c + rng.randint(0, 200) for c in counts]
+
+    def cost(runs, call_cost=6000):
+        return sum((hi - lo) * max(counts[lo:hi]) * max(ends[lo:hi]) + call_cost for lo, hi in runs)
+
+    runs = attention_groups(counts, ends, call_cost=6000, max_rows=16)
+    assert [lo for lo, _ in runs] == [0] + [hi for _, hi in runs[:-1]] and runs[-1][1] == len(counts)
+    assert all(0 < hi - lo <= 16 for lo, hi in runs)
+    fixed = [(lo, min(lo + 8, len(counts))) for lo in range(0, len(counts), 8)]
+    assert cost(runs) <= cost(fixed)
+    assert attention_groups([5] * 4, [9] * 4, call_cost=10**9) == [(0, 4)]  # calls dear: one group
+    assert attention_groups([5, 1], [9, 2], call_cost=0) == [(0, 1), (1, 2)]  # calls free: no padding
