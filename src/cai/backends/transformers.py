@@ -482,9 +482,9 @@ class TransformersBackend:
         import torch
 
         if self.engine is not None:
+            # what these prompts share is stored by _prefill; the whole prompts are not (a scored prompt is
+            # rarely scored again, and copying every row's keys/values cost ~2% of a labelling run)
             cache, logits, order = self._prefill(prompts, 0)
-            for s, i in enumerate(order):
-                self._remember(cache, s, prompts[i])
             back = torch.empty(len(order), dtype=torch.long)
             back[torch.tensor(order)] = torch.arange(len(order))
             return torch.log_softmax(logits, dim=-1)[back]
