@@ -77,6 +77,9 @@ def resolve(spec: str | os.PathLike | None) -> ModelSource:
         return ModelSource(spec, str(path.resolve()), _local_model_id(path))
     if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
         raise ModelError(f"model path {spec} does not exist", fix="check the path, or pass a Hub id like org/name")
+    if spec.count("/") == 1 and path.parent.is_dir():  # "runs/sft" with a local runs/: a typo, not a Hub id
+        raise ModelError(f"model path {spec} does not exist (but the folder {path.parent} does)",
+                         fix=f"check the path; for the Hub model {spec}, run from a folder without {path.parent}/")
     return ModelSource(spec, spec, spec)  # a Hub id: transformers downloads it (needs network)
 
 
