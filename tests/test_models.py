@@ -34,3 +34,29 @@ def test_a_missing_path_under_a_local_folder_is_an_error_not_a_hub_id(tmp_path, 
     with pytest.raises(ModelError, match="runs/sft does not exist"):
         resolve("runs/sft")
     assert resolve("HuggingFaceTB/SmolLM2-135M").path == "HuggingFaceTB/SmolLM2-135M"  # no such folder: Hub id
+
+
+def test_bf16_weights_are_cached_only_beside_cai_converted_models(tmp_path, monkeypatch, tiny_model_dir):
+    import shutil
+
+    import torch
+    from safetensors import safe_open
+
+    from cai.backends.engine import LlamaEngine
+    from cai.models import cached_weights
+
+    assert cached_weights(tiny_model_dir, torch.bfloat16) is None  # a user's folder: nothing written there
+    monkeypatch.setenv("CAI_CACHE", str(tmp_path))
+    model = tmp_path / "models" / "tiny-0123"
+    shutil.copytree(tiny_model_dir, model)
+    assert cached_weights(model, torch.float32) is None
+    copy = cached_weights(model, torch.bfloat16)
+    assert copy is not None and copy.parent == model and cached_weights(model, torch.bfloat16) == copy
+    with safe_open(str(copy), framework="pt") as f, safe_open(str(model / "model.safetensors"), framework="pt") as g:
+        assert set(f.keys()) == set(g.keys())
+        assert all(torch.equal(f.get_tensor(k), g.get_tensor(k).bfloat16()) for k in f.keys())
+    tokens, rows, pos = torch.arange(10), torch.zeros(10, dtype=torch.long), torch.arange(10)
+    engines = [LlamaEngine.from_checkpoint(model, dtype=torch.bfloat16, weights=w) for w in (None, copy)]
+    with torch.inference_mode():
+        logits = [e.prefill(tokens, rows, pos, e.new_cache(1, 10)) for e in engines]
+    assert torch.equal(*logits)

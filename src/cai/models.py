@@ -147,6 +147,34 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     tmp.rename(target)  # atomic: a killed conversion leaves no half-written model behind
 
 
+def cached_weights(path: str | Path, dtype) -> Path | None:
+    """For a model cai converted into its own cache (the embedded default), its weights in ``dtype`` in a
+    file beside them, written on first use: the lean engine starts ~0.1 s sooner from bf16 weights (half
+    the bytes, no conversion). None for fp32 and for every other checkpoint: cai writes nothing into
+    the user's folders."""
+    import torch
+
+    path = Path(path)
+    models_dir = (cache_dir() / "models").resolve()
+    if dtype not in (torch.bfloat16, torch.float16) or path.resolve().parent != models_dir:
+        return None
+    source = path / "model.safetensors"
+    target = path / f"model.{str(dtype).removeprefix('torch.')}.safetensors"
+    if not target.is_file() and source.is_file():
+        import tempfile
+
+        from safetensors import safe_open
+        from safetensors.torch import save_file
+
+        with safe_open(str(source), framework="pt") as f:
+            tensors = {k: f.get_tensor(k).to(dtype).contiguous() for k in f.keys()}
+        fd, tmp = tempfile.mkstemp(dir=path, prefix=".tmp-", suffix=".safetensors")
+        os.close(fd)
+        save_file(tensors, tmp)
+        os.replace(tmp, target)  # atomic: a killed write leaves no half file behind
+    return target if target.is_file() else None
+
+
 def best_dtype(device: str = "cpu"):
     """The fastest dtype that is still accurate: bf16 on GPUs and on CPUs with AVX512-BF16/AMX, else fp32."""
     import torch

@@ -183,13 +183,15 @@ class LlamaEngine:
                    rope=(rotary.inv_freq, float(rotary.attention_scaling)))
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, *, dtype, device: str = "cpu") -> LlamaEngine:
-        """The engine straight from ``path/model.safetensors`` and ``path/config.json`` (no transformers)."""
+    def from_checkpoint(cls, path: str | Path, *, dtype, device: str = "cpu", weights: str | Path | None = None
+                        ) -> LlamaEngine:
+        """The engine straight from ``path/model.safetensors`` (or the same tensors in ``weights``, e.g. a
+        bf16 copy) and ``path/config.json``, without transformers."""
         from safetensors import safe_open
 
         path = Path(path)
         cfg = json.loads((path / "config.json").read_text())
-        with safe_open(str(path / "model.safetensors"), framework="pt") as f:
+        with safe_open(str(weights or path / "model.safetensors"), framework="pt") as f:
             return cls(cfg, f.get_tensor, dtype=dtype, device=device)
 
     def new_cache(self, rows: int, length: int) -> RowCache:

@@ -236,7 +236,8 @@ class TransformersBackend:
             return None
         gen = Path(source.path) / "generation_config.json"
         eos = _as_list(json.loads(gen.read_text()).get("eos_token_id")) if gen.is_file() else []
-        lean = engine.LlamaEngine.from_checkpoint(source.path, dtype=dtype, device=device)
+        lean = engine.LlamaEngine.from_checkpoint(source.path, dtype=dtype, device=device,
+                                                  weights=models.cached_weights(source.path, dtype))
         log.info("loaded %s (%s) on %s as %s, lean engine", source.model_id, source.path, device, dtype)
         return cls(None, tok, source.model_id, batch_size=batch_size, engine=lean, eos_ids=eos,
                    load_model=lambda: models.load_causal_lm(source, dtype=dtype, device=device))
