@@ -307,7 +307,7 @@ class LlamaEngine:
     def _group_attention(self, queries, cache: RowCache, i: int, g: _Group):
         """Layer ``i``'s attention output [hi - lo, heads, D] for the queries of group ``g``.
 
-        Two batched matmuls in the engine's dtype with an fp32 softmax, the query heads that share a key
+        Two batched matmuls in the engine's dtype and a softmax computed in fp32, the query heads that share a key
         head stacked into one matrix (grouped-query attention without copying keys). On a CPU this runs
         ~1.6x faster in bf16 than ``scaled_dot_product_attention`` in fp32, and the bf16 kernel of the
         latter is slower still; it rounds the scores to bf16 as transformers' eager bf16 attention does."""

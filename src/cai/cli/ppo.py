@@ -40,14 +40,12 @@ def ppo(
     limit: int = typer.Option(None, help="use only the first N prompts"),
 ) -> None:
     """Optimise a policy with PPO against a reward model; writes metrics.jsonl and policy/ in --out."""
-    from cai import models
     from cai.logs import setup_console
     from cai.prompts import load_prompts, log_bad_rows
     from cai.train.options import options_from_cli
     from cai.train.ppo import PPOOptions, train_ppo
 
     setup_console()
-    models.resolve(policy)  # a wrong --policy fails now, before the reward model and the prompts load
     options = options_from_cli(
         PPOOptions, steps=steps, kl_coef=kl_coef, batch_size=batch_size, mini_batch_size=mini_batch_size,
         ppo_epochs=ppo_epochs, lr=lr, max_new_tokens=max_new_tokens, temperature=temperature, sl_coef=sl_coef,

@@ -117,9 +117,9 @@ def train_ppo(prompts: list, reward_model: str | Path | RewardFn, out_dir: str |
     out_dir = Path(out_dir)
     device = device or default_device()
     prompts = _as_prompt_list(prompts)
-    reward_fn = _reward_function(reward_model, device)  # a missing reward model fails before any output
+    source = resolve(policy)  # a wrong policy or reward model fails before anything loads or is written
+    reward_fn = _reward_function(reward_model, device)
     sl_rows = _read_sl_rows(sl_data, options)
-    source = resolve(policy)
 
     log_to_run_dir(out_dir)
     run, start = _setup(source, prompts, reward_fn, sl_rows, out_dir, options, device)
