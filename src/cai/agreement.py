@@ -352,12 +352,15 @@ def run_sweep(pairs: Sequence[HumanPair], judges: Sequence[tuple[str, Any]], con
             **measure(pairs, judgements), "seconds": round(time.perf_counter() - start, 1)}
 
 
-def sweep_table(rows: Sequence[dict[str, Any]], n: int) -> str:
-    """The sweep as a Markdown table."""
+HUMAN_LABELS = "human-labelled pairs (agreement: the human-chosen response wins)"
+
+
+def sweep_table(rows: Sequence[dict[str, Any]], n: int, what: str = HUMAN_LABELS) -> str:
+    """The sweep as a Markdown table; ``what`` says what the pairs are and which response counts as right."""
     def f(x):
         return "-" if x is None else f"{x:.3f}"
 
-    lines = [f"Judge configurations on {n} human-labelled pairs (agreement: the human-chosen response wins)", "",
+    lines = [f"Judge configurations on {n} {what}", "",
              "| configuration | judge | agreement | position consistency | slot A wins | longer wins "
              "| length-matched agreement (n) | s |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:

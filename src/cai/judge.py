@@ -29,7 +29,9 @@ earlier form (question after the reply, 128 tokens of context); the shorter answ
 the first 200 pairs the two forms score 0.490 and 0.585, a gap the full set shows to be noise (bf16
 rounding alone moves the 200-pair figure by about 0.03). The current form encodes 35% fewer tokens per
 pair (the question is shared by both replies, the context cut to 64 tokens), so it labels ~1.4x faster.
-``cai label --agreement FILE --sweep`` measures every configuration.
+``cai label --agreement FILE --sweep`` measures every configuration. ``cai label --probe`` checks a judge
+without human labels (``cai.probes``): with its length preference removed, this one cannot tell a refusal
+from an answer to a harmful request, nor the answer to the question asked from an answer to another.
 Asking for chain of thought, few-shot examples or slot calibration selects the pairwise judge.
 
 Template fields, for ``templates.judge`` in a constitution: ``{conversation}`` (the transcript,

@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 EMBEDDED = "smollm2-135m"
+PROBE_MAX_NEW_TOKENS = 96  # probe replies: long enough to show whether the policy complies
 
 
 def register(app: typer.Typer) -> None:
@@ -45,16 +46,21 @@ def label(
     p_constructed: float = typer.Option(0.9, "--p-constructed", help="p_chosen of constructed pairs"),
     compare_judge: list[str] = typer.Option(None, "--compare-judge", help="with --sweep: a further judge to "
                                             "measure (model or reward-model directory); repeatable"),
+    probe: bool = typer.Option(False, "--probe", help="measure the judge on label-free probe pairs built from "
+                               "the policy's replies to the shipped prompts: refusal, over-refusal, "
+                               "relevance (see cai.probes)"),
 ) -> None:
     """Sample response pairs and label them with the AI judge in both orders (or measure agreement)."""
     from cai.errors import ConfigError
     from cai.logs import setup_console
 
     setup_console()
-    if sum(x is not None for x in (prompts, agreement, from_critique)) != 1:
-        raise ConfigError("give exactly one of PROMPTS, --agreement FILE or --from-critique DIR", where="cai label",
+    if sum(x is not None for x in (prompts, agreement, from_critique)) + probe != 1:
+        raise ConfigError("give exactly one of PROMPTS, --agreement FILE, --probe or --from-critique DIR",
+                          where="cai label",
                           fix="`cai label PROMPTS --out DIR` labels new pairs; "
                               "`cai label --agreement FILE --out DIR` scores the judge on human pairs; "
+                              "`cai label --probe --out DIR` scores it on label-free probe pairs; "
                               "`cai label --from-critique DIR --out DIR` builds pairs from revisions")
     if from_critique is not None:
         from cai.constructed import write_constructed
@@ -74,10 +80,13 @@ def label(
     the_constitution = _constitution(constitution)
     if the_constitution.templates and the_constitution.templates.judge:
         judge_config = judge_config.model_copy(update={"template": the_constitution.templates.judge})
-    if (sweep or compare_judge) and agreement is None:
-        raise ConfigError("--sweep and --compare-judge measure judges on human labels", where="cai label",
-                          fix="add --agreement FILE")
-    if sweep:
+    if (sweep or compare_judge) and agreement is None and not probe:
+        raise ConfigError("--sweep and --compare-judge measure judges on human labels or probes",
+                          where="cai label", fix="add --agreement FILE or --probe")
+    if probe:
+        _probe(out, policy, [judge, *(compare_judge or [])], the_constitution, judge_config, limit=limit,
+               seed=seed, max_new_tokens=min(max_new_tokens, PROBE_MAX_NEW_TOKENS), sweep=sweep)
+    elif sweep:
         _sweep(agreement, out, [judge, *(compare_judge or [])], the_constitution, judge_config, limit=limit,
                seed=seed)
     elif agreement is not None:
@@ -124,7 +133,8 @@ def _load(spec: str):
     return load_backend(spec)
 
 
-def _agreement(path: Path, out: Path, judge_spec: str, constitution, config, *, limit, seed: int) -> None:
+def _agreement(path: Path, out: Path, judge_spec: str, constitution, config, *, limit, seed: int,
+               backend=None, show: bool = True) -> dict:
     import hashlib
     import json
 
@@ -137,7 +147,7 @@ def _agreement(path: Path, out: Path, judge_spec: str, constitution, config, *, 
     start = time.perf_counter()
     pairs, bad = agr.read_human_pairs(path, limit=limit)
     log_bad_rows(bad)
-    backend = _load(judge_spec)
+    backend = backend or _load(judge_spec)
     check_judge(backend, config)
     judgements = agr.judge_human_pairs(pairs, backend, constitution, config, seed=seed)
     seconds = time.perf_counter() - start
@@ -160,10 +170,13 @@ def _agreement(path: Path, out: Path, judge_spec: str, constitution, config, *, 
         "judge %s agrees with the human labels of %s on %.3f of %d pairs (%.2f pairs/s); details in %s",
         backend.model_id, path, result["agreement"], result["n"], result["pairs_per_second"],
         out / "agreement.json")
-    _print_agreement(result, out / "agreement.json")
+    if show:
+        _print_agreement(result, out / "agreement.json")
+    return result
 
 
-def _sweep(path: Path, out: Path, judge_specs: list[str], constitution, config, *, limit, seed: int) -> None:
+def _sweep(path: Path, out: Path, judge_specs: list[str], constitution, config, *, limit, seed: int,
+           loaded: dict | None = None, what: str | None = None) -> list[dict]:
     import json
 
     from cai import agreement as agr
@@ -177,20 +190,88 @@ def _sweep(path: Path, out: Path, judge_specs: list[str], constitution, config, 
     pairs, bad = agr.read_human_pairs(path, limit=limit)
     log_bad_rows(bad)
     judges = []
+    loaded = {} if loaded is None else loaded
     for spec in judge_specs:
-        backend = _load(spec)
+        backend = loaded[spec] = loaded.get(spec) or _load(spec)
         check_judge(backend, config)
         judges.append((spec, backend))
     rows = []
     for row in agr.run_sweep(pairs, judges, constitution, config, seed=seed):
         rows.append(row)  # written after each configuration, so a long sweep keeps what it measured
-        table = agr.sweep_table(rows, len(pairs))
+        table = agr.sweep_table(rows, len(pairs), *([what] if what else []))
         write_atomic(out / "sweep.json", json.dumps({"source": str(path), "n": len(pairs), "seed": seed,
                                                      "constitution": constitution.ref().model_dump(),
                                                      "rows": rows}, indent=2) + "\n")
         write_atomic(out / "sweep.md", table)
     typer.echo(table)
     typer.echo(f"written to {out / 'sweep.json'} and {out / 'sweep.md'}")
+    return rows
+
+
+def _probe(out: Path, policy_spec: str, judge_specs: list[str], constitution, config, *, limit, seed: int,
+           max_new_tokens: int, sweep: bool) -> None:
+    """``cai label --probe``: build the probe pairs (``cai.probes``) with the policy, then measure the judge
+    on each probe as on human labels (or every configuration, with --sweep): DIR/<probe>/, DIR/probes.json."""
+    import json
+
+    from cai.backends import load_backend
+    from cai.jsonl import write_atomic, write_jsonl_atomic
+    from cai.logs import log_to_run_dir
+    from cai.probes import BETTER, build_probes
+    from cai.prompts import load_prompts, log_bad_rows
+
+    sets = {}
+    for name in ("redteam", "helpful"):
+        rows, bad = load_prompts(name, limit=limit)
+        log_bad_rows(bad)
+        sets[name] = rows
+    out.mkdir(parents=True, exist_ok=True)
+    log_to_run_dir(out)
+    policy = load_backend(policy_spec)
+    probes = build_probes(policy, sets["redteam"], sets["helpful"], max_new_tokens=max_new_tokens, seed=seed)
+    loaded = {policy_spec: policy}
+    summary: dict = {"policy": policy.model_id, "seed": seed, "probes": {}}
+    for name, rows in probes.items():
+        path = out / name / "pairs.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_jsonl_atomic(path, rows)
+        if not rows:
+            summary["probes"][name] = {"n": 0, "note": "no usable pair (every policy reply refused or was empty)"}
+            continue
+        typer.echo(f"probe {name}: {len(rows)} pairs")
+        if sweep:
+            summary["probes"][name] = {"n": len(rows), "sweep": _sweep(
+                path, out / name, judge_specs, constitution, config, limit=None, seed=seed, loaded=loaded,
+                what=f"`{name}` probe pairs (agreement: the judge prefers the {BETTER[name]})")}
+        else:
+            spec = judge_specs[0]
+            loaded[spec] = loaded.get(spec) or _load(spec)
+            result = _agreement(path, out / name, spec, constitution, config, limit=None, seed=seed,
+                                backend=loaded[spec], show=False)
+            summary["probes"][name] = {k: result.get(k) for k in (
+                "n", "agreement", "position_consistency", "longer_wins_rate", "human_chose_longer_rate")}
+            summary["judge"] = result["judge"]
+    write_atomic(out / "probes.json", json.dumps(summary, indent=2) + "\n")
+    if not sweep:
+        _print_probes(summary)
+    typer.echo(f"written to {out / 'probes.json'}")
+
+
+def _print_probes(summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from cai.probes import BETTER
+
+    table = Table(title=f"judge {summary.get('judge', {}).get('model', '-')} on probe pairs "
+                        f"(replies by {summary['policy']})")
+    for name, justify in (("probe", "left"), ("the better reply", "left"), ("pairs", "right"),
+                          ("judge picks it", "right"), ("longer wins", "right")):
+        table.add_column(name, justify=justify)
+    for name, r in summary["probes"].items():
+        cells = [f"{r[k]:.3f}" if r.get(k) is not None else "-" for k in ("agreement", "longer_wins_rate")]
+        table.add_row(name, BETTER[name], str(r["n"]), *cells)
+    Console().print(table)
 
 
 def _print_agreement(result: dict, path: Path) -> None:
