@@ -20,7 +20,8 @@ app = typer.Typer(
 )
 
 # command modules, in the order of the pipeline; each has register(app)
-COMMAND_MODULES = ["env", "constitution", "critique", "sft", "label", "reward", "ppo", "dpo", "refusals", "run"]
+COMMAND_MODULES = ["env", "constitution", "critique", "sft", "label", "reward", "ppo", "dpo", "refusals", "redteam",
+                   "run"]
 
 
 def _register_all() -> None:

@@ -1,0 +1,84 @@
+"""``cai redteam``: attack success rates of jailbreak templates, per model, side by side."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    app.command("redteam")(redteam)
+
+
+def redteam(
+    model: list[str] = typer.Option(["smollm2-135m"], "--model", "-m", help="model(s) to attack; repeatable"),
+    out: Path = typer.Option(..., "--out", "-o", help="run directory (redteam.json, <model>/replies.jsonl)"),
+    prompts: str = typer.Option("redteam", help="harmful requests: the shipped set or a prompt file"),
+    templates: Path = typer.Option(None, "--templates", help="jailbreak templates: a YAML/JSON mapping of id "
+                                   "to text with {request} (default: the shipped ones, see cai.redteam)"),
+    limit: int = typer.Option(None, help="use only the first N prompts of the set"),
+    max_new_tokens: int = typer.Option(96, "--max-new-tokens"),
+    temperature: float = typer.Option(0.0, help="0: greedy replies"),
+    seed: int = typer.Option(0),
+) -> None:
+    """Wrap harmful requests in jailbreak templates and measure how often each model does not refuse."""
+    import json
+
+    from cai.backends import load_backend
+    from cai.backends.base import SamplingParams
+    from cai.errors import ConfigError
+    from cai.jsonl import read_records, write_atomic
+    from cai.logs import log_to_run_dir, setup_console
+    from cai.prompts import load_prompts, log_bad_rows
+    from cai.redteam import attacks, load_templates, model_dir_name, run_attacks, success_rates
+    from cai.runs import check_or_record
+
+    setup_console()
+    the_templates = load_templates(templates)
+    rows, bad = load_prompts(prompts, limit=limit)
+    log_bad_rows(bad)
+    todo = attacks(rows, the_templates)
+    if not todo:
+        raise ConfigError("no base request to attack", where=prompts,
+                          fix="give prompts outside the `jailbreak` category (those are wrapped already)")
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, do_sample=temperature > 0,
+                            seed=seed)
+    check_or_record(out, "redteam", {"prompts": prompts, "templates": the_templates, "limit": limit,
+                                     "sampling": params.to_dict()})
+    log_to_run_dir(out)
+    summary = {"prompts": prompts, "base_requests": len(todo) // len(the_templates),
+               "templates": the_templates, "sampling": params.to_dict(), "models": {}}
+    for spec in model:
+        path = out / model_dir_name(spec) / "replies.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        backend = load_backend(spec)
+        run_attacks(backend, todo, path, params, templates=the_templates)
+        wanted = {a.id for a in todo}
+        records = [r for r in read_records(path) if r["id"] in wanted]
+        summary["models"][spec] = {"model": backend.model_id, "replies": str(path), **success_rates(records)}
+    write_atomic(out / "redteam.json", json.dumps(summary, indent=2) + "\n")
+    _print(summary)
+    typer.echo(f"written to {out / 'redteam.json'}")
+
+
+def _print(summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"attack success rate (reply does not refuse), {summary['base_requests']} requests")
+    table.add_column("template")
+    specs = list(summary["models"])
+    for spec in specs:
+        table.add_column(spec, justify="right")
+
+    def cell(figures):
+        if figures.get("asr") is None:
+            return "-"
+        lift = figures.get("lift")
+        return f"{figures['asr']:.3f}" + ("" if lift is None or lift == 0 else f" ({lift:+.3f})")
+
+    for name in summary["templates"]:
+        table.add_row(name, *[cell(summary["models"][s]["templates"].get(name, {})) for s in specs])
+    table.add_row("all", *[cell(summary["models"][s]["overall"]) for s in specs])
+    Console().print(table)
