@@ -34,7 +34,7 @@ def test_pipeline_runs_every_stage_on_a_tiny_model_and_resumes(tmp_path, tiny_mo
 
     config = RunConfig.model_validate({
         "name": "tiny", "model": str(tiny_model_dir), "constitution": "seed", "dtype": "fp32",
-        "stages": ["critique", "sft", "label", "reward", "ppo"],
+        "stages": ["critique", "sft", "label", "reward", "ppo", "evaluate"],
         "critique_prompts": {"source": "redteam", "limit": 4},
         "critique": {"rounds": 1, "max_new_tokens": 6},
         "sft": {"max_steps": 1, "batch_size": 2},
@@ -42,10 +42,16 @@ def test_pipeline_runs_every_stage_on_a_tiny_model_and_resumes(tmp_path, tiny_mo
         "label": {"samples": 2, "max_new_tokens": 6},
         "reward": {"max_steps": 1, "batch_size": 2},
         "ppo": {"steps": 1, "batch_size": 2, "mini_batch_size": 2, "max_new_tokens": 4, "ppo_epochs": 1},
+        "evaluate": {"limit": 2, "max_new_tokens": 4, "redteam": True},
     })
     out = tmp_path / "run"
     manifest = run_pipeline(config, out)
-    assert set(manifest["stages"]) == {"critique", "sft", "label", "reward", "ppo"}
+    assert set(manifest["stages"]) == {"critique", "sft", "label", "reward", "ppo", "evaluate"}
+    refusals = manifest["stages"]["evaluate"]["refusals"]
+    assert list(refusals) == [str(tiny_model_dir), str(out / "sft"), manifest["final_model"]]  # base, SFT, PPO
+    assert all(0 <= r["harmful_refusal"] <= 1 and 0 <= r["attack_success"] <= 1 for r in refusals.values())
+    report = (out / "report" / "report.md").read_text()
+    assert "## Harmlessness and over-refusal" in report and "## Jailbreaks" in report and "PPO run" in report
     assert (out / "critique" / "records.jsonl").exists() and (out / "preferences" / "pairs.jsonl").exists()
     assert (out / "ppo" / "metrics.jsonl").exists()
     assert Path(manifest["final_model"], "config.json").exists()

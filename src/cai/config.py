@@ -13,14 +13,15 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from cai.critique import CritiqueOptions
+from cai.evaluate import EvaluateOptions
 from cai.preferences import LabelConfig
 from cai.train.dpo import DPOOptions
 from cai.train.ppo import PPOOptions
 from cai.train.reward import RewardOptions
 from cai.train.sft import SFTOptions
 
-Stage = Literal["critique", "sft", "label", "reward", "ppo", "dpo"]
-STAGES: tuple[str, ...] = ("critique", "sft", "label", "reward", "ppo", "dpo")
+Stage = Literal["critique", "sft", "label", "reward", "ppo", "dpo", "evaluate"]
+STAGES: tuple[str, ...] = ("critique", "sft", "label", "reward", "ppo", "dpo", "evaluate")
 
 
 class PromptSet(BaseModel):
@@ -40,7 +41,7 @@ class RunConfig(BaseModel):
     constitution: str = "general"
     judge_model: str | None = Field(None, description="AI judge for labels; default: the base model")
     dtype: str = "auto"
-    stages: list[Stage] = Field(default_factory=lambda: ["critique", "sft", "label", "reward", "ppo"])
+    stages: list[Stage] = Field(default_factory=lambda: ["critique", "sft", "label", "reward", "ppo", "evaluate"])
     critique_prompts: PromptSet = Field(default_factory=PromptSet)
     rl_prompts: PromptSet = Field(default_factory=lambda: PromptSet(source="mixed"))
     critique: CritiqueOptions = Field(default_factory=CritiqueOptions)
@@ -49,6 +50,7 @@ class RunConfig(BaseModel):
     reward: RewardOptions = Field(default_factory=RewardOptions)
     ppo: PPOOptions = Field(default_factory=PPOOptions)
     dpo: DPOOptions = Field(default_factory=DPOOptions)
+    evaluate: EvaluateOptions = Field(default_factory=EvaluateOptions)
 
 
 def load_config(path: str | Path) -> RunConfig:

@@ -118,8 +118,26 @@ def stage_dpo(ctx: Context) -> dict:
     return {"model": str(path)}
 
 
+def stage_evaluate(ctx: Context) -> dict:
+    """Refusal rates of the base, the SFT (when trained) and the final model (``cai.evaluate``), then the
+    report of the whole run."""
+    from cai.evaluate import evaluate
+    from cai.models import resolve
+    from cai.report import build_report
+
+    sft = [str(ctx.out / "sft")] if "sft" in ctx.config.stages and (ctx.out / "sft" / "config.json").exists() else []
+    models = list(dict.fromkeys([str(resolve(ctx.config.model).spec), *sft, ctx.policy]))
+    summary = evaluate(models, ctx.out / "evaluate", ctx.config.evaluate, ctx.backend)
+    ctx._backends.clear()
+    build_report([ctx.out], ctx.out / "report")
+    for spec, figures in summary.items():
+        log.info("%s: refuses %.3f of harmful prompts, %.3f of safe prompts", spec, figures["harmful_refusal"],
+                 figures["safe_refusal"])
+    return {"refusals": summary, "report": str(ctx.out / "report" / "report.md")}
+
+
 STAGE_FUNCTIONS = {"critique": stage_critique, "sft": stage_sft, "label": stage_label, "reward": stage_reward,
-                   "ppo": stage_ppo, "dpo": stage_dpo}
+                   "ppo": stage_ppo, "dpo": stage_dpo, "evaluate": stage_evaluate}
 
 
 def run_pipeline(config: RunConfig, out: Path) -> dict:

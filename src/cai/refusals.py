@@ -10,7 +10,7 @@ draws) and gives the refusal rate on harmful prompts and on safe ones (the over-
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 _PHRASES = [
@@ -55,3 +55,13 @@ def refusal_report(backend, sets: dict[str, Sequence[str]], *, max_new_tokens: i
                                                                                       strict=True)],
         }
     return out
+
+
+def refusal_comparison(models: Iterable[tuple[str, Any]], sets: dict[str, Sequence[str]], *, max_new_tokens: int = 96,
+                       seed: int = 0) -> list[dict[str, Any]]:
+    """``refusal_report`` for each (spec, backend) of ``models``, in order, each tagged with its spec. Give a
+    generator to hold one model in memory at a time."""
+    reports = []
+    for spec, backend in models:
+        reports.append({**refusal_report(backend, sets, max_new_tokens=max_new_tokens, seed=seed), "model_spec": spec})
+    return reports

@@ -27,7 +27,7 @@ def refusals(
     from cai.jsonl import write_atomic
     from cai.logs import log_to_run_dir, setup_console
     from cai.prompts import load_prompts, log_bad_rows
-    from cai.refusals import refusal_report
+    from cai.refusals import refusal_comparison
 
     setup_console()
     sets = {}
@@ -37,10 +37,8 @@ def refusals(
         sets[name] = [r.prompt for r in rows]
     out.mkdir(parents=True, exist_ok=True)
     log_to_run_dir(out)
-    reports = []
-    for spec in model:
-        reports.append(refusal_report(load_backend(spec), sets, max_new_tokens=max_new_tokens, seed=seed))
-        reports[-1]["model_spec"] = spec
+    reports = refusal_comparison(((spec, load_backend(spec)) for spec in model), sets,
+                                 max_new_tokens=max_new_tokens, seed=seed)
     write_atomic(out / "refusals.json", json.dumps({"harmful": harmful, "safe": safe, "models": reports},
                                                    indent=2) + "\n")
     for r in reports:

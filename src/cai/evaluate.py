@@ -1,0 +1,65 @@
+"""The pipeline's closing stage: what the run changed, measured on the base and the final model alike.
+
+Both models answer the same harmful prompts (refusals should rise) and safe prompts (they should not: that
+is over-refusal), greedy and seeded, checked by ``cai.refusals``; optionally every harmful request is
+also sent in each jailbreak template (``cai.redteam``). The files are the ones ``cai refusals`` and
+``cai redteam`` write, so ``cai report`` (run by the pipeline after this stage) reads them the same way.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class EvaluateOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    harmful: str = Field("redteam", description="harmful prompts: a shipped set or a prompt file")
+    safe: str = Field("helpful", description="safe prompts: a shipped set or a prompt file")
+    limit: int | None = Field(32, ge=1, description="prompts of each set (None: all)")
+    max_new_tokens: int = Field(64, ge=1)
+    redteam: bool = Field(False, description="also jailbreak success rates (7 templates a request: slower)")
+    seed: int = 0
+
+
+def evaluate(models: Sequence[str], out_dir: Path, options: EvaluateOptions, load: Callable[[str], Any]
+             ) -> dict[str, Any]:
+    """Refusal rates (and jailbreak rates) of each model spec into ``out_dir``; ``load`` gives a backend."""
+    from cai.backends.base import SamplingParams
+    from cai.jsonl import read_records, write_atomic
+    from cai.prompts import load_prompts, log_bad_rows
+    from cai.redteam import TEMPLATES, attacks, model_dir_name, run_attacks, success_rates
+    from cai.refusals import refusal_comparison
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = {}
+    for name, source in (("harmful", options.harmful), ("safe", options.safe)):
+        rows[name], bad = load_prompts(source, limit=options.limit)
+        log_bad_rows(bad)
+    sets = {name: [r.prompt for r in rs] for name, rs in rows.items()}
+    reports = refusal_comparison(((spec, load(spec)) for spec in models), sets,
+                                 max_new_tokens=options.max_new_tokens, seed=options.seed)
+    write_atomic(out_dir / "refusals.json", json.dumps({"harmful": options.harmful, "safe": options.safe,
+                                                        "models": reports}, indent=2) + "\n")
+    summary = {r["model_spec"]: {"harmful_refusal": r["sets"]["harmful"]["refusal_rate"],
+                                 "safe_refusal": r["sets"]["safe"]["refusal_rate"]} for r in reports}
+    if options.redteam:
+        todo = attacks(rows["harmful"], TEMPLATES)
+        params = SamplingParams(max_new_tokens=options.max_new_tokens, temperature=0.0, do_sample=False,
+                                seed=options.seed)
+        results = {}
+        for spec in models:
+            path = out_dir / "redteam" / model_dir_name(spec) / "replies.jsonl"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            run_attacks(load(spec), todo, path, params, templates=TEMPLATES)
+            results[spec] = success_rates(read_records(path))
+            summary[spec]["attack_success"] = results[spec]["overall"]["asr"]
+        write_atomic(out_dir / "redteam" / "redteam.json", json.dumps({
+            "prompts": options.harmful, "base_requests": len(todo) // len(TEMPLATES), "templates": TEMPLATES,
+            "sampling": params.to_dict(), "models": results}, indent=2) + "\n")
+    return summary

@@ -1,0 +1,265 @@
+"""The evaluation report: what a run changed, from the files its commands wrote, as Markdown with plots.
+
+``collect`` finds the result files under the given run directories (or takes files directly):
+
+* ``refusals.json`` (``cai refusals``): refusal rate on harmful prompts against the over-refusal rate on
+  safe ones, per model: the harmlessness / helpfulness trade-off (a scatter plot).
+* ``redteam.json`` (``cai redteam``): attack success rate per jailbreak template and model (bars).
+* ``metrics.jsonl`` of ``cai ppo`` (rows with ``step``, ``reward`` and ``kl``): reward and KL per step
+  (curves); ``metrics.json`` of ``cai reward``: the reward model's held-out accuracy.
+* ``agreement.json``, ``probes.json``, ``sweep.json`` (``cai label --agreement/--probe/--sweep``): the
+  judge's agreement, position consistency and per-principle agreement (which principles the judge
+  applies well), probe results and the configuration sweep.
+
+``build_report`` writes ``report.md``, ``report.json`` (every figure shown) and one PNG per plot. Plots
+need matplotlib (the ``report`` extra); without it the report has the tables only and says so.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from cai.errors import ConfigError
+
+log = logging.getLogger(__name__)
+KINDS = ("refusals", "redteam", "ppo", "reward", "agreement", "probes", "sweep")
+
+
+def _load_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot read this result file ({e})", where=str(path),
+                          fix="re-run the command that writes it, or leave the file out") from None
+
+
+def _ppo_rows(path: Path) -> list[dict[str, Any]] | None:
+    """The rows of a PPO metrics file, or None when ``path`` is some other metrics.jsonl."""
+    from cai.jsonl import read_records
+
+    rows = read_records(path)
+    return rows if rows and all(k in rows[0] for k in ("step", "reward", "kl")) else None
+
+
+def _kind(path: Path) -> tuple[str, Any] | None:
+    """(kind, content) for a result file ``collect`` understands, else None."""
+    name = path.name
+    if name in ("refusals.json", "redteam.json", "agreement.json", "probes.json", "sweep.json"):
+        return name.removesuffix(".json"), _load_json(path)
+    if name == "metrics.jsonl":
+        rows = _ppo_rows(path)
+        return ("ppo", rows) if rows is not None else None
+    if name == "metrics.json":
+        data = _load_json(path)
+        return ("reward", data) if isinstance(data, dict) and "eval_accuracy" in data else None
+    return None
+
+
+def collect(paths: Sequence[str | Path]) -> dict[str, list[dict[str, Any]]]:
+    """Every result file under ``paths``: {kind: [{"source": path, "data": content}, ...]}."""
+    found: dict[str, list[dict[str, Any]]] = {k: [] for k in KINDS}
+    for given in map(Path, paths):
+        if not given.exists():
+            raise ConfigError("no such file or directory", where=str(given), fix="check the path")
+        files = [given] if given.is_file() else sorted(p for p in given.rglob("*") if p.is_file())
+        for path in files:
+            kind = _kind(path)
+            if kind is not None:
+                found[kind[0]].append({"source": str(path), "data": kind[1]})
+    if not any(found.values()):
+        raise ConfigError("found no result file to report on", where=", ".join(map(str, paths)),
+                          fix="give run directories holding refusals.json, redteam.json, metrics.jsonl (PPO), "
+                              "metrics.json (reward), agreement.json, probes.json or sweep.json")
+    return found
+
+
+# ---- figures ------------------------------------------------------------------------------------------
+
+
+def tradeoff(found) -> list[dict[str, Any]]:
+    """Per model and refusal file: harmful-prompt refusal rate and safe-prompt (over-)refusal rate."""
+    rows = []
+    for item in found["refusals"]:
+        for m in item["data"].get("models", []):
+            sets = m.get("sets", {})
+            rows.append({"model": m.get("model_spec") or m.get("model"), "source": item["source"],
+                         "harmful_refusal": sets.get("harmful", {}).get("refusal_rate"),
+                         "safe_refusal": sets.get("safe", {}).get("refusal_rate"),
+                         "n_harmful": sets.get("harmful", {}).get("n"), "n_safe": sets.get("safe", {}).get("n")})
+    return rows
+
+
+def attack_rates(found) -> list[dict[str, Any]]:
+    """Per model and red-team file: attack success rate per template and overall."""
+    rows = []
+    for item in found["redteam"]:
+        for spec, m in item["data"].get("models", {}).items():
+            rows.append({"model": spec, "source": item["source"], "overall": m["overall"]["asr"],
+                         "templates": {t: f["asr"] for t, f in m.get("templates", {}).items()}})
+    return rows
+
+
+def ppo_summary(found) -> list[dict[str, Any]]:
+    """Per PPO run: steps, reward and KL at the first and last step, and the series for the curves."""
+    out = []
+    for item in found["ppo"]:
+        rows = item["data"]
+        out.append({"source": item["source"], "steps": len(rows),
+                    "reward_first": rows[0]["reward"], "reward_last": rows[-1]["reward"],
+                    "kl_last": rows[-1]["kl"], "kl_max": max(r["kl"] for r in rows),
+                    "step": [r["step"] for r in rows], "reward": [r["reward"] for r in rows],
+                    "kl": [r["kl"] for r in rows]})
+    return out
+
+
+# ---- rendering ----------------------------------------------------------------------------------------
+
+
+def _f(x) -> str:
+    return "-" if x is None else f"{x:.3f}" if isinstance(x, float) else str(x)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(_f(c) for c in row) + " |" for row in rows), ""]
+
+
+def render(found, plots: dict[str, str], note: str | None = None) -> str:
+    """The report as Markdown; ``plots`` maps plot names to PNG file names beside the report."""
+    lines = ["# cai evaluation report", ""]
+    if note:
+        lines += [f"_{note}_", ""]
+    if found["refusals"]:
+        lines += ["## Harmlessness and over-refusal", "",
+                  "Refusal rate on harmful prompts (higher is safer) and on safe prompts (lower is more "
+                  "helpful), a keyword check (`cai refusals`).", ""]
+        lines += _table(["model", "harmful refused", "safe refused", "n harmful", "n safe", "source"],
+                        [[r["model"], r["harmful_refusal"], r["safe_refusal"], r["n_harmful"], r["n_safe"],
+                          r["source"]] for r in tradeoff(found)])
+        lines += [f"![trade-off]({plots['tradeoff']})", ""] if "tradeoff" in plots else []
+    if found["redteam"]:
+        rates = attack_rates(found)
+        names = list(dict.fromkeys(t for r in rates for t in r["templates"]))
+        lines += ["## Jailbreaks", "", "Attack success rate: the share of attacks the model did not refuse "
+                  "(`cai redteam`; an upper bound on harm).", ""]
+        lines += _table(["template", *(r["model"] for r in rates)],
+                        [[t, *(r["templates"].get(t) for r in rates)] for t in names]
+                        + [["all", *(r["overall"] for r in rates)]])
+        lines += [f"![jailbreaks]({plots['jailbreaks']})", ""] if "jailbreaks" in plots else []
+    if found["ppo"] or found["reward"]:
+        lines += ["## Training", ""]
+    if found["reward"]:
+        lines += _table(["reward model", "held-out accuracy", "held-out pairs", "train pairs"],
+                        [[i["source"], i["data"].get("eval_accuracy"), i["data"].get("n_eval"),
+                          i["data"].get("n_train")] for i in found["reward"]])
+    if found["ppo"]:
+        lines += _table(["PPO run", "steps", "reward, first step", "reward, last step", "KL, last", "KL, max"],
+                        [[s["source"], s["steps"], s["reward_first"], s["reward_last"], s["kl_last"], s["kl_max"]]
+                         for s in ppo_summary(found)])
+        lines += [f"![ppo]({plots['ppo']})", ""] if "ppo" in plots else []
+    if found["agreement"] or found["probes"] or found["sweep"]:
+        lines += ["## Judge", ""]
+    for item in found["agreement"]:
+        a = item["data"]
+        consistency = "n/a (order-free)" if a.get("order_free") else _f(a.get("position_consistency"))
+        lines += [f"`{item['source']}`: judge {a.get('judge', {}).get('model', '-')} agrees with the labels on "
+                  f"{_f(a.get('agreement'))} of {a.get('n')} pairs; position consistency {consistency}; "
+                  f"the longer response wins {_f(a.get('longer_wins_rate'))}.", ""]
+        per = sorted((a.get("per_principle") or {}).items(), key=lambda kv: -(kv[1].get("agreement") or 0))
+        if per:
+            lines += ["Agreement per principle (which principles the judge applies well):", ""]
+            lines += _table(["principle", "pairs", "agreement"], [[k, v.get("n"), v.get("agreement")] for k, v in per])
+    for item in found["probes"]:
+        lines += [f"Probes (`{item['source']}`, replies by {item['data'].get('policy')}):", ""]
+        lines += _table(["probe", "pairs", "judge prefers the better reply", "longer wins"],
+                        [[k, v.get("n"), v.get("agreement"), v.get("longer_wins_rate")]
+                         for k, v in item["data"].get("probes", {}).items()])
+    for item in found["sweep"]:
+        from cai.agreement import sweep_table
+
+        lines += [f"Sweep (`{item['source']}`):", "", sweep_table(item["data"]["rows"], item["data"]["n"])]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def draw(found, out_dir: Path) -> dict[str, str]:
+    """The plots as PNG files in ``out_dir``; {name: file name}. Empty without matplotlib."""
+    try:
+        import matplotlib
+    except ImportError:
+        return {}
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = {}
+    if found["refusals"]:
+        fig, ax = plt.subplots(figsize=(5, 4))
+        for r in tradeoff(found):
+            ax.scatter(r["safe_refusal"], r["harmful_refusal"])
+            ax.annotate(_short(r["model"], 30), (r["safe_refusal"], r["harmful_refusal"]), fontsize=7)
+        ax.set(xlabel="refusal rate on safe prompts (over-refusal)", ylabel="refusal rate on harmful prompts",
+               xlim=(-0.05, 1.05), ylim=(-0.05, 1.05), title="harmlessness vs helpfulness")
+        made["tradeoff"] = _save(fig, out_dir / "tradeoff.png")
+    if found["redteam"]:
+        rates = attack_rates(found)
+        names = list(dict.fromkeys(t for r in rates for t in r["templates"]))
+        fig, ax = plt.subplots(figsize=(max(5, len(names) * 0.9), 4))
+        width = 0.8 / len(rates)
+        for k, r in enumerate(rates):
+            ax.bar([i + k * width for i in range(len(names))], [r["templates"].get(t) or 0 for t in names],
+                   width, label=_short(r["model"], 30))
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(names))], names, rotation=30, ha="right")
+        ax.set(ylabel="attack success rate", ylim=(0, 1.05), title="jailbreak templates")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=2)
+        made["jailbreaks"] = _save(fig, out_dir / "jailbreaks.png")
+    if found["ppo"]:
+        fig, (top, bottom) = plt.subplots(2, 1, figsize=(6, 5), sharex=True)
+        for s in ppo_summary(found):
+            top.plot(s["step"], s["reward"], label=_short(s["source"]))
+            bottom.plot(s["step"], s["kl"])
+        top.set(ylabel="mean reward", title="PPO")
+        top.legend(fontsize=7)
+        bottom.set(xlabel="step", ylabel="KL to the reference")
+        made["ppo"] = _save(fig, out_dir / "ppo.png")
+    return made
+
+
+def _short(text, n: int = 40) -> str:
+    """A plot label: the end of ``text``, marked when cut (matplotlib hides labels that start with _)."""
+    text = str(text)
+    return text if len(text) <= n else "…" + text[-(n - 1):]
+
+
+def _save(fig, path: Path) -> str:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
+def build_report(paths: Sequence[str | Path], out_dir: str | Path) -> dict[str, Any]:
+    """Collect, draw and write ``report.md``, ``report.json`` and the PNGs into ``out_dir``."""
+    from cai.jsonl import write_atomic
+
+    found = collect(paths)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plots = draw(found, out_dir)
+    note = None if plots or not any(found[k] for k in ("refusals", "redteam", "ppo")) else \
+        "matplotlib is not installed, so this report has no plots: pip install 'cai[report]'"
+    write_atomic(out_dir / "report.md", render(found, plots, note))
+    figures = {"sources": {k: [i["source"] for i in v] for k, v in found.items() if v},
+               "tradeoff": tradeoff(found), "attack_rates": attack_rates(found),
+               "ppo": [{k: v for k, v in s.items() if k not in ("step", "reward", "kl")} for s in ppo_summary(found)],
+               "reward": [{"source": i["source"], **i["data"]} for i in found["reward"]],
+               "agreement": [{"source": i["source"], **{k: i["data"].get(k) for k in (
+                   "n", "agreement", "position_consistency", "longer_wins_rate", "per_principle")}}
+                   for i in found["agreement"]],
+               "plots": plots}
+    write_atomic(out_dir / "report.json", json.dumps(figures, indent=2) + "\n")
+    return figures

@@ -1,0 +1,85 @@
+"""The evaluation report: finding result files, the figures it shows, plots, and clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cai.errors import ConfigError
+from cai.report import build_report, collect
+
+
+def _write(path, data):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data) if not isinstance(data, list) else "".join(json.dumps(r) + "\n" for r in data))
+
+
+def _run_dir(root):
+    _write(root / "ref" / "refusals.json", {"models": [
+        {"model": "base", "model_spec": "smollm2-135m", "sets": {"harmful": {"n": 10, "refusal_rate": 0.1},
+                                                                "safe": {"n": 10, "refusal_rate": 0.0}}},
+        {"model": "tuned", "model_spec": "runs/ppo/policy", "sets": {"harmful": {"n": 10, "refusal_rate": 0.7},
+                                                                   "safe": {"n": 10, "refusal_rate": 0.2}}}]})
+    _write(root / "rt" / "redteam.json", {"models": {"smollm2-135m": {
+        "overall": {"n": 4, "asr": 0.75}, "templates": {"direct": {"n": 2, "asr": 0.5, "lift": 0.0},
+                                                         "override": {"n": 2, "asr": 1.0, "lift": 0.5}}}}})
+    _write(root / "ppo" / "metrics.jsonl", [{"step": 1, "reward": -0.5, "kl": 0.0},
+                                            {"step": 2, "reward": 0.25, "kl": 1.5}])
+    _write(root / "reward" / "metrics.json", {"eval_accuracy": 0.625, "n_eval": 8, "n_train": 72})
+    _write(root / "agree" / "agreement.json", {"n": 20, "agreement": 0.55, "position_consistency": 0.4,
+                                               "longer_wins_rate": 0.6, "judge": {"model": "j"},
+                                               "per_principle": {"harm": {"n": 12, "agreement": 0.75},
+                                                                 "help": {"n": 8, "agreement": 0.25}}})
+    _write(root / "sft" / "metrics.jsonl", [{"loss": 1.0}])  # not PPO metrics: ignored
+    _write(root / "notes" / "metrics.json", {"loss": 1.0})  # not a reward model's: ignored
+
+
+def test_collect_finds_each_kind_and_ignores_other_metrics(tmp_path):
+    _run_dir(tmp_path)
+    found = collect([tmp_path])
+    assert {k: len(v) for k, v in found.items() if v} == {"refusals": 1, "redteam": 1, "ppo": 1, "reward": 1,
+                                                          "agreement": 1}
+
+
+def test_report_shows_the_figures_and_draws_the_plots(tmp_path):
+    _run_dir(tmp_path / "runs")
+    figures = build_report([tmp_path / "runs"], tmp_path / "report")
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "| runs/ppo/policy | 0.700 | 0.200 | 10 | 10 |" in md  # harmful refused, safe refused
+    assert "| override | 1.000 |" in md and "| all | 0.750 |" in md
+    assert "| 2 | -0.500 | 0.250 | 1.500 | 1.500 |" in md  # steps, first/last reward, last/max KL
+    assert "0.625" in md and "position consistency 0.400" in md
+    assert md.index("| harm | 12 | 0.750 |") < md.index("| help | 8 | 0.250 |")  # best-applied principle first
+    assert set(figures["plots"]) == {"tradeoff", "jailbreaks", "ppo"}
+    for name in figures["plots"].values():
+        assert (tmp_path / "report" / name).read_bytes()[:4] == b"\x89PNG" and f"]({name})" in md
+    saved = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert saved["tradeoff"][1] == {"model": "runs/ppo/policy", "source": str(tmp_path / "runs/ref/refusals.json"),
+                                    "harmful_refusal": 0.7, "safe_refusal": 0.2, "n_harmful": 10, "n_safe": 10}
+    assert saved["ppo"][0]["reward_last"] == 0.25
+
+
+def test_nothing_to_report_and_broken_files_are_clear_errors(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="found no result file"):
+        collect([tmp_path / "empty"])
+    with pytest.raises(ConfigError, match="no such file"):
+        collect([tmp_path / "missing"])
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "refusals.json").write_text("{torn")
+    with pytest.raises(ConfigError) as e:
+        collect([tmp_path / "bad"])
+    assert e.value.where.endswith("refusals.json")
+
+
+def test_cli_writes_the_report(tmp_path):
+    from typer.testing import CliRunner
+
+    from cai.cli import app
+
+    _run_dir(tmp_path / "runs")
+    result = CliRunner().invoke(app, ["report", str(tmp_path / "runs" / "rt"), str(tmp_path / "runs" / "ppo"),
+                                      "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    assert "1 redteam, 1 ppo" in result.output and (tmp_path / "r" / "report.md").exists()
