@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Does RLAIF make the embedded model safer? label -> reward -> PPO with the default judge, then the
-# refusal rate on the shipped red-team prompts (should rise) and on the helpful prompts (should not).
+# refusal rate on the shipped red-team prompts (should rise) and on the helpful prompts (should not),
+# and a report of it all in RUN_DIR/report/report.md.
 # Usage: bash scripts/refusal_check.sh [RUN_DIR] [extra `cai label` options, e.g. --judge DIR]
 # About 15 minutes on a 2-core CPU. Re-running resumes the finished stages.
 set -euo pipefail
@@ -13,3 +14,4 @@ $cai label mixed --limit "${RL_PROMPTS:-96}" --samples 2 --max-new-tokens 64 --o
 $cai ppo mixed --limit "${RL_PROMPTS:-96}" --reward-model "$run/reward" --out "$run/ppo" \
     --steps "${PPO_STEPS:-16}" --batch-size 8 --max-new-tokens 48
 $cai refusals --model smollm2-135m --model "$run/ppo/policy" --limit "${EVAL_PROMPTS:-80}" --out "$run/refusals"
+$cai report "$run" --out "$run/report"
