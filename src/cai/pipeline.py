@@ -31,11 +31,11 @@ class Context:
 
     def backend(self, spec: str):
         """A generation backend per model spec, loaded once."""
-        from cai.backends.transformers import TransformersBackend
+        from cai.backends import load_backend
 
         if spec not in self._backends:
             self._backends.clear()  # keep at most one model in memory
-            self._backends[spec] = TransformersBackend.load(spec, dtype=self.config.dtype)
+            self._backends[spec] = load_backend(spec, dtype=self.config.dtype)
         return self._backends[spec]
 
     def constitution(self):
@@ -81,9 +81,9 @@ def stage_label(ctx: Context) -> dict:
     policy = ctx.backend(ctx.policy)
     judge = policy if judge_spec == ctx.policy else None
     if judge is None:
-        from cai.backends.transformers import TransformersBackend
+        from cai.backends import load_backend
 
-        judge = TransformersBackend.load(judge_spec, dtype=ctx.config.dtype)
+        judge = load_backend(judge_spec, dtype=ctx.config.dtype)
     summary = label_prompts(ctx.prompts("rl_prompts"), policy=policy, judge_backend=judge,
                             constitution=ctx.constitution(), out_dir=ctx.out / "preferences", config=ctx.config.label)
     return {**summary.as_dict(), "pairs_file": str(ctx.out / "preferences" / "pairs.jsonl")}

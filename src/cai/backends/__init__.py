@@ -6,7 +6,12 @@ __all__ = ["Backend", "Completion", "SamplingParams", "load_backend"]
 
 
 def load_backend(model: str = "smollm2-135m", *, kind: str = "transformers", **kwargs) -> Backend:
-    """Build a backend by name: ``transformers`` (local, default)."""
+    """Build a backend by name: ``transformers`` (local, default); a spec ``openai:MODEL@URL`` is a model on an
+    OpenAI-compatible server (``cai.backends.served``), where local settings such as ``dtype`` do not apply."""
+    from cai.backends.served import ServedBackend, is_served
+
+    if is_served(model):
+        return ServedBackend.from_spec(model)
     if kind == "transformers":
         from cai.backends.transformers import TransformersBackend
 
