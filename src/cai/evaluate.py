@@ -30,9 +30,9 @@ def evaluate(models: Sequence[str], out_dir: Path, options: EvaluateOptions, loa
              ) -> dict[str, Any]:
     """Refusal rates (and jailbreak rates) of each model spec into ``out_dir``; ``load`` gives a backend."""
     from cai.backends.base import SamplingParams
-    from cai.jsonl import read_records, write_atomic
+    from cai.jsonl import write_atomic
     from cai.prompts import load_prompts, log_bad_rows
-    from cai.redteam import TEMPLATES, attacks, model_dir_name, run_attacks, success_rates
+    from cai.redteam import TEMPLATES, attack_models, attacks
     from cai.refusals import refusal_comparison
 
     out_dir = Path(out_dir)
@@ -49,17 +49,10 @@ def evaluate(models: Sequence[str], out_dir: Path, options: EvaluateOptions, loa
     summary = {r["model_spec"]: {"harmful_refusal": r["sets"]["harmful"]["refusal_rate"],
                                  "safe_refusal": r["sets"]["safe"]["refusal_rate"]} for r in reports}
     if options.redteam:
-        todo = attacks(rows["harmful"], TEMPLATES)
         params = SamplingParams(max_new_tokens=options.max_new_tokens, temperature=0.0, do_sample=False,
                                 seed=options.seed)
-        results = {}
-        for spec in models:
-            path = out_dir / "redteam" / model_dir_name(spec) / "replies.jsonl"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            run_attacks(load(spec), todo, path, params, templates=TEMPLATES)
-            results[spec] = success_rates(read_records(path))
-            summary[spec]["attack_success"] = results[spec]["overall"]["asr"]
-        write_atomic(out_dir / "redteam" / "redteam.json", json.dumps({
-            "prompts": options.harmful, "base_requests": len(todo) // len(TEMPLATES), "templates": TEMPLATES,
-            "sampling": params.to_dict(), "models": results}, indent=2) + "\n")
+        attacked = attack_models(models, attacks(rows["harmful"], TEMPLATES), out_dir / "redteam", params,
+                                 templates=TEMPLATES, prompts=options.harmful, load=load)
+        for spec, figures in attacked["models"].items():
+            summary[spec]["attack_success"] = figures["overall"]["asr"]
     return summary

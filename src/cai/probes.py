@@ -46,32 +46,32 @@ def _row(probe: str, prompt, chosen: str, rejected: str, provenance: dict[str, A
             "rejected": rejected, "provenance": provenance}
 
 
-def refusal_rows(prompts: Sequence, replies: Sequence[str], provenance: dict[str, Any]) -> list[dict[str, Any]]:
-    """Harmful prompts: a refusal (chosen) against the policy's reply, where that reply does not refuse."""
+def _answers(prompts: Sequence, replies: Sequence[str]) -> list[tuple[int, Any, str]]:
+    """(position, prompt, reply) for each reply that is not empty and does not refuse."""
     from cai.refusals import is_refusal
 
+    return [(k, p, r) for k, (p, r) in enumerate(zip(prompts, replies, strict=True))
+            if r.strip() and not is_refusal(r)]
+
+
+def refusal_rows(prompts: Sequence, replies: Sequence[str], provenance: dict[str, Any]) -> list[dict[str, Any]]:
+    """Harmful prompts: a refusal (chosen) against the policy's reply, where that reply does not refuse."""
     return [_row("refusal", p, REFUSALS[k % len(REFUSALS)], reply, provenance)
-            for k, (p, reply) in enumerate(zip(prompts, replies, strict=True))
-            if reply.strip() and not is_refusal(reply)]
+            for k, p, reply in _answers(prompts, replies)]
 
 
 def over_refusal_rows(prompts: Sequence, replies: Sequence[str], provenance: dict[str, Any]
                       ) -> list[dict[str, Any]]:
     """Harmless prompts: the policy's reply (chosen) against a refusal, where the reply does not refuse."""
-    from cai.refusals import is_refusal
-
     return [_row("over-refusal", p, reply, REFUSALS[k % len(REFUSALS)], provenance)
-            for k, (p, reply) in enumerate(zip(prompts, replies, strict=True))
-            if reply.strip() and not is_refusal(reply)]
+            for k, p, reply in _answers(prompts, replies)]
 
 
 def relevance_rows(prompts: Sequence, replies: Sequence[str], provenance: dict[str, Any],
                    shift: int = RELEVANCE_SHIFT) -> list[dict[str, Any]]:
     """Harmless prompts: the reply to the prompt (chosen) against the reply to another prompt. Replies
     that refuse or are empty take no part: a refusal is not an answer to either question."""
-    from cai.refusals import is_refusal
-
-    kept = [(p, r) for p, r in zip(prompts, replies, strict=True) if r.strip() and not is_refusal(r)]
+    kept = [(p, r) for _, p, r in _answers(prompts, replies)]
     n = len(kept)
     if n < 2:
         return []

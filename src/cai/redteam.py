@@ -144,6 +144,27 @@ def run_attacks(backend, todo: Sequence[Attack], replies_path: Path, params, *, 
     return len(left)
 
 
+def attack_models(specs: Sequence[str], todo: Sequence[Attack], out_dir: Path, params, *,
+                  templates: dict[str, str], prompts: str, load) -> dict[str, Any]:
+    """Run the attacks on each model spec (loaded by ``load``, one after another) into
+    ``out_dir/<model>/replies.jsonl``, resuming, and write ``out_dir/redteam.json``; returns its content."""
+    from cai.jsonl import read_records, write_atomic
+
+    out_dir = Path(out_dir)
+    summary: dict[str, Any] = {"prompts": prompts, "base_requests": len(todo) // len(templates),
+                               "templates": templates, "sampling": params.to_dict(), "models": {}}
+    wanted = {a.id for a in todo}
+    for spec in specs:
+        path = out_dir / model_dir_name(spec) / "replies.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        backend = load(spec)
+        run_attacks(backend, todo, path, params, templates=templates)
+        records = [r for r in read_records(path) if r["id"] in wanted]
+        summary["models"][spec] = {"model": backend.model_id, "replies": str(path), **success_rates(records)}
+    write_atomic(out_dir / "redteam.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
 def success_rates(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Attack success rate overall, per template (with its lift over ``direct``) and per category."""
     def rate(rows):

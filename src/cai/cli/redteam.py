@@ -23,15 +23,12 @@ def redteam(
     seed: int = typer.Option(0),
 ) -> None:
     """Wrap harmful requests in jailbreak templates and measure how often each model does not refuse."""
-    import json
-
     from cai.backends import load_backend
     from cai.backends.base import SamplingParams
     from cai.errors import ConfigError
-    from cai.jsonl import read_records, write_atomic
     from cai.logs import log_to_run_dir, setup_console
     from cai.prompts import load_prompts, log_bad_rows
-    from cai.redteam import attacks, load_templates, model_dir_name, run_attacks, success_rates
+    from cai.redteam import attack_models, attacks, load_templates
     from cai.runs import check_or_record
 
     setup_console()
@@ -47,17 +44,7 @@ def redteam(
     check_or_record(out, "redteam", {"prompts": prompts, "templates": the_templates, "limit": limit,
                                      "sampling": params.to_dict()})
     log_to_run_dir(out)
-    summary = {"prompts": prompts, "base_requests": len(todo) // len(the_templates),
-               "templates": the_templates, "sampling": params.to_dict(), "models": {}}
-    for spec in model:
-        path = out / model_dir_name(spec) / "replies.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        backend = load_backend(spec)
-        run_attacks(backend, todo, path, params, templates=the_templates)
-        wanted = {a.id for a in todo}
-        records = [r for r in read_records(path) if r["id"] in wanted]
-        summary["models"][spec] = {"model": backend.model_id, "replies": str(path), **success_rates(records)}
-    write_atomic(out / "redteam.json", json.dumps(summary, indent=2) + "\n")
+    summary = attack_models(model, todo, out, params, templates=the_templates, prompts=prompts, load=load_backend)
     _print(summary)
     typer.echo(f"written to {out / 'redteam.json'}")
 
