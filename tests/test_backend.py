@@ -254,3 +254,28 @@ def test_attention_groups_cover_all_rows_and_pad_less_than_fixed_groups():
     assert cost(runs) <= cost(fixed)
     assert attention_groups([5] * 4, [9] * 4, call_cost=10**9) == [(0, 4)]  # calls dear: one group
     assert attention_groups([5, 1], [9, 2], call_cost=0) == [(0, 1), (1, 2)]  # calls free: no padding
+
+
+def test_cache_memory_is_reused_and_unwritten_positions_are_zero(tiny_model_dir):
+    import cai.backends.engine as lean
+
+    engine = lean.LlamaEngine.from_checkpoint(tiny_model_dir, dtype=torch.float32)
+    first = engine.new_cache(3, 8)
+    assert not first.k.any() and not first.v.any()  # fresh memory: zeros
+    first.k.fill_(float("nan"))  # garbage a later cache must not see where its caller writes nothing
+    first.v.fill_(float("inf"))
+    address = first.k.data_ptr()
+    second = engine.new_cache(2, 8)  # the first is still alive: its memory is not handed out twice
+    assert second.k.data_ptr() != address
+    del first, second
+    third = engine.new_cache(2, 6, filled=[4, 6])
+    assert third.k.data_ptr() == address  # the dropped cache's memory, reused
+    assert not third.k[:, 0, :, 4:].any() and not third.v[:, 0, :, 4:].any()  # zeroed past what is written
+    del third
+    assert not engine.new_cache(2, 6).k.isnan().any()  # nothing said to be written: all zero
+    # a batch through the reused memory scores exactly as through fresh memory
+    tokens, rows, pos = torch.arange(3, 13), torch.tensor([0] * 6 + [1] * 4), torch.tensor([*range(6), *range(4)])
+    dirty = engine.new_cache(2, 6, filled=[6, 4])
+    reused = engine.prefill(tokens, rows, pos, dirty)
+    fresh = lean.LlamaEngine.from_checkpoint(tiny_model_dir, dtype=torch.float32)
+    assert torch.equal(reused, fresh.prefill(tokens, rows, pos, fresh.new_cache(2, 6)))

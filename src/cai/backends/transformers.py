@@ -326,6 +326,7 @@ class TransformersBackend:
             cache, _, order = self._encode([list(p) for p in level], 0)
             for s, i in enumerate(order):
                 self._remember(cache, s, list(level[i]))
+            del cache  # its memory serves the next level's cache (LlamaEngine.new_cache)
         return self._encode(prompts, extra)
 
     def _encode(self, prompts: list[list[int]], extra: int):
@@ -337,7 +338,8 @@ class TransformersBackend:
         reuse = [min(m, len(p) - 1) for (m, _), p in zip(hits, prompts, strict=True)]
         todo = [len(p) - r for p, r in zip(prompts, reuse, strict=True)]
         order = sorted(range(len(prompts)), key=lambda i: -todo[i])
-        cache = self.engine.new_cache(len(prompts), max(len(p) for p in prompts) + extra)
+        cache = self.engine.new_cache(len(prompts), max(len(p) for p in prompts) + extra,
+                                      filled=[len(prompts[i]) for i in order])
         for s, i in enumerate(order):
             if reuse[i] > 0:
                 entry = hits[i][1]

@@ -40,7 +40,19 @@ _register_all()
 
 def main() -> None:
     """The ``cai`` entry point: run the command, then exit (see ``_exit``)."""
+    _collect_less_often()
     _exit(_run())
+
+
+def _collect_less_often() -> None:
+    """Run Python's cycle collector on 10,000 new objects instead of 700, and its older generations
+    correspondingly less often. Importing torch creates ~1M long-lived objects, and with the default
+    thresholds the collector rescanned them all three times in a labelling run's first seconds: ~0.2 s of
+    collector time per command (gc.callbacks), ~0.05 s after this. Cycles are still collected; the command
+    line only, the Python API leaves the interpreter's settings alone."""
+    import gc
+
+    gc.set_threshold(10_000, 50, 50)
 
 
 def _run() -> int:
