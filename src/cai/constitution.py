@@ -243,8 +243,9 @@ class Constitution(_Strict):
 # loading, with errors that name the file, the line and the field
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """A safe YAML loader that rejects a key written twice in one mapping (PyYAML keeps the last)."""
+class _StrictLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+    """A safe YAML loader that rejects a key written twice in one mapping (PyYAML keeps the last). Parsed
+    by libyaml where PyYAML has it (the default constitution: 24 ms in pure Python)."""
 
     def construct_mapping(self, node, deep=False):
         seen: dict[Any, int] = {}

@@ -140,7 +140,7 @@ def _agreement(path: Path, out: Path, judge_spec: str, constitution, config, *, 
 
     from cai import agreement as agr
     from cai.jsonl import write_atomic, write_jsonl_atomic
-    from cai.judge import check_judge, order_free
+    from cai.judge import order_free
     from cai.logs import log_to_run_dir
     from cai.prompts import log_bad_rows
 
@@ -148,7 +148,9 @@ def _agreement(path: Path, out: Path, judge_spec: str, constitution, config, *, 
     pairs, bad = agr.read_human_pairs(path, limit=limit)
     log_bad_rows(bad)
     backend = backend or _load(judge_spec)
-    check_judge(backend, config)
+    # no check_judge probe first: judging starts at once, a vocabulary without the options fails before the
+    # first forward pass, every reading is checked (NaN, no mass) chunk by chunk, and nothing is written
+    # before the end. The probe cost a short run ~0.15 s (its own forward pass and first-call set-up)
     judgements = agr.judge_human_pairs(pairs, backend, constitution, config, seed=seed)
     seconds = time.perf_counter() - start
     result = agr.measure(pairs, judgements)
