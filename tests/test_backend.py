@@ -117,6 +117,43 @@ def test_prefix_store_finds_longest_prefix_and_evicts():
     assert store.lookup(a)[0] == 0 and len(store) == 1
 
 
+def test_prefix_store_holds_an_entry_its_boundary_index_lost():
+    store = PrefixStore()
+    head = list(range(40))
+    store.put(head + [1, 2], "k1", "v1")  # 42 tokens: indexed at 16 and 32 only
+    store.put(head + [3, 4, 5], "k2", "v2")  # a sibling: now the latest entry through both boundaries
+    assert store.lookup(head + [1, 2])[0] == 40  # lookup finds the sibling and stops where they part
+    assert store.holds(head + [1, 2]) and store.holds(head + [3, 4, 5])
+    assert not store.holds(head) and not store.holds(head + [1])
+    store.clear()
+    assert not store.holds(head + [1, 2])
+
+
+def test_scoring_shares_prefixes_across_batches(backend, monkeypatch):
+    """A and B share 40 tokens that no other prompt does, and length batching puts them in different
+    batches: every distinct prefix is still encoded once, and the scores are those of one batch."""
+    s, x = list(range(100, 120)), list(range(200, 220))
+    a, c, d = s + x + list(range(300, 330)), s + [5] * 45, s + [6] * 44  # the longest: batch 1 (of 3)
+    b, e = s + x + [7], s + [8] * 20  # batch 2
+    prompts = [a, b, c, d, e]
+    backend.prefix_store.clear()
+    encoded = []
+    prefill = backend.engine.prefill
+
+    def counting(tokens, rows, pos, cache):
+        encoded.append(tokens.shape[0])
+        return prefill(tokens, rows, pos, cache)
+
+    monkeypatch.setattr(backend.engine, "prefill", counting)
+    batched = backend.option_logprobs_ids(prompts, ["A", "B"])  # batch_size 3: two batches
+    distinct = {tuple(p[:n]) for p in prompts for n in range(1, len(p) + 1)}
+    assert sum(encoded) == len(distinct)  # x once, not once per batch
+    monkeypatch.setattr(backend, "batch_size", len(prompts))
+    backend.prefix_store.clear()
+    assert torch.allclose(torch.tensor(batched), torch.tensor(backend.option_logprobs_ids(prompts, ["A", "B"])),
+                          atol=1e-5)
+
+
 def test_packed_chunks_close_before_the_token_budget():
     from cai.backends.transformers import packed_chunks
 
@@ -279,3 +316,7 @@ def test_cache_memory_is_reused_and_unwritten_positions_are_zero(tiny_model_dir)
     reused = engine.prefill(tokens, rows, pos, dirty)
     fresh = lean.LlamaEngine.from_checkpoint(tiny_model_dir, dtype=torch.float32)
     assert torch.equal(reused, fresh.prefill(tokens, rows, pos, fresh.new_cache(2, 6)))
+    del dirty
+    with torch.inference_mode():
+        engine.new_cache(4, 16)  # new memory, made under inference_mode: not handed out to a cache outside it
+    engine.new_cache(2, 6).k.add_(1)

@@ -211,6 +211,8 @@ class LlamaEngine:
         shape = (self.n_layers, rows, self.n_kv, length, self.head_dim)
         size = 2 * math.prod(shape)
         spare, self._spare = self._spare, None
+        if spare is not None and spare.is_inference() and not torch.is_inference_mode_enabled():
+            spare = None  # made under inference_mode: it cannot be written outside it
         fresh = spare is None or spare.numel() < size
         if fresh:
             del spare  # drop the smaller buffer before allocating the larger one
@@ -458,6 +460,7 @@ class PrefixStore:
         self.max_tokens = max_tokens
         self._entries: OrderedDict[int, _Entry] = OrderedDict()
         self._index: dict[int, int] = {}  # prefix hash -> entry id
+        self._whole: dict[int, int] = {}  # hash of an entry's whole token sequence -> entry id
         self._next_id = 0
         self._total = 0
 
@@ -467,6 +470,7 @@ class PrefixStore:
     def clear(self) -> None:
         self._entries.clear()
         self._index.clear()
+        self._whole.clear()
         self._total = 0
 
     def put(self, tokens: list[int], k, v) -> None:
@@ -477,13 +481,22 @@ class PrefixStore:
         self._total += len(tokens)
         for n in range(self.STRIDE, len(tokens) + 1, self.STRIDE):
             self._index[hash(tuple(tokens[:n]))] = eid
+        self._whole[hash(tuple(tokens))] = eid
         while self._total > self.max_tokens and self._entries:
             old_id, old = self._entries.popitem(last=False)
             self._total -= len(old.tokens)
+            if self._whole.get(hash(old.tokens)) == old_id:
+                del self._whole[hash(old.tokens)]
             for n in range(self.STRIDE, len(old.tokens) + 1, self.STRIDE):
                 key = hash(old.tokens[:n])
                 if self._index.get(key) == old_id:
                     del self._index[key]
+
+    def holds(self, tokens) -> bool:
+        """True when exactly ``tokens`` is stored. ``lookup`` can miss such an entry: each 16-token boundary
+        indexes only the latest entry through it, which may branch off before the end of ``tokens``."""
+        entry = self._entries.get(self._whole.get(hash(tuple(tokens)), -1))
+        return entry is not None and entry.tokens == tuple(tokens)
 
     def lookup(self, tokens: list[int]) -> tuple[int, _Entry | None]:
         """(length of the longest stored prefix of ``tokens``, its entry), or (0, None)."""

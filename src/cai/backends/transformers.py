@@ -318,16 +318,22 @@ class TransformersBackend:
                 for p, t, f, e in zip(prompts, new_tokens, finish, eos, strict=True)]
 
     def _prefill(self, prompts: list[list[int]], extra: int):
-        """Encode prompts into a fresh cache: first what two or more of them share (``shared_prefixes``,
-        level by level, into the prefix store), then each prompt's own rest on top of its longest stored
-        prefix. Returns (cache, logits [B, V], order): cache row s holds prompts[order[s]]."""
+        """Encode prompts into a fresh cache: first what two or more of them share (``_store_shared``),
+        then each prompt's own rest on top of its longest stored prefix. Returns (cache, logits [B, V],
+        order): cache row s holds prompts[order[s]]."""
+        self._store_shared(prompts)
+        return self._encode(prompts, extra)
+
+    def _store_shared(self, prompts: list[list[int]]) -> None:
+        """Encode what two or more of ``prompts`` share and the prefix store lacks (``shared_prefixes``),
+        level by level, into the prefix store."""
+        store = self.prefix_store
         for level in prefix_levels([p for p in shared_prefixes(prompts)
-                                    if self.prefix_store.lookup(list(p))[0] < len(p)]):
+                                    if not store.holds(p) and store.lookup(list(p))[0] < len(p)]):
             cache, _, order = self._encode([list(p) for p in level], 0)
             for s, i in enumerate(order):
                 self._remember(cache, s, list(level[i]))
             del cache  # its memory serves the next level's cache (LlamaEngine.new_cache)
-        return self._encode(prompts, extra)
 
     def _encode(self, prompts: list[list[int]], extra: int):
         """Encode prompts into a fresh cache with room for ``extra`` more tokens per row, reusing stored
@@ -471,6 +477,12 @@ class TransformersBackend:
         out: list[list[float] | None] = [None] * len(prompts)
         batches = length_batches([len(p) for p in prompts], self.batch_size, self.max_batch_tokens)
         with bar(len(prompts), desc) if progress else _null_bar() as advance, torch.inference_mode():
+            if self.engine is not None and len(batches) > 1:
+                # what prompts share is found over all of them, not batch by batch: batches are cut by
+                # length, so two prompts with one instruction (or the two replies of a judged pair) often
+                # land in different batches, and the second batch would encode the shared part again
+                # (8,917 -> 8,331 tokens for the 48 pairs of the labelling benchmark)
+                self._store_shared(prompts)
             for idx in batches:
                 logp = self._last_logprobs([prompts[i] for i in idx])
                 per_option = torch.stack([logp[:, ids].logsumexp(-1) for ids in option_ids], dim=-1)
