@@ -176,7 +176,7 @@ def sft_rows(record: dict, system_prompt: str | None = None) -> tuple[dict, dict
     Returns ({"messages": [...]}, {"prompt": [...], "completion": [...]}), both with ``usable`` and
     ``problem``. The final revision is used unless it is degenerate (see ``revision_problem``), in which case
     the last usable revision is; a record with no usable revision keeps its final one, marked
-    ``usable: false`` (``cai sft`` skips those unless asked not to).
+    ``usable: false`` (``write_sft_files`` leaves those out of the SFT files).
     """
     chosen, problem = None, None
     for rd in reversed(record["rounds"]):
@@ -226,8 +226,9 @@ def write_sft_files(out_dir: Path, system_prompt: str | None = None) -> dict:
 
     records = jsonl.read_records(out_dir / "records.jsonl")
     pairs = [sft_rows(r, system_prompt) for r in records]
-    jsonl.write_jsonl_atomic(out_dir / "sft.jsonl", [m for m, _ in pairs])
-    jsonl.write_jsonl_atomic(out_dir / "sft_prompt_completion.jsonl", [pc for _, pc in pairs])
+    # only usable rows, so TRL's trainers read the files as they are; records.jsonl keeps every record
+    jsonl.write_jsonl_atomic(out_dir / "sft.jsonl", [m for m, _ in pairs if m["usable"]])
+    jsonl.write_jsonl_atomic(out_dir / "sft_prompt_completion.jsonl", [pc for m, pc in pairs if m["usable"]])
     gen = sum(r.get("token_counts", {}).get("completion", 0) for r in records)
     usable = sum(m["usable"] for m, _ in pairs)
     return {"records": len(records), "sft_usable": usable, "sft_unusable": len(pairs) - usable,

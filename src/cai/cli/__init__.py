@@ -22,6 +22,7 @@ app = typer.Typer(
 # command modules, in the order of the pipeline; each has register(app)
 COMMAND_MODULES = ["env", "constitution", "critique", "sft", "label", "reward", "ppo", "dpo", "refusals", "redteam",
                    "report", "run"]
+COMMAND_MODULES.insert(2, "generate")  # cai generate, cai chat
 
 
 def _register_all() -> None:
@@ -65,18 +66,35 @@ def _run() -> int:
         from rich.console import Console
         from rich.markup import escape
 
+        _to_run_log(f"error: {e.render()}")
         Console(stderr=True).print(f"[bold red]error:[/] {escape(e.render())}", highlight=False)
         return 2
     except (typer.Exit, SystemExit) as e:
         return _status(getattr(e, "exit_code", getattr(e, "code", 0)))
-    except typer.Abort:
+    except (typer.Abort, KeyboardInterrupt):  # click turns Ctrl-C into Abort
+        _to_run_log("interrupted (Ctrl-C)")
+        print("\ninterrupted; run the same command again to resume", file=sys.stderr)
         return 130
     except Exception as e:
         if isinstance(e, _usage_errors()):  # unknown command, missing argument, bad option value
             e.show()
             return e.exit_code
+        import traceback
+
+        _to_run_log("unexpected error:\n" + traceback.format_exc())
         raise
     return result if isinstance(result, int) else 0  # click returns an Exit's code in this mode
+
+
+def _to_run_log(message: str) -> None:
+    """Write how a command ended to the run directory's ``cai.log`` (the file handlers of the root logger:
+    a command that has a run directory added one); the terminal gets its own message."""
+    import logging
+
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(logging.LogRecord("cai", logging.ERROR, __file__, 0, message, None, None))
+            handler.flush()
 
 
 def _usage_errors() -> tuple[type, ...]:
