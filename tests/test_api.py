@@ -33,5 +33,5 @@ def test_the_readme_python_example_runs(tmp_path, tiny_model_dir, monkeypatch):
     assert (tmp_path / "runs/api/critique/records.jsonl").is_file()
     assert (tmp_path / "runs/api/labels/pairs.jsonl").exists() or (tmp_path / "runs/api/labels/skipped.jsonl").exists()
     assert (tmp_path / "runs/api/sft/config.json").is_file()
-    assert list(rates) == [str(tiny_model_dir), str(tmp_path / "runs/api/sft")]
+    assert list(rates) == [str(tiny_model_dir), str(Path("runs/api/sft"))]  # the path train_sft returned
     assert all(0 <= r["harmful_refusal"] <= 1 and 0 <= r["safe_refusal"] <= 1 for r in rates.values())

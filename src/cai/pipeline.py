@@ -191,7 +191,7 @@ def run_pipeline(config: RunConfig, out: Path, *, redo: tuple[str, ...] = ()) ->
     try:
         ctx = Context(config, out, policy=_check_models(config))
         manifest["constitution"] = _constitution_ref(config)
-        plan = _plan(config, out, manifest["stages"], redo)
+        plan, clear = _plan(config, out, manifest["stages"], redo)
         write_atomic(out / "config.resolved.yaml", dump_config(config))
         for stage in config.stages:
             done = manifest["stages"].get(stage, {})
@@ -200,7 +200,7 @@ def run_pipeline(config: RunConfig, out: Path, *, redo: tuple[str, ...] = ()) ->
                 if stage in ("sft", "ppo"):
                     ctx.policy = done["model"]
                 continue
-            if done.get("done"):
+            if stage in clear:
                 _clear_stage(out, stage)
             log.info("stage %s: starting", stage)
             t0 = time.time()
@@ -243,12 +243,15 @@ def _check_models(config: RunConfig) -> str:
     return config.model if is_served_spec(config.model) else str(resolve(config.model).spec)
 
 
-def _plan(config: RunConfig, out: Path, stages: dict, redo: tuple[str, ...]) -> set[str]:
-    """The stages of ``config.stages`` to run now: those not done, those in ``redo`` and every finished stage
-    after one that runs. Refuses a finished (or started) stage whose settings changed, unless redone."""
+def _plan(config: RunConfig, out: Path, stages: dict, redo: tuple[str, ...]) -> tuple[set[str], set[str]]:
+    """(the stages of ``config.stages`` to run now, those of them to start over): those not done, those in
+    ``redo`` and every finished stage after one that runs; a finished stage, a redone one and one started
+    with other settings start over. Refuses a finished (or started) stage whose settings changed, unless
+    redone."""
     from cai.errors import ConfigError
 
     plan: set[str] = set()
+    clear: set[str] = set()
     for stage in config.stages:
         record = stages.get(stage, {})
         settings = stage_settings(config, stage)
@@ -258,6 +261,8 @@ def _plan(config: RunConfig, out: Path, stages: dict, redo: tuple[str, ...]) -> 
                                             for d in STAGE_DIRS[stage])
         if stage in redo or plan:
             plan.add(stage)
+            if record.get("done") or (started and (changed or stage in redo)):
+                clear.add(stage)
         elif not record.get("done"):
             if changed and started:
                 raise ConfigError(
@@ -272,7 +277,7 @@ def _plan(config: RunConfig, out: Path, stages: dict, redo: tuple[str, ...]) -> 
                 where=str(out / "manifest.json"),
                 fix=f"add --redo {stage} to redo it with the new settings (the stages after it follow), or "
                     "choose a new --out directory")
-    return plan
+    return plan, clear
 
 
 def _changes(old: dict, new: dict, keys: list[str]) -> str:

@@ -163,7 +163,9 @@ def sample_responses(policy, prompts: Sequence[str], sampling, k: int) -> list[l
 def kept_or_sampled(rows: Sequence[Any], policy, sampling, k: int, path: Path) -> list[list[str]]:
     """``sample_responses`` for the rows whose responses ``path`` does not hold yet (same policy, sampling
     and k), appended there at once: a run that fails while judging does not sample them again."""
-    key = {"model": policy.model_id, "sampling": sampling.to_dict(), "samples": k}
+    import json
+
+    key = json.loads(json.dumps({"model": policy.model_id, "sampling": sampling.to_dict(), "samples": k}))
     repair(path)
     kept = {r["prompt_id"]: r["responses"] for r in read_records(path) if r.get("key") == key}
     todo = [r for r in rows if r.id not in kept]
