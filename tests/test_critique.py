@@ -52,7 +52,11 @@ def test_records_have_rounds_final_and_provenance(tmp_path, backend):
         assert prov["principle_ids"] == [rd["principle_id"] for rd in r["rounds"]]
         assert r["token_counts"]["completion"] > 0
     sft = _read(tmp_path / "sft.jsonl")
-    assert len(sft) == 5 and all(s["messages"][-1]["role"] == "assistant" for s in sft)
+    usable = [r for r in recs if any(revision_problem(r["initial"], rd["critique"], rd["revision"]) is None
+                                     for rd in r["rounds"])]
+    assert all(r["usable"] == (r in usable) and (r["problem"] is None) == r["usable"] for r in recs)
+    assert len(sft) == len(usable) == summary["sft_usable"]  # only usable rows; records.jsonl keeps all
+    assert all(s["usable"] and s["messages"][-1]["role"] == "assistant" for s in sft)
     pc = _read(tmp_path / "sft_prompt_completion.jsonl")
     assert all(row["prompt"][-1]["role"] == "user" and row["completion"][0]["role"] == "assistant" for row in pc)
 

@@ -66,3 +66,59 @@ def test_cli_reports_bad_recipe_without_traceback(tmp_path):
     bad.write_text("name: [unclosed\n")
     r = subprocess.run([sys.executable, "-m", "cai", "run", str(bad)], capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "r.yaml" in r.stderr
+
+
+def _small(tiny_model_dir, **changes) -> RunConfig:
+    data = {"name": "small", "model": str(tiny_model_dir), "constitution": "seed", "dtype": "fp32",
+            "stages": ["critique"], "critique_prompts": {"source": "redteam", "limit": 2},
+            "critique": {"rounds": 1, "max_new_tokens": 4}, "sft": {"max_steps": 1, "batch_size": 2}}
+    data.update(changes)
+    return RunConfig.model_validate(data)
+
+
+def test_a_run_takes_added_stages_and_locks_a_stage_only_by_the_settings_it_reads(tmp_path, tiny_model_dir):
+    from cai.pipeline import run_pipeline
+
+    out = tmp_path / "run"
+    first = run_pipeline(_small(tiny_model_dir), out)
+    # a later stage's settings and an added stage do not touch the finished critique
+    both = _small(tiny_model_dir, stages=["critique", "sft"], sft={"max_steps": 1, "batch_size": 1})
+    second = run_pipeline(both, out)
+    assert second["stages"]["critique"] == first["stages"]["critique"]
+    assert (out / "sft" / "config.json").is_file() and second["final_model"] == str(out / "sft")
+    # a setting the finished critique read is refused, with the flag that redoes it
+    changed = _small(tiny_model_dir, stages=["critique", "sft"], critique={"rounds": 1, "max_new_tokens": 5})
+    with pytest.raises(ConfigError, match="--redo critique") as e:
+        run_pipeline(changed, out)
+    assert "max_new_tokens" in str(e.value)
+    redone = run_pipeline(changed, out, redo=("critique",))  # and the sft after it runs again too
+    assert redone["stages"]["critique"]["settings"]["critique"]["max_new_tokens"] == 5
+    assert redone["stages"]["sft"]["seconds"] != second["stages"]["sft"]["seconds"] or \
+        (out / "sft" / "config.json").stat().st_mtime > (out / "critique" / "records.jsonl").stat().st_mtime
+
+
+def test_a_failed_start_locks_nothing_and_a_failure_is_recorded_with_its_stage(tmp_path, tiny_model_dir):
+    from cai.errors import ModelError
+    from cai.pipeline import run_pipeline
+
+    out = tmp_path / "run"
+    with pytest.raises(ModelError, match="did you mean 'smollm2-135m'"):
+        run_pipeline(_small(tiny_model_dir, model="smollm2-135"), out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["failed"]["stage"] == "setup" and "smollm2-135" in manifest["failed"]["error"]
+    assert "did you mean" in (out / "cai.log").read_text()
+    (tmp_path / "blank.jsonl").write_text('{"id": "a", "prompt": ""}\n')
+    with pytest.raises(ConfigError):  # fails inside the critique stage: no usable prompt
+        run_pipeline(_small(tiny_model_dir, critique_prompts={"source": str(tmp_path / "blank.jsonl")}), out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["failed"]["stage"] == "critique" and manifest["stages"]["critique"]["done"] is False
+    done = run_pipeline(_small(tiny_model_dir), out)  # the right settings are not refused
+    assert done["stages"]["critique"]["done"] and "failed" not in done
+
+
+def test_served_models_are_refused_for_training_stages_with_the_reason(tmp_path):
+    from cai.pipeline import run_pipeline
+
+    config = RunConfig.model_validate({"model": "openai:m@http://127.0.0.1:9/v1", "stages": ["critique", "sft"]})
+    with pytest.raises(ConfigError, match=r"served, and stages \['sft'\] train"):
+        run_pipeline(config, tmp_path / "run")

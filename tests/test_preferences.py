@@ -107,6 +107,24 @@ def test_resume_after_partial_output_has_no_duplicates(tmp_path):
     assert (tmp_path / "pairs.jsonl").read_text().startswith(first)
 
 
+def test_a_judge_failure_keeps_the_sampled_responses_for_the_next_run(tmp_path):
+    class BrokenJudge(FakeJudge):
+        def option_logprobs(self, conversations, prefix, options):
+            raise RuntimeError("the judge read NaN")
+
+    policy = FakePolicy()
+    with pytest.raises(RuntimeError, match="NaN"):
+        run(PROMPTS[:2], tmp_path, policy, BrokenJudge())
+    assert policy.calls == [2, 2]  # both samples of both prompts, kept in responses.jsonl
+    assert [r["prompt_id"] for r in read_records(tmp_path / "responses.jsonl")] == ["p0", "p1"]
+    again = FakePolicy()
+    summary = run(PROMPTS[:3], tmp_path, again)
+    assert again.calls == [1, 1] and summary.pairs == 3  # only p2 is sampled; every prompt is judged
+    changed = FakePolicy()
+    run(PROMPTS[:1], tmp_path / "other", changed, max_new_tokens=7)
+    assert changed.calls == [1, 1]
+
+
 def test_same_seed_same_pairs(tmp_path):
     for d in ("a", "b"):
         run(PROMPTS, tmp_path / d, seed=3, judge=paper_judge(principles="ensemble"))

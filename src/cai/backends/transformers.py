@@ -337,8 +337,9 @@ class TransformersBackend:
         alive = list(range(n))  # original row index of each row still in the batch
         stop_strings = tuple(params.stop)
         with torch.inference_mode():
+            cache_arg = {_cache_kwarg(self.model): cache}
             logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                                past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+                                use_cache=True, logits_to_keep=1, **cache_arg).logits[:, -1]
             next_pos = positions[:, -1] + 1
             for _step in range(params.max_new_tokens):
                 picks = sample_next(logits, params, [step_key(seeds[r], _step) for r in alive])
@@ -363,7 +364,7 @@ class TransformersBackend:
                 step_ids = torch.tensor(picks, device=self.device).unsqueeze(1)
                 mask = torch.cat([mask, mask.new_ones((len(alive), 1))], dim=1)
                 logits = self.model(input_ids=step_ids, attention_mask=mask, position_ids=next_pos.unsqueeze(1),
-                                    past_key_values=cache, use_cache=True).logits[:, -1]
+                                    use_cache=True, **cache_arg).logits[:, -1]
                 next_pos = next_pos + 1
         return [self._completion(p, t, f, stop_strings, e)
                 for p, t, f, e in zip(prompts, new_tokens, finish, eos, strict=True)]
@@ -601,6 +602,14 @@ def checked_engine_for(model, tokenizer):
         model.config.to_dict(), [lambda: lean.LlamaEngine.from_model(model),
                                  lambda: lean.LlamaEngine.from_model(model, prepack=False)],
         lambda c: encode_chat(tokenizer, c), reference)
+
+
+def _cache_kwarg(model) -> str:
+    """The forward argument that takes a KV cache: ``cache`` since transformers renamed ``past_key_values``
+    (deprecated, removed in 5.40); the old name on the 5.x releases before the rename."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def _as_list(x) -> list[int]:

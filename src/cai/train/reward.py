@@ -267,6 +267,7 @@ def train_reward(pairs: str | Path, out_dir: str | Path, model: str = "smollm2-1
     )
     from cai.train.data import read_preference_pairs
     from cai.train.options import lora_config, weights_dtype
+    from cai.train.progress import show_progress
 
     options = options or RewardOptions()
     data = read_preference_pairs(pairs)  # fails fast, before any model is loaded or anything written
@@ -282,7 +283,7 @@ def train_reward(pairs: str | Path, out_dir: str | Path, model: str = "smollm2-1
         rm = load_reward_base(source, tokenizer, weights_dtype(options), options.seed)
         peft = lora_config(options, "SEQ_CLS") if options.lora else None
         trainer = build_reward_trainer(rm, tokenizer, train_rows, stage / SCRATCH, options, peft_config=peft)
-        result = trainer.train()
+        result = show_progress(trainer, "reward model").train()
         final = merged(trainer.model).eval()
         held_out = evaluate_pairs(final, tokenizer, eval_rows, batch_size=options.batch_size,
                                   max_length=options.max_length)

@@ -61,6 +61,7 @@ def train_sft(data: str | Path, out_dir: str | Path, model: str = "smollm2-135m"
     )
     from cai.train.data import read_sft_data
     from cai.train.options import lora_config, weights_dtype
+    from cai.train.progress import show_progress
 
     options = options or SFTOptions()
     dataset = read_sft_data(data)  # fails fast, before any model is loaded or anything written
@@ -74,7 +75,7 @@ def train_sft(data: str | Path, out_dir: str | Path, model: str = "smollm2-135m"
         lm = load_causal_lm(source, dtype=weights_dtype(options))
         peft = lora_config(options, "CAUSAL_LM") if options.lora else None
         trainer = build_sft_trainer(lm, tokenizer, dataset.rows, stage / SCRATCH, options, peft_config=peft)
-        result = trainer.train()
+        result = show_progress(trainer, "sft").train()
         metrics = {
             "train_loss": result.training_loss,
             "final_loss": last_logged(trainer, "loss"),
