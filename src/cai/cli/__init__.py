@@ -40,8 +40,11 @@ _register_all()
 
 def main() -> None:
     """The ``cai`` entry point: run the command, then exit (see ``_exit``)."""
+    from cai.distributed import relaunch_for_accelerate_cpu
+
     _collect_less_often()
-    _exit(_run())
+    relaunched = relaunch_for_accelerate_cpu(sys.argv)
+    _exit(_run() if relaunched is None else relaunched)
 
 
 def _collect_less_often() -> None:
