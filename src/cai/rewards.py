@@ -50,13 +50,15 @@ class JudgeScorer:
         return pointwise_scores(self.backend, items, self.config)
 
 
-def load_scorer(spec: str | Path, *, constitution: str = "general", principles: str = "ensemble",
+def load_scorer(spec: str | Path, *, kind: str = "auto", constitution: str = "general", principles: str = "ensemble",
                 dtype: str = "auto", seed: int = 0, batch_size: int = 16) -> Scorer:
     """A reward model directory (``cai reward``) -> its scores; any other model spec -> the judge on that
-    model under ``constitution`` (``principles``: ``single`` or ``ensemble``, see ``cai.judge``)."""
+    model under ``constitution`` (``principles``: ``single`` or ``ensemble``, see ``cai.judge``).
+    ``kind``: ``reward_model`` or ``judge`` to insist on one (a missing reward model is then reported as
+    such), ``auto`` to tell by the directory."""
     from cai.reward_judge import RewardJudge, is_reward_model_dir
 
-    if is_reward_model_dir(spec):
+    if kind == "reward_model" or (kind == "auto" and is_reward_model_dir(spec)):
         return RewardJudge.load(spec, batch_size=batch_size)
     from cai.backends import load_backend
     from cai.constitution import load_constitution

@@ -20,8 +20,8 @@ app = typer.Typer(
 )
 
 # command modules, in the order of the pipeline; each has register(app)
-COMMAND_MODULES = ["env", "constitution", "critique", "sft", "label", "reward", "ppo", "dpo", "refusals", "redteam",
-                   "report", "run", "serve"]
+COMMAND_MODULES = ["env", "constitution", "critique", "sft", "label", "reward", "ppo", "grpo", "dpo", "refusals",
+                   "redteam", "report", "run", "serve"]
 
 
 def _register_all() -> None:
