@@ -3,9 +3,10 @@ files and the model, the card records world_size 2, and the weights match a 1-pr
 global batch.
 
 Tolerance: the two runs see the same examples in the same steps (accelerate shards each global batch of
-the seeded permutation across processes), so they differ only by the order of floating-point sums (the
-gradient all-reduce). On the tiny fp32 model that leaves the weights within 1e-3 of each other relative
-to how far training moved them, and the logged losses within 1e-4.
+the seeded permutation across processes; cai's PPO shards each step's prompts), so they differ only by the
+order of floating-point sums (the gradient all-reduce). On the tiny fp32 model that leaves the weights
+within 1e-3 of each other relative to how far training moved them, and the logged losses and rewards
+within 1e-4.
 """
 
 from __future__ import annotations
@@ -77,6 +78,8 @@ def test_two_process_sft_matches_one_process_of_the_same_global_batch(tiny_model
     assert one["metrics"]["steps"] == two["metrics"]["steps"] == 2
     assert two["metrics"]["train_loss"] == pytest.approx(one["metrics"]["train_loss"], abs=1e-4)
     gap = relative_gap(weights(tmp_path / "two"), weights(tmp_path / "one"), weights(tiny_model_dir))
+    print(f"SFT 2x2 vs 1x4: train loss {two['metrics']['train_loss']:.6f} vs {one['metrics']['train_loss']:.6f}, "
+          f"relative weight gap {gap:.2e}")
     assert gap < 1e-3, gap
     # the main process alone wrote the run: the same files as the 1-process run, no staging dir left behind
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
@@ -98,4 +101,37 @@ def test_two_process_reward_model_matches_one_process(tiny_model_dir, tmp_path):
     import torch
 
     start = {**weights(tiny_model_dir), **{k: torch.zeros_like(v) for k, v in one_w.items() if "score" in k}}
-    assert relative_gap(two_w, one_w, start) < 1e-3
+    gap = relative_gap(two_w, one_w, start)
+    print(f"reward 2x2 vs 1x4: train loss {two['train_loss']:.6f} vs {one['train_loss']:.6f}, relative weight gap "
+          f"{gap:.2e}")
+    assert gap < 1e-3, gap
+
+
+def test_two_process_ppo_resumes_and_matches_one_process(tiny_model_dir, tiny_reward_dir, tmp_path):
+    """PPO shards each step's prompts over the processes, whitens over the global batch and averages the
+    gradients: with 4 distinct prompts, 4-token responses (equal lengths, so per-process token means average
+    to the global one) and one minibatch per step, 2 x 2 rollouts match 1 x 4. The 2-process run stops after
+    step 1 and resumes from its checkpoint."""
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": p} for p in (
+        "Name a fruit.", "How do I pick a lock?", "Say hello.", "Write a threat.")])
+    common = ["ppo", str(prompts), "--reward-model", str(tiny_reward_dir), "--policy", str(tiny_model_dir),
+              "--max-new-tokens", "4", "--dtype", "fp32", "--ppo-epochs", "1", "--lr", "1e-3"]
+    cai([*common, "--out", str(tmp_path / "one"), "--steps", "2", "--batch-size", "4", "--mini-batch-size", "4"])
+    two = [*common, "--out", str(tmp_path / "two"), "--batch-size", "2", "--mini-batch-size", "2"]
+    cai([*two, "--steps", "1"], processes=2)
+    cai([*two, "--steps", "2"], processes=2)  # resumes at step 2
+
+    rows = {d: [json.loads(x) for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
+            for d in ("one", "two")}
+    assert [r["step"] for r in rows["two"]] == [1, 2]
+    for a, b in zip(rows["one"], rows["two"], strict=True):
+        assert b["reward"] == pytest.approx(a["reward"], abs=1e-4) and b["kl"] == pytest.approx(a["kl"], abs=1e-4)
+    samples = (tmp_path / "two" / "samples.jsonl").read_text().splitlines()
+    assert len(samples) == 8  # both processes' rollouts, written once
+    card = json.loads((tmp_path / "two" / "policy" / "cai_model.json").read_text())
+    assert card["world_size"] == 2
+    gap = relative_gap(weights(tmp_path / "two" / "policy"), weights(tmp_path / "one" / "policy"),
+                       weights(tiny_model_dir))
+    print(f"PPO 2x2 vs 1x4: rewards {[r['reward'] for r in rows['two']]} vs {[r['reward'] for r in rows['one']]}, "
+          f"relative weight gap {gap:.2e}")
+    assert gap < 1e-3, gap
