@@ -222,7 +222,7 @@ def check_wiring(config: RunConfig, out: Path) -> None:
 
 
 POLICY_STAGES = ("sft", "ppo", "grpo")  # stages whose model the later stages start from
-TRAINING_STAGES = ("sft", "reward", "grpo", "dpo")  # stages that train in every process of a launcher
+TRAINING_STAGES = ("sft", "reward", "ppo", "grpo", "dpo")  # stages that train in every process of a launcher
 
 
 def _check_processes(config: RunConfig) -> bool:
