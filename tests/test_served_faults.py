@@ -111,3 +111,4 @@ def test_a_failed_request_is_retried_then_reported(status, monkeypatch):
     finally:
         s.close()
     assert len(calls) == served.RETRIES + 1
+
