@@ -135,3 +135,20 @@ def test_two_process_ppo_resumes_and_matches_one_process(tiny_model_dir, tiny_re
     print(f"PPO 2x2 vs 1x4: rewards {[r['reward'] for r in rows['two']]} vs {[r['reward'] for r in rows['one']]}, "
           f"relative weight gap {gap:.2e}")
     assert gap < 1e-3, gap
+
+
+def test_two_process_dpo_matches_one_process(tiny_model_dir, tmp_path):
+    rows = [{"id": f"p{i}", "prompt": f"Question {i}?", "chosen": f"I can't help with that {i}.",
+             "rejected": f"river cloud {i}", "p_chosen": 0.9} for i in range(8)]
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    common = ["dpo", str(pairs), "--model", str(tiny_model_dir), "--max-steps", "2", "--lr", "1e-3",
+              "--dtype", "fp32"]
+    cai([*common, "--out", str(tmp_path / "one"), "--batch-size", "4"])
+    cai([*common, "--out", str(tmp_path / "two"), "--batch-size", "2"], processes=2)
+    one, two = (json.loads((tmp_path / d / "cai_model.json").read_text()) for d in ("one", "two"))
+    assert two["world_size"] == 2
+    assert two["metrics"]["train_loss"] == pytest.approx(one["metrics"]["train_loss"], abs=1e-4)
+    gap = relative_gap(weights(tmp_path / "two"), weights(tmp_path / "one"), weights(tiny_model_dir))
+    print(f"DPO 2x2 vs 1x4: train loss {two['metrics']['train_loss']:.6f} vs {one['metrics']['train_loss']:.6f}, "
+          f"relative weight gap {gap:.2e}")
+    assert gap < 1e-3, gap

@@ -37,7 +37,7 @@ def barrier() -> None:
 
 # ---- `accelerate launch --cpu --num_processes N cai <training command>` ----------------------------------
 
-TRAINING_COMMANDS = ("sft", "reward", "dpo", "ppo", "grpo")
+TRAINING_COMMANDS = ("sft", "reward", "dpo", "ppo", "grpo", "run")  # run: refuses stages that generate
 
 
 def relaunch_for_accelerate_cpu(argv: list[str]) -> int | None:
