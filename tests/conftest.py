@@ -75,3 +75,19 @@ def embedded_model_dir() -> Path:
     from cai.models import resolve
 
     return Path(resolve("smollm2-135m").path)
+
+
+@pytest.fixture(scope="session")
+def tiny_reward_dir(tmp_path_factory, tokenizer) -> Path:
+    """A random 2-layer reward model (sequence classifier, 1 output) with the SmolLM2 tokenizer."""
+    import torch
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, num_labels=1,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    out = tmp_path_factory.mktemp("tiny-rm")
+    LlamaForSequenceClassification(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out

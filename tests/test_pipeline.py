@@ -49,7 +49,9 @@ def test_pipeline_runs_every_stage_on_a_tiny_model_and_resumes(tmp_path, tiny_mo
     assert set(manifest["stages"]) == {"critique", "sft", "label", "reward", "ppo", "evaluate"}
     refusals = manifest["stages"]["evaluate"]["refusals"]
     assert list(refusals) == [str(tiny_model_dir), str(out / "sft"), manifest["final_model"]]  # base, SFT, PPO
-    assert all(0 <= r["harmful_refusal"] <= 1 and 0 <= r["attack_success"] <= 1 for r in refusals.values())
+    assert all(0 <= r["harmful_refusal"] <= 1 for r in refusals.values())
+    # a tiny random model's replies mostly loop: counted as degenerate, no attack success rate without others
+    assert all(r["attack_success"] is None or 0 <= r["attack_success"] <= 1 for r in refusals.values())
     report = (out / "report" / "report.md").read_text()
     assert "## Harmlessness and over-refusal" in report and "## Jailbreaks" in report and "PPO run" in report
     assert (out / "critique" / "records.jsonl").exists() and (out / "preferences" / "pairs.jsonl").exists()

@@ -273,9 +273,13 @@ def _cpu_flags() -> set[str]:
 
 
 def default_device() -> str:
+    """``cuda`` where there is a GPU (under a multi-process launcher, this process's own GPU), else ``cpu``."""
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if not torch.cuda.is_available():
+        return "cpu"
+    local_rank = os.environ.get("LOCAL_RANK")  # set by accelerate launch / torchrun: one GPU per process
+    return f"cuda:{local_rank}" if local_rank is not None else "cuda"
 
 
 def parse_dtype(name: str | None, device: str = "cpu"):

@@ -1,6 +1,6 @@
 """The whole pipeline, stage by stage, into one run directory (``cai run``).
 
-    critique (SL-CAI) -> sft -> label (RLAIF) -> reward -> ppo | dpo
+    critique (SL-CAI) -> sft -> label (RLAIF) -> reward -> ppo | grpo | dpo
 
 Each stage reads the files the previous stages wrote and writes its own sub-directory; ``manifest.json``
 records what ran, how long it took, and what it produced. Re-running the same recipe into the same
@@ -110,6 +110,20 @@ def stage_ppo(ctx: Context) -> dict:
     return {"model": str(path), "metrics": str(ctx.out / "ppo" / "metrics.jsonl")}
 
 
+def stage_grpo(ctx: Context) -> dict:
+    """TRL's GRPO/RLOO (``cai.train.grpo``), scored by the run's reward model or by the judge."""
+    from cai.train.grpo import train_online
+
+    ctx._backends.clear()
+    options = ctx.config.grpo
+    reward = ctx.out / "reward" if options.reward == "reward_model" else (ctx.config.judge_model or ctx.config.model)
+    prompts = [[{"role": "user", "content": r.prompt}] for r in ctx.prompts("rl_prompts")]
+    path = train_online(prompts, ctx.out / "grpo", reward, policy=ctx.policy, options=options,
+                        constitution=ctx.config.constitution)
+    ctx.policy = str(path)
+    return {"model": str(path), "metrics": str(ctx.out / "grpo" / "metrics.jsonl")}
+
+
 def stage_dpo(ctx: Context) -> dict:
     from cai.train.dpo import train_dpo
 
@@ -139,7 +153,7 @@ def stage_evaluate(ctx: Context) -> dict:
 
 
 STAGE_FUNCTIONS = {"critique": stage_critique, "sft": stage_sft, "label": stage_label, "reward": stage_reward,
-                   "ppo": stage_ppo, "dpo": stage_dpo, "evaluate": stage_evaluate}
+                   "ppo": stage_ppo, "grpo": stage_grpo, "dpo": stage_dpo, "evaluate": stage_evaluate}
 
 
 # The recipe fields each stage reads. A finished stage is locked only by these (a setting that only a later
@@ -151,12 +165,12 @@ STAGE_SETTINGS = {
     "label": ("model", "judge_model", "dtype", "constitution", "rl_prompts", "label"),
     "reward": ("model", "reward"),
     "ppo": ("model", "rl_prompts", "ppo"),
+    "grpo": ("model", "judge_model", "constitution", "rl_prompts", "grpo"),
     "dpo": ("model", "dpo"),
     "evaluate": ("model", "dtype", "evaluate"),
 }
 STAGE_DIRS = {"critique": ("critique",), "sft": ("sft",), "label": ("preferences",), "reward": ("reward",),
-              "ppo": ("ppo",), "dpo": ("dpo",), "evaluate": ("evaluate", "report")}
-TRAINING_STAGES = ("sft", "reward", "ppo", "dpo")
+              "ppo": ("ppo",), "grpo": ("grpo",), "dpo": ("dpo",), "evaluate": ("evaluate", "report")}
 
 
 def stage_settings(config: RunConfig, stage: str) -> dict:
@@ -175,32 +189,40 @@ def run_pipeline(config: RunConfig, out: Path, *, redo: tuple[str, ...] = ()) ->
     from cai.jsonl import write_atomic
     from cai.logs import log_to_run_dir
 
+    main = _check_processes(config)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    log_to_run_dir(out)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        log_to_run_dir(out)
     manifest_path = out / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {
         "name": config.name, "cai_version": __version__, "versions": _versions(), "stages": {}}
     manifest.pop("failed", None)
 
     def save() -> None:
-        write_atomic(manifest_path, json.dumps(manifest, indent=2, default=str))
+        if main:  # under a launcher only the main process writes the run's files
+            write_atomic(manifest_path, json.dumps(manifest, indent=2, default=str))
 
     stage = "setup"
     t0 = time.time()
     try:
+        check_wiring(config, out)
         ctx = Context(config, out, policy=_check_models(config))
         manifest["constitution"] = _constitution_ref(config)
         plan, clear = _plan(config, out, manifest["stages"], redo)
-        write_atomic(out / "config.resolved.yaml", dump_config(config))
+        if main:
+            write_atomic(out / "config.resolved.yaml", dump_config(config))
+        for stage, done in manifest["stages"].items():  # a --stages subset starts from the policy trained before it
+            if done.get("done") and stage in POLICY_STAGES and stage not in config.stages:
+                ctx.policy = done["model"]
         for stage in config.stages:
             done = manifest["stages"].get(stage, {})
             if stage not in plan:
                 log.info("stage %s: already done, skipping", stage)
-                if stage in ("sft", "ppo"):
+                if stage in POLICY_STAGES:
                     ctx.policy = done["model"]
                 continue
-            if stage in clear:
+            if stage in clear and main:
                 _clear_stage(out, stage)
             log.info("stage %s: starting", stage)
             t0 = time.time()
@@ -292,6 +314,48 @@ def _clear_stage(out: Path, stage: str) -> None:
         if (out / d).exists():
             log.info("stage %s: removing its earlier output %s to redo it", stage, out / d)
             shutil.rmtree(out / d)
+
+
+def stage_inputs(config: RunConfig) -> dict[str, list[str]]:
+    """The files (relative to the run directory) each of the recipe's stages reads, and so needs made first."""
+    needs = {"sft": ["critique/sft.jsonl"], "reward": ["preferences/pairs.jsonl"], "dpo": ["preferences/pairs.jsonl"],
+             "ppo": ["reward/config.json"],
+             "grpo": ["reward/config.json"] if config.grpo.reward == "reward_model" else []}
+    return {stage: needs.get(stage, []) for stage in config.stages}
+
+
+PRODUCERS = {"critique/sft.jsonl": "critique", "preferences/pairs.jsonl": "label", "reward/config.json": "reward"}
+
+
+def check_wiring(config: RunConfig, out: Path) -> None:
+    """Fail before anything runs when a stage reads a file that no earlier stage makes and ``out`` lacks."""
+    from cai.errors import ConfigError
+
+    for k, (stage, files) in enumerate(stage_inputs(config).items()):
+        for name in files:
+            if PRODUCERS[name] not in config.stages[:k] and not (Path(out) / name).exists():
+                raise ConfigError(f"stage {stage} reads {name}, which stage {PRODUCERS[name]} makes, but that stage "
+                                  f"does not run before it and {out} has no such file", where="recipe field stages",
+                                  fix=f"add {PRODUCERS[name]} before {stage}, or run it first into the same --out")
+
+
+POLICY_STAGES = ("sft", "ppo", "grpo")  # stages whose model the later stages start from
+TRAINING_STAGES = ("sft", "reward", "ppo", "grpo", "dpo")  # stages that train in every process of a launcher
+
+
+def _check_processes(config: RunConfig) -> bool:
+    """Under a multi-process launcher (``accelerate launch``) only training stages may run: each process
+    trains, the main one writes. Returns whether this process writes the run's files."""
+    from cai.distributed import is_main, world_size
+    from cai.errors import ConfigError
+
+    others = [s for s in config.stages if s not in TRAINING_STAGES]
+    if world_size() > 1 and others:
+        raise ConfigError(f"cai run started as one of {world_size()} processes, but stages {others} generate or "
+                          "evaluate and would run in each", where="--stages",
+                          fix=f"run those in one process (`cai run RECIPE --stages {','.join(others)}`), and only "
+                              f"{', '.join(TRAINING_STAGES)} under accelerate launch (see the README)")
+    return is_main()
 
 
 def _constitution_ref(config: RunConfig) -> dict:

@@ -20,11 +20,15 @@ def model_identity(model: str) -> str:
 
 def load_backend(model: str = "smollm2-135m", *, kind: str = "transformers", **kwargs) -> Backend:
     """Build a backend by name: ``transformers`` (local, default); a spec ``openai:MODEL@URL`` is a model on an
-    OpenAI-compatible server (``cai.backends.served``), where local settings such as ``dtype`` do not apply."""
+    OpenAI-compatible server (``cai.backends.served``), where local settings such as ``dtype`` do not apply;
+    ``vllm:MODEL`` is vLLM in this process (``cai.backends.vllm``, the ``vllm`` extra, GPUs)."""
     from cai.backends.served import ServedBackend, is_served
+    from cai.backends.vllm import VLLMBackend, is_vllm
 
     if is_served(model):
         return ServedBackend.from_spec(model)
+    if is_vllm(model):
+        return VLLMBackend.load(str(model))
     if kind == "transformers":
         from cai.backends.transformers import TransformersBackend
 

@@ -20,9 +20,8 @@ app = typer.Typer(
 )
 
 # command modules, in the order of the pipeline; each has register(app)
-COMMAND_MODULES = ["env", "constitution", "critique", "sft", "label", "reward", "ppo", "dpo", "refusals", "redteam",
-                   "report", "run"]
-COMMAND_MODULES.insert(2, "generate")  # cai generate, cai chat
+COMMAND_MODULES = ["env", "constitution", "generate", "critique", "sft", "label", "reward", "ppo", "grpo", "dpo",
+                   "refusals", "redteam", "report", "run", "serve"]  # generate: cai generate, cai chat
 
 
 @app.callback()
@@ -53,9 +52,12 @@ _register_all()
 
 def main() -> None:
     """The ``cai`` entry point: run the command, then exit (see ``_exit``)."""
+    from cai.distributed import relaunch_for_accelerate_cpu
+
     _collect_less_often()
     _interrupt_on_sigint()
-    _exit(_run())
+    relaunched = relaunch_for_accelerate_cpu(sys.argv)
+    _exit(_run() if relaunched is None else relaunched)
 
 
 def _interrupt_on_sigint() -> None:

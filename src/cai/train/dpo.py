@@ -68,9 +68,9 @@ def train_dpo(pairs: str | Path, out_dir: str | Path, model: str = "smollm2-135m
         ModelCard,
         last_logged,
         library_versions,
-        merged,
         save_model_dir,
         staging_dir,
+        trained_model,
         trained_model_id,
     )
     from cai.train.data import read_preference_pairs
@@ -118,7 +118,8 @@ def train_dpo(pairs: str | Path, out_dir: str | Path, model: str = "smollm2-135m
             data=str(data.path.resolve()), data_sha256=data.sha256, rows=len(data.rows),
             options=options.model_dump(), metrics=metrics, versions=library_versions(),
         )
-        save_model_dir(merged(trainer.model), tokenizer, stage, card)
+        model, state_dict = trained_model(trainer)
+        save_model_dir(model, tokenizer, stage, card, state_dict)
     log.info("DPO done: %s (%s)", out_dir, card.metrics)
     return out_dir
 

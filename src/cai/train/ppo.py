@@ -112,11 +112,14 @@ def train_ppo(prompts: list, reward_model: str | Path | RewardFn, out_dir: str |
     ``prompts``: chat message lists (a plain string is one user turn). ``reward_model``: a reward model
     directory (``cai reward``), or a function ``(prompts, responses) -> tensor [n]`` of scores.
     Re-running with the same ``out_dir`` resumes from ``out_dir/checkpoint``. Writes ``metrics.jsonl``
-    (one row per step), ``samples.jsonl`` (every rollout and its score) and ``cai.log``.
+    (one row per step), ``samples.jsonl`` (every rollout and its score) and ``cai.log``. Under a
+    multi-process launcher ``batch_size`` is per process and the main process writes (``ppo_dist``).
     """
+    from cai.distributed import is_main
     from cai.jsonl import append_records
     from cai.logs import log_to_run_dir
     from cai.models import default_device, resolve
+    from cai.train import ppo_dist
     from cai.train.ppo_checkpoint import save_checkpoint
 
     options = options or PPOOptions()
@@ -128,18 +131,21 @@ def train_ppo(prompts: list, reward_model: str | Path | RewardFn, out_dir: str |
     sl_rows = _read_sl_rows(sl_data, options)
 
     log_to_run_dir(out_dir)
+    ppo_dist.setup()
     run, start = _setup(source, prompts, reward_fn, sl_rows, out_dir, options, device)
     log.info("PPO on %s: %d prompts, steps %d..%d, batch %d, %d new tokens", source.model_id, len(prompts),
              start, options.steps, options.batch_size, options.max_new_tokens)
     with _progress_bar(options.steps, start - 1) as (show, run.phase):
         for step in range(start, options.steps + 1):
             row, samples = ppo_step(run, step)
-            append_records(out_dir / "samples.jsonl", samples)
-            append_records(out_dir / "metrics.jsonl", [row])
+            samples = ppo_dist.gather(samples)
+            if is_main():
+                append_records(out_dir / "samples.jsonl", samples)
+                append_records(out_dir / "metrics.jsonl", [row])
             show(row)
             log.info("step %d: reward %.3f  kl %.3f  beta %.4f  len %.1f  %.1fs", step, row["reward"],
                      row["kl"], row["kl_coef"], row["response_len"], row["time"])
-            if step == options.steps or (options.save_every and step % options.save_every == 0):
+            if is_main() and (step == options.steps or (options.save_every and step % options.save_every == 0)):
                 save_checkpoint(out_dir, run.ac, run.optimizer, _run_state(run, step))
     return _save_policy(run, source, reward_model, out_dir)
 
@@ -148,8 +154,10 @@ def ppo_step(run: _Run, step: int) -> tuple[dict[str, Any], list[dict]]:
     """One PPO step (rollouts, scores, advantages, updates); returns its metrics row and samples."""
     import torch
 
+    from cai.distributed import world_size
+    from cai.train import ppo_dist
     from cai.train.ppo_data import batch_indices
-    from cai.train.ppo_losses import gae, kl_k3, masked_mean, masked_whiten, per_token_rewards
+    from cai.train.ppo_losses import gae, kl_k3, masked_mean, per_token_rewards
     from cai.train.ppo_policy import sample_responses, sample_responses_lean
 
     o, ac, t0, cpu0 = run.options, run.ac, time.time(), time.process_time()
@@ -158,7 +166,8 @@ def ppo_step(run: _Run, step: int) -> tuple[dict[str, Any], list[dict]]:
 
     # 1. a batch of prompts, and one sampled response to each
     run.show(f"step {step}: sampling {o.batch_size} rollouts")
-    prompts = [run.prompts[i] for i in batch_indices(len(run.prompts), o.batch_size, step, o.seed)]
+    indices = batch_indices(len(run.prompts), o.batch_size * world_size(), step, o.seed)
+    prompts = [run.prompts[i] for i in ppo_dist.my_share(indices)]
     sampling = {"max_new_tokens": o.max_new_tokens, "temperature": o.temperature, "top_p": o.top_p,
                 "eos_ids": run.eos_ids}
     if run.lean_rollouts:
@@ -181,20 +190,20 @@ def ppo_step(run: _Run, step: int) -> tuple[dict[str, Any], list[dict]]:
     beta = run.kl_ctl.value
     rewards, kl = per_token_rewards(scores, old["logp"], old["ref_logp"], mask, beta)
     kl_per_seq = kl.sum(1)
-    mean_kl = kl_per_seq.mean().item()
+    mean_kl = ppo_dist.mean_over_processes(kl_per_seq.mean().item())
     _check_kl(run, step, mean_kl)
 
     # 5. advantages (GAE), whitened over the batch's response tokens
     advantages, returns = gae(rewards, old["values"], mask, o.gamma, o.lam)
     if o.whiten_advantages:
-        advantages = masked_whiten(advantages, mask)
+        advantages = ppo_dist.whiten(advantages, mask)
 
     # 6. ppo_epochs of clipped updates on shuffled minibatches
     stats = ppo_update(run, step, rollout, old, advantages, returns)
     ac.sync_rollout_model()
 
     # 7. adapt beta towards the target KL, and log
-    run.kl_ctl.update(mean_kl, o.batch_size)
+    run.kl_ctl.update(mean_kl, o.batch_size * world_size())
     lengths = mask.sum(1)
     row = {
         "step": step, "reward": scores.mean().item(),
@@ -204,6 +213,7 @@ def ppo_step(run: _Run, step: int) -> tuple[dict[str, Any], list[dict]]:
         "response_len": lengths.float().mean().item(),
         "truncated": 1.0 - rollout.ended.float().mean().item(), **stats,
     }
+    row = ppo_dist.mean_row(row)
     row.update(_hacking_signals(run, row, rollout.texts))
     row.update(time=time.time() - t0, time_rollout=t_rollout, time_update=time.time() - t0 - t_rollout,
                cpu_time=time.process_time() - cpu0, max_rss_mb=_max_rss_mb())
@@ -244,6 +254,7 @@ def ppo_update(run: _Run, step: int, rollout, old: dict, advantages, returns) ->
     import torch
 
     from cai.train.ppo_data import sl_batch, sl_loss
+    from cai.train.ppo_dist import average_gradients
     from cai.train.ppo_losses import masked_mean, policy_loss, value_loss
     from cai.train.ppo_policy import forward_response
 
@@ -275,6 +286,7 @@ def ppo_update(run: _Run, step: int, rollout, old: dict, advantages, returns) ->
             _check_finite(run, step, "loss", loss.item())
             run.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            average_gradients(ac.trainable_parameters())
             grad_norm = torch.nn.utils.clip_grad_norm_(ac.trainable_parameters(), o.max_grad_norm)
             run.optimizer.step()
             with torch.no_grad():
@@ -417,6 +429,7 @@ def _setup(source, prompts, reward_fn, sl_rows, out_dir: Path, options: PPOOptio
     import torch
 
     from cai.backends.engine import supports
+    from cai.distributed import is_main
     from cai.models import load_causal_lm, load_tokenizer
     from cai.train.ppo_checkpoint import find_checkpoint, load_checkpoint, truncate_metrics
     from cai.train.ppo_losses import AdaptiveKLController, FixedKLController
@@ -444,16 +457,18 @@ def _setup(source, prompts, reward_fn, sl_rows, out_dir: Path, options: PPOOptio
                eos_token_ids(tokenizer, causal_lm), sl_rows, lean_rollouts=lean, lean_prepack=prepack)
     log.info("rollouts: %s", "cai's lean decoder" if run.lean_rollouts else "transformers generate")
     checkpoint = find_checkpoint(out_dir)
+    main = is_main()
     if checkpoint is None:
         for name in ("metrics.jsonl", "samples.jsonl"):
-            (out_dir / name).unlink(missing_ok=True)  # a run that died before its first checkpoint
+            if main:
+                (out_dir / name).unlink(missing_ok=True)  # a run that died before its first checkpoint
         return run, 1
     state = load_checkpoint(checkpoint, ac, optimizer)
     _warn_changed_options(state.get("options", {}), options)
     kl_ctl.value = state["kl_coef"]
     run.history = state["history"]
     for name in ("metrics.jsonl", "samples.jsonl"):
-        dropped = truncate_metrics(out_dir / name, state["step"])
+        dropped = truncate_metrics(out_dir / name, state["step"]) if main else 0
         if dropped:
             log.info("dropped %d rows of %s logged after the checkpoint", dropped, name)
     log.info("resuming from %s at step %d", checkpoint, state["step"] + 1)

@@ -254,15 +254,16 @@ def load_reward_base(source, tokenizer, dtype, seed: int = 0):
 def train_reward(pairs: str | Path, out_dir: str | Path, model: str = "smollm2-135m",
                  options: RewardOptions | None = None) -> RewardReport:
     """Train a reward model on preference pairs; saves it (and metrics.json) in ``out_dir``."""
+    from cai.distributed import is_main
     from cai.logs import log_to_run_dir
     from cai.models import load_tokenizer, resolve
     from cai.train.artifacts import (
         SCRATCH,
         ModelCard,
         library_versions,
-        merged,
         save_model_dir,
         staging_dir,
+        trained_model,
         trained_model_id,
     )
     from cai.train.data import read_preference_pairs
@@ -284,7 +285,8 @@ def train_reward(pairs: str | Path, out_dir: str | Path, model: str = "smollm2-1
         peft = lora_config(options, "SEQ_CLS") if options.lora else None
         trainer = build_reward_trainer(rm, tokenizer, train_rows, stage / SCRATCH, options, peft_config=peft)
         result = show_progress(trainer, "reward model").train()
-        final = merged(trainer.model).eval()
+        final, state_dict = trained_model(trainer)
+        final.eval()
         held_out = evaluate_pairs(final, tokenizer, eval_rows, batch_size=options.batch_size,
                                   max_length=options.max_length)
         report = RewardReport(
@@ -300,7 +302,8 @@ def train_reward(pairs: str | Path, out_dir: str | Path, model: str = "smollm2-1
             options=options.model_dump(), versions=library_versions(),
             metrics=report.model_dump(exclude={"out_dir"}),
         )
-        save_model_dir(final, tokenizer, stage, card)
-        (stage / "metrics.json").write_text(report.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        save_model_dir(final, tokenizer, stage, card, state_dict)
+        if is_main():
+            (stage / "metrics.json").write_text(report.model_dump_json(indent=2) + "\n", encoding="utf-8")
     log.info("reward model done: %s", json.dumps(report.model_dump()))
     return report
