@@ -51,6 +51,9 @@ class RunConfig(BaseModel):
     ppo: PPOOptions = Field(default_factory=PPOOptions)
     dpo: DPOOptions = Field(default_factory=DPOOptions)
     evaluate: EvaluateOptions = Field(default_factory=EvaluateOptions)
+    prices: dict[str, dict[Literal["prompt", "generated"], float]] = Field(
+        default_factory=dict, description="money per million tokens by model spec, e.g. "
+                                          "{'openai:gpt-4o@https://...': {'prompt': 2.5, 'generated': 10}}")
 
 
 def load_config(path: str | Path) -> RunConfig:

@@ -28,6 +28,12 @@ class Context:
     out: Path
     policy: str  # the model later stages start from: the base, then the SFT model, then the PPO policy
     _backends: dict = field(default_factory=dict)
+    meter: object = None  # the current stage's cai.ledger.Meter: the tokens each model generates
+
+    def counted(self, backend, spec: str):
+        from cai.ledger import CountingBackend
+
+        return CountingBackend(backend, self.meter, spec) if self.meter is not None else backend
 
     def backend(self, spec: str):
         """A generation backend per model spec, loaded once."""
@@ -36,7 +42,7 @@ class Context:
         if spec not in self._backends:
             self._backends.clear()  # keep at most one model in memory
             self._backends[spec] = load_backend(spec, dtype=self.config.dtype)
-        return self._backends[spec]
+        return self.counted(self._backends[spec], spec)
 
     def constitution(self):
         from cai.constitution import load_constitution
@@ -83,7 +89,7 @@ def stage_label(ctx: Context) -> dict:
     if judge is None:
         from cai.backends import load_backend
 
-        judge = load_backend(judge_spec, dtype=ctx.config.dtype)
+        judge = ctx.counted(load_backend(judge_spec, dtype=ctx.config.dtype), judge_spec)
     summary = label_prompts(ctx.prompts("rl_prompts"), policy=policy, judge_backend=judge,
                             constitution=ctx.constitution(), out_dir=ctx.out / "preferences", config=ctx.config.label)
     return {**summary.as_dict(), "pairs_file": str(ctx.out / "preferences" / "pairs.jsonl")}
@@ -144,6 +150,7 @@ def run_pipeline(config: RunConfig, out: Path) -> dict:
     """Run (or resume) every stage of ``config.stages`` in order into ``out``; returns the manifest."""
     from cai import __version__
     from cai.jsonl import write_atomic
+    from cai.ledger import measure
     from cai.logs import log_to_run_dir
     from cai.models import resolve
     from cai.runs import check_or_record
@@ -157,6 +164,7 @@ def run_pipeline(config: RunConfig, out: Path) -> dict:
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {
         "name": config.name, "cai_version": __version__, "versions": _versions(), "stages": {}}
     manifest["constitution"] = _constitution_ref(config)
+    manifest["prices"] = config.prices
     ctx = Context(config, out, policy=str(resolve(config.model).spec))
     for stage in config.stages:
         done = manifest["stages"].get(stage, {})
@@ -167,12 +175,19 @@ def run_pipeline(config: RunConfig, out: Path) -> dict:
             continue
         log.info("stage %s: starting", stage)
         t0 = time.time()
-        result = STAGE_FUNCTIONS[stage](ctx)
-        manifest["stages"][stage] = {"done": True, "seconds": round(time.time() - t0, 1), **result}
+        with measure() as cost:
+            ctx.meter = cost.meter
+            result = STAGE_FUNCTIONS[stage](ctx)
+        manifest["stages"][stage] = {"done": True, "seconds": round(time.time() - t0, 1), **result,
+                                     "cost": cost.entry}
         write_atomic(manifest_path, json.dumps(manifest, indent=2, default=str))
         log.info("stage %s: done in %.0fs", stage, time.time() - t0)
     manifest["final_model"] = ctx.policy
     write_atomic(manifest_path, json.dumps(manifest, indent=2, default=str))
+    if "evaluate" in config.stages:  # again, so that the report's cost ledger holds the evaluate stage too
+        from cai.report import build_report
+
+        build_report([out], out / "report")
     return manifest
 
 
