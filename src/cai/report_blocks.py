@@ -155,3 +155,10 @@ def page(title: str, blocks: Sequence[Block], image_dir: Path) -> str:
             "style-src 'unsafe-inline'\">"
             f"<meta name=\"viewport\" content=\"width=device-width\"><title>{_esc(title)}</title>"
             f"<style>{STYLE}</style></head><body><h1>{_esc(title)}</h1><nav>{toc}</nav>\n{body}\n</body></html>\n")
+
+
+def plot_name(kind: str, source: str) -> str:
+    """A stable PNG file name for a study's plot, one per source file."""
+    import hashlib
+
+    return f"{kind}-{hashlib.sha1(source.encode()).hexdigest()[:10]}.png"

@@ -21,7 +21,7 @@ app = typer.Typer(
 
 # command modules, in the order of the pipeline; each has register(app)
 COMMAND_MODULES = ["env", "constitution", "critique", "sft", "label", "reward", "ppo", "dpo", "refusals", "redteam",
-                   "report", "run"]
+                   "report", "run", "compare", "study"]
 
 
 def _register_all() -> None:
