@@ -89,3 +89,40 @@ def test_chromium_renders_the_page_and_runs_no_model_script(tmp_path):
     subprocess.run([*flags, f"--screenshot={tmp_path / 'shot.png'}", html.as_uri()], capture_output=True,
                    timeout=120)
     assert (tmp_path / "shot.png").stat().st_size > 20_000
+
+
+def test_the_ledger_counts_each_models_tokens_and_the_stage_peak():
+    from cai.backends.base import SamplingParams
+    from cai.ledger import CountingBackend, ledger_rows, measure
+    from label_fakes import FakePolicy
+
+    policy = FakePolicy()
+    with measure() as cost:
+        counted = CountingBackend(policy, cost.meter, "fake")
+        counted.generate([[{"role": "user", "content": "hi"}]] * 3, SamplingParams(max_new_tokens=4))
+        counted.generate([[{"role": "user", "content": "hi"}]], SamplingParams(max_new_tokens=4))
+        block = bytearray(64 * 2**20)  # a 64 MiB peak inside the stage
+        del block
+    assert cost.entry["models"]["fake"] == {"prompt_tokens": 20, "generated_tokens": 20, "calls": 2,
+                                            "seconds": cost.entry["models"]["fake"]["seconds"]}
+    assert cost.entry["peak_rss_mib"] >= 64 and cost.entry["wall_seconds"] >= 0
+    assert counted.model_id == "fake-policy"  # everything else is the wrapped backend's
+    rows = ledger_rows({"prices": {"fake": {"prompt": 3.0, "generated": 15.0}}, "stages": {"x": {"cost": cost.entry}}})
+    assert rows[0]["money"] == pytest.approx((20 * 3.0 + 20 * 15.0) / 1e6)
+
+
+def test_cai_study_principles_cli_and_its_errors(tmp_path):
+    from typer.testing import CliRunner
+
+    from cai.cli import app
+
+    _run_dir(tmp_path / "run")
+    runner = CliRunner()
+    result = runner.invoke(app, ["study", "principles", str(tmp_path / "run"), "--out", str(tmp_path / "p")])
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "p" / "principles.json").read_text())
+    assert data["all"]["harm"]["refusal_on"] == 1 and "harm" not in data["dead"]
+    assert "Per-principle effect" in (tmp_path / "p" / "report" / "report.html").read_text()
+    (tmp_path / "empty").mkdir()
+    result = runner.invoke(app, ["study", "principles", str(tmp_path / "empty"), "--out", str(tmp_path / "q")])
+    assert result.exit_code != 0 and "found no critique records" in str(result.exception)

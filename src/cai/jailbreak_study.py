@@ -99,6 +99,51 @@ def stops(principles: dict[str, dict[str, dict[str, Any]]]) -> dict[str, str | N
     return {t: best.get(t, (0.0, None))[1] for t in sorted(templates)}
 
 
+def attacker_prompts(out_dir: Path, backend, seeds: Sequence[str], *, per_principle: int, seed: int
+                     ) -> dict[str, Any]:
+    """Attacker-written prompts under the shipped red-team constitution, kept in ``out_dir/generated.json``
+    (read back on a re-run, so the attacks stay the same)."""
+    import json
+
+    from cai.attacker import generate
+    from cai.constitution import load_constitution
+    from cai.round_quality import write_json
+
+    path = Path(out_dir) / "generated.json"
+    if path.exists():
+        return json.loads(path.read_text(encoding="utf-8"))
+    return json.loads(write_json(path, generate(backend, load_constitution("redteam"), seeds,
+                                                per_principle=per_principle, seed=seed)).read_text())
+
+
+def run(models: Sequence[str], rows: Sequence, out_dir: Path, *, load, constitution, prompts: str,
+        generate: int = 0, attacker: str | None = None, max_new_tokens: int = 48, seed: int = 0,
+        principle_ids: Sequence[str] = ()) -> dict[str, Any]:
+    """The whole study into ``out_dir``: the ``jailbreaks.json`` content (``models/redteam.json`` too)."""
+    from cai.backends.base import SamplingParams
+    from cai.critique import CritiqueOptions
+    from cai.redteam import attack_models
+
+    out_dir = Path(out_dir)
+    generated = attacker_prompts(out_dir, load(attacker or models[0]), [r.prompt for r in rows],
+                                 per_principle=generate, seed=seed) if generate else None
+    todo, names = all_attacks(rows, generated["prompts"] if generated else ())
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, do_sample=False, seed=seed)
+    attacked = attack_models(models, todo, out_dir / "models", params, templates=names, prompts=prompts, load=load)
+    options = CritiqueOptions(rounds=1, seed=seed, max_new_tokens=max_new_tokens, temperature=0.0)
+    principles = per_principle(todo, out_dir / "principles", backend=load(models[0]), constitution=constitution,
+                               options=options, principle_ids=principle_ids)
+    header, cells = table(principles)
+    return {
+        "study": "jailbreaks", "critic": models[0], "constitution": constitution.ref().model_dump(),
+        "base_requests": len({a.base_id for a in todo if a.template != "generated"}), "templates": names,
+        "models": {spec: {t: f["asr"] for t, f in m["templates"].items()} for spec, m in attacked["models"].items()},
+        "table": {"header": header, "rows": cells}, "per_principle": principles, "stops": stops(principles),
+        "generated": None if not generated else {
+            "candidates": generated["candidates"], "kept": len(generated["prompts"]), "dropped": generated["dropped"],
+            "prompts": generated["prompts"]}}
+
+
 def report_blocks(data: dict[str, Any], source: str, out_dir: Path) -> list[Block]:
     blocks: list[Block] = [
         Heading("Jailbreaks per principle"),
@@ -112,7 +157,7 @@ def report_blocks(data: dict[str, Any], source: str, out_dir: Path) -> list[Bloc
     blocks.append(Table(["template", "stopped best by"], [[t, p or "none"] for t, p in data["stops"].items()]))
     if data.get("models"):
         blocks.append(Para("Attack success per model and template is in the Jailbreaks section above."))
-    if data.get("generated", {}).get("prompts"):
+    if (data.get("generated") or {}).get("prompts"):
         blocks.append(Table(["generated prompt", "for principle"],
                             [[g["prompt"], g["principle_id"]] for g in data["generated"]["prompts"]]))
     return blocks

@@ -142,8 +142,15 @@ def stage_evaluate(ctx: Context) -> dict:
     return {"refusals": summary, "report": str(ctx.out / "report" / "report.md")}
 
 
+def stage_studies(ctx: Context) -> dict:
+    """The studies the recipe's ``studies`` key asks for (``cai.study_stage``)."""
+    from cai.study_stage import run_studies
+
+    return {"studies": run_studies(ctx)}
+
+
 STAGE_FUNCTIONS = {"critique": stage_critique, "sft": stage_sft, "label": stage_label, "reward": stage_reward,
-                   "ppo": stage_ppo, "dpo": stage_dpo, "evaluate": stage_evaluate}
+                   "ppo": stage_ppo, "dpo": stage_dpo, "studies": stage_studies, "evaluate": stage_evaluate}
 
 
 def run_pipeline(config: RunConfig, out: Path) -> dict:

@@ -10,7 +10,7 @@ the first answer) is scored the same way:
   read in both orders (position-debiased), with the judge's measured figures quoted beside it;
 
 and how often a round changes nothing (the revision is, word for word, at least ``SAME`` similar to the
-text it revises). ``rounds.json`` holds the curve; the critique records stay in ``DIR/<set>/critique``.
+text it revises). ``rounds.json`` holds the curve; the critique records stay in ``DIR/critique``.
 """
 
 from __future__ import annotations
@@ -107,17 +107,16 @@ def judge_scores(judge_backend, constitution, records: Sequence[dict[str, Any]],
 
 def run_sets(sets: dict[str, Sequence[tuple[str, str]]], out_dir: Path, *, backend, constitution, options
              ) -> dict[str, list[dict[str, Any]]]:
-    """Run (or resume) the critique stage on each prompt set into ``out_dir/<set>/critique``; the records."""
+    """Run (or resume) the critique stage on every prompt set at once into ``out_dir/critique`` (one batch per
+    step for all sets; record ids are ``<set>/<prompt id>``); the records per set."""
     from cai.critique import run_critique
     from cai.jsonl import read_records
 
-    records = {}
-    for name, prompts in sets.items():
-        d = Path(out_dir) / name / "critique"
-        run_critique(prompts, d, backend=backend, constitution=constitution, options=options)
-        wanted = {pid for pid, _ in prompts}
-        records[name] = [r for r in read_records(d / "records.jsonl") if r["id"] in wanted]
-    return records
+    d = Path(out_dir) / "critique"
+    run_critique([(f"{name}/{pid}", p) for name, prompts in sets.items() for pid, p in prompts], d, backend=backend,
+                 constitution=constitution, options=options)
+    done = {r["id"]: r for r in read_records(d / "records.jsonl")}
+    return {name: [done[f"{name}/{pid}"] for pid, _ in prompts] for name, prompts in sets.items()}
 
 
 def rounds_study(records: dict[str, list[dict[str, Any]]], rounds: int, *, constitution,

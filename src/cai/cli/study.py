@@ -28,19 +28,15 @@ def register(app: typer.Typer) -> None:
 
 def prompt_pairs(source: str, limit: int | None, offset: int = 0) -> list[tuple[str, str]]:
     """(id, prompt) of prompts ``offset`` .. ``offset + limit`` of a prompt source."""
-    return [(r.id, r.prompt) for r in prompt_rows(source, limit, offset)]
+    from cai.study_stage import _pairs
+
+    return _pairs(source, limit, offset)
 
 
 def prompt_rows(source: str, limit: int | None, offset: int = 0) -> list:
-    from cai.errors import ConfigError
-    from cai.prompts import load_prompts, log_bad_rows
+    from cai.study_stage import prompt_rows as rows
 
-    rows, bad = load_prompts(source, limit=None if limit is None else limit + offset)
-    log_bad_rows(bad)
-    rows = rows[offset:]
-    if not rows:
-        raise ConfigError("no usable prompts", where=source, fix="check the source, --limit and --offset")
-    return rows
+    return rows(source, limit, offset)
 
 
 def critique_options(**kwargs):
@@ -225,46 +221,17 @@ def jailbreaks_cmd(
     dtype: str = DTYPE,
 ) -> None:
     """Attack success per template, obfuscation and model, and after one round of each principle."""
-    from cai.backends.base import SamplingParams
     from cai.constitution import load_constitution
-    from cai.jailbreak_study import all_attacks, per_principle, stops, table
-    from cai.redteam import attack_models
+    from cai.jailbreak_study import run
 
     const = load_constitution(constitution)
     rows = prompt_rows(harmful, limit)
     start(out, "study-jailbreaks", {"models": model, "constitution": const.ref().model_dump(), "harmful": harmful,
                                     "limit": limit, "generate": generate, "attacker": attacker,
                                     "max_new_tokens": max_new_tokens, "seed": seed, "principles": principle})
-    load = loader(dtype)
-    generated = None
-    if generate:
-        from cai.attacker import generate as write_prompts
-        from cai.round_quality import write_json
-
-        path = out / "generated.json"
-        if path.exists():
-            import json
-
-            generated = json.loads(path.read_text())
-        else:
-            generated = write_prompts(load(attacker or model[0]), load_constitution("redteam"),
-                                      [r.prompt for r in rows], per_principle=generate, seed=seed)
-            write_json(path, generated)
-    todo, names = all_attacks(rows, generated["prompts"] if generated else ())
-    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, do_sample=False, seed=seed)
-    attacked = attack_models(model, todo, out / "models", params, templates=names, prompts=harmful, load=load)
-    options = critique_options(rounds=1, seed=seed, max_new_tokens=max_new_tokens, temperature=0.0)
-    principles = per_principle(todo, out / "principles", backend=load(model[0]), constitution=const,
-                               options=options, principle_ids=principle)
-    header, cells = table(principles)
-    finish(out, "jailbreaks", {
-        "study": "jailbreaks", "critic": model[0], "constitution": const.ref().model_dump(),
-        "base_requests": len({a.base_id for a in todo if a.template != "generated"}), "templates": names,
-        "models": {spec: {t: f["asr"] for t, f in m["templates"].items()} for spec, m in attacked["models"].items()},
-        "table": {"header": header, "rows": cells}, "per_principle": principles, "stops": stops(principles),
-        "generated": None if not generated else {
-            "candidates": generated["candidates"], "kept": len(generated["prompts"]), "dropped": generated["dropped"],
-            "prompts": generated["prompts"]}})
+    finish(out, "jailbreaks", run(model, rows, out, load=loader(dtype), constitution=const, prompts=harmful,
+                                  generate=generate, attacker=attacker, max_new_tokens=max_new_tokens, seed=seed,
+                                  principle_ids=principle))
 
 
 @group.command("helpfulness")
