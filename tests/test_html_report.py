@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from cai.report import build_report
-from cai.report_blocks import Table, Transcript, page
+from cai.report_blocks import SideBySide, Table, Transcript, page
 
 ATTACK = "<script>document.title='pwned'</script><img src=x onerror=\"document.title='pwned'\">"
 
@@ -64,9 +64,10 @@ def test_every_block_escapes_what_it_shows(tmp_path):
     texts = [f"<evil{i} x=\"1\">&" for i in range(8)]
     html = page(texts[0], [Table([texts[1]], [[texts[2]]]), Transcript(texts[3], texts[4], texts[5],
                                                                       ((texts[6], texts[7], texts[0]),),
-                                                                      meta=texts[1])], tmp_path)
+                                                                      meta=texts[1]),
+                           SideBySide(texts[2], texts[3], texts[4], ((texts[5], texts[6]),))], tmp_path)
     assert "<evil" not in html and 'x="1"' not in html
-    assert html.count("&lt;evil") == 11 and "&lt;evil2 x=&quot;1&quot;&gt;&amp;" in html
+    assert html.count("&lt;evil") == 16 and "&lt;evil2 x=&quot;1&quot;&gt;&amp;" in html
 
 
 def _chromium():

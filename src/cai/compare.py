@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cai.report_blocks import Block, Heading, Para, Plot, Table, Transcript, plot_name
+from cai.report_blocks import Block, Heading, Para, Plot, SideBySide, Table, plot_name
 
 EXAMPLES = 6  # prompts of each set shown side by side
 
@@ -105,9 +105,11 @@ def report_blocks(data: dict[str, Any], source: str, out_dir: Path) -> list[Bloc
     blocks.append(curve_table(series))
     plot = draw_curves(series, Path(out_dir) / plot_name("compare", source), "refusal rate per round")
     blocks += [Plot(plot, "refusal rate per round, per constitution and prompt set")] if plot else []
+    if data.get("examples"):
+        blocks.append(Para("The same prompts' final revisions under each constitution ("
+                           + " vs ".join(labels) + "):"))
     for ex in data.get("examples", []):
-        rounds = tuple((lab, "(final revision under this constitution)", text or "-")
-                       for lab, text in ex["final"].items())
-        blocks.append(Transcript(title=f"{ex['set']} {ex['id']}: {ex['prompt'][:90]}", prompt=ex["prompt"],
-                                 initial=ex["initial"], rounds=rounds, meta=" vs ".join(labels)))
+        blocks.append(SideBySide(title=f"{ex['set']} {ex['id']}: {ex['prompt'][:90]}", prompt=ex["prompt"],
+                                 initial=ex["initial"], finals=tuple((lab, text or "-")
+                                                                     for lab, text in ex["final"].items())))
     return blocks

@@ -50,7 +50,17 @@ class Transcript:
     meta: str = ""
 
 
-Block = Heading | Para | Table | Plot | Transcript
+@dataclass(frozen=True)
+class SideBySide:
+    """One prompt's first answer and its final revision under each of several constitutions."""
+
+    title: str
+    prompt: str
+    initial: str
+    finals: Sequence[tuple[str, str]] = field(default_factory=tuple)  # (constitution, final revision)
+
+
+Block = Heading | Para | Table | Plot | Transcript | SideBySide
 
 
 def cell(x: Any) -> str:
@@ -71,7 +81,7 @@ def to_markdown(blocks: Sequence[Block]) -> str:
                         for row in b.rows), ""]
         elif isinstance(b, Plot):
             lines += [f"![{b.alt}]({b.file})", ""]
-    shown = sum(isinstance(b, Transcript) for b in blocks)
+    shown = sum(isinstance(b, (Transcript, SideBySide)) for b in blocks)
     if shown:
         lines += [f"_{shown} example transcripts are in report.html._", ""]
     return "\n".join(lines)
@@ -101,6 +111,15 @@ def _transcript_html(t: Transcript) -> str:
     return "".join(parts)
 
 
+def _side_by_side_html(t: SideBySide) -> str:
+    parts = [f"<details class=\"transcript\"><summary>{_esc(t.title)}</summary>",
+             f"<div class=\"turn user\"><b>prompt</b><pre>{_esc(t.prompt)}</pre></div>",
+             f"<div class=\"turn model\"><b>first answer</b><pre>{_esc(t.initial)}</pre></div>"]
+    parts += [f"<div class=\"turn model\"><b>final revision under {_esc(label)}</b><pre>{_esc(text)}</pre></div>"
+              for label, text in t.finals]
+    return "".join(parts) + "</details>"
+
+
 def to_html_body(blocks: Sequence[Block], image_dir: Path) -> str:
     """The blocks as HTML; plots are read from ``image_dir`` and embedded as base64 PNG."""
     out = []
@@ -120,6 +139,8 @@ def to_html_body(blocks: Sequence[Block], image_dir: Path) -> str:
                 out.append(_image(path, b.alt))
         elif isinstance(b, Transcript):
             out.append(_transcript_html(b))
+        elif isinstance(b, SideBySide):
+            out.append(_side_by_side_html(b))
     return "\n".join(out)
 
 
