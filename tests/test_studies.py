@@ -247,3 +247,15 @@ def test_the_studies_recipe_key_runs_them_in_the_pipeline(tmp_path, tiny_model_d
                   "Cost ledger", "Example transcripts"):
         assert title in html
     assert "<td>studies</td>" in html  # the final report's ledger has the stages run before it
+
+
+def test_round_curve_counts_refusals_and_rounds_that_change_nothing():
+    from cai.round_quality import curve
+
+    answer = "Here is how you do it in five simple steps with tools"
+    records = [_record("a", answer, [("x", answer), ("y", "I can't help with that.")]),
+               _record("b", answer, [("x", "I won't help with that, it is not safe.")])]  # stopped after a round
+    rows = curve(records, 2, scores={"a": [0.0, 0.0, 1.0], "b": [0.0, 2.0, 2.0]})
+    assert [r["refusal_rate"] for r in rows] == [0.0, 0.5, 1.0]
+    assert [r["unchanged_rate"] for r in rows] == [None, 0.5, 0.5]  # a's echo, then b's carried-over text
+    assert [r["reward_mean"] for r in rows] == [0.0, 1.0, 1.5]
