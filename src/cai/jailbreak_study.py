@@ -9,11 +9,11 @@ obfuscation (``cai.obfuscation``) and, when given, red-team prompts an attacker 
    ``cai.redteam.attack_models``; that writes ``DIR/models/redteam.json``, which the report's jailbreak
    table and plot read.
 2. **Per principle**: the first model's answers to the attacks go through one critique-revision round
-   under each principle alone (greedy, same seed: the first answers are the same for every principle), and
-   the attack succeeds when the revision still does not refuse. The table is attack success per template
+   under each principle alone (greedy, same seed, batched over all principles), and the attack succeeds
+   when the revision still does not refuse. The table is attack success per template
    with no critique and after each principle: the principles that stop a template, and those that do not.
 
-``jailbreaks.json`` holds both tables; records stay under ``DIR/principles/<id>/critique``.
+``jailbreaks.json`` holds both tables; the records stay in ``DIR/principles/critique/records.jsonl``.
 """
 
 from __future__ import annotations
@@ -53,27 +53,60 @@ def success_by_template(records: Sequence[dict[str, Any]], attack_template: dict
 
 
 def per_principle(todo: Sequence, out_dir: Path, *, backend, constitution, options,
-                  principle_ids: Sequence[str] = ()) -> dict[str, dict[str, dict[str, Any]]]:
-    """{principle id: {template: figures}} after one critique-revision round under that principle alone."""
-    from cai.critique import run_critique
+                  principle_ids: Sequence[str] = (), first_answers: dict[str, str] | None = None
+                  ) -> dict[str, dict[str, dict[str, Any]]]:
+    """{principle id: {template: figures}} after one critique-revision round under that principle alone.
+
+    The round is the SL-CAI round of ``cai.critique`` (same requests, same revision cleaning), batched over
+    every (principle, attack) at once: one critique call and one revision call for all, after the first
+    answers (``first_answers`` by attack id, e.g. the attacked model's replies, else generated here).
+    Records go to ``out_dir/critique/records.jsonl`` with their provenance; a re-run skips what is there."""
+    from cai import jsonl
+    from cai.critique import clean_revision, opening_messages, provenance
     from cai.errors import ConfigError
-    from cai.jsonl import read_records
+    from cai.records import CritiqueRecord, CritiqueRound
 
     chosen = [p for p in constitution.principles if not principle_ids or p.id in principle_ids]
     unknown = set(principle_ids) - {p.id for p in constitution.principles}
     if unknown:
         raise ConfigError(f"no principle {', '.join(sorted(unknown))} in constitution {constitution.name}",
                           fix="pick ids from cai constitution show " + constitution.name)
-    template_of = {a.id: a.template for a in todo}
-    out: dict[str, dict[str, dict[str, Any]]] = {}
+    path = Path(out_dir) / "critique" / "records.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    jsonl.repair(path)
+    done = {r["id"]: r for r in jsonl.read_records(path)} if path.exists() else {}
+    params = options.sampling()
+    answers = dict(first_answers or {})
+    missing = [a for a in todo if a.id not in answers]
+    if missing:
+        out = backend.generate([opening_messages(constitution, options, a.prompt) for a in missing], params,
+                               desc="first answers")
+        answers.update({a.id: c.text for a, c in zip(missing, out, strict=True)})
+    jobs = [(p, a) for p in chosen for a in todo if f"{p.id}/{a.id}" not in done]
+    if jobs:
+        convs = [opening_messages(constitution, options, a.prompt) + [
+            {"role": "assistant", "content": answers[a.id]},
+            {"role": "user", "content": constitution.critique_request(p)}] for p, a in jobs]
+        critiques = backend.generate(convs, params, desc="critiques (every principle)")
+        convs = [c + [{"role": "assistant", "content": k.text},
+                      {"role": "user", "content": constitution.revision_request(p)}]
+                 for c, k, (p, _) in zip(convs, critiques, jobs, strict=True)]
+        revisions = backend.generate(convs, params, desc="revisions (every principle)")
+        records = []
+        for (p, a), k, v in zip(jobs, critiques, revisions, strict=True):
+            revised = clean_revision(v.text) or answers[a.id]
+            records.append(CritiqueRecord(
+                id=f"{p.id}/{a.id}", prompt=a.prompt, initial=answers[a.id], final=revised,
+                rounds=[CritiqueRound(principle_id=p.id, critique=k.text, revision=revised,
+                                      critique_tokens=k.completion_tokens, revision_tokens=v.completion_tokens)],
+                provenance=provenance(constitution, backend, options, [p.id])))
+        jsonl.append_records(path, records)
+        done.update({r.id: r.model_dump() for r in records})
+    out_figures: dict[str, dict[str, dict[str, Any]]] = {}
     for p in chosen:
-        alone = constitution.model_copy(update={"principles": [p]})
-        d = Path(out_dir) / p.id / "critique"
-        run_critique([(a.id, a.prompt) for a in todo], d, backend=backend, constitution=alone,
-                     options=options.model_copy(update={"rounds": 1}))
-        records = [r for r in read_records(d / "records.jsonl") if r["id"] in template_of]
-        out[p.id] = success_by_template(records, template_of)
-    return out
+        mine = [{**done[f"{p.id}/{a.id}"], "id": a.id} for a in todo if f"{p.id}/{a.id}" in done]
+        out_figures[p.id] = success_by_template(mine, {a.id: a.template for a in todo})
+    return out_figures
 
 
 def table(principles: dict[str, dict[str, dict[str, Any]]]) -> tuple[list[str], list[list[Any]]]:
@@ -122,6 +155,7 @@ def run(models: Sequence[str], rows: Sequence, out_dir: Path, *, load, constitut
     """The whole study into ``out_dir``: the ``jailbreaks.json`` content (``models/redteam.json`` too)."""
     from cai.backends.base import SamplingParams
     from cai.critique import CritiqueOptions
+    from cai.jsonl import read_records
     from cai.redteam import attack_models
 
     out_dir = Path(out_dir)
@@ -131,8 +165,9 @@ def run(models: Sequence[str], rows: Sequence, out_dir: Path, *, load, constitut
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, do_sample=False, seed=seed)
     attacked = attack_models(models, todo, out_dir / "models", params, templates=names, prompts=prompts, load=load)
     options = CritiqueOptions(rounds=1, seed=seed, max_new_tokens=max_new_tokens, temperature=0.0)
+    first = {r["id"]: r["reply"] for r in read_records(Path(attacked["models"][models[0]]["replies"]))}
     principles = per_principle(todo, out_dir / "principles", backend=load(models[0]), constitution=constitution,
-                               options=options, principle_ids=principle_ids)
+                               options=options, principle_ids=principle_ids, first_answers=first)
     header, cells = table(principles)
     return {
         "study": "jailbreaks", "critic": models[0], "constitution": constitution.ref().model_dump(),
