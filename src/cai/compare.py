@@ -85,7 +85,7 @@ def compare(constitutions: Sequence, sets: dict[str, Sequence[tuple[str, str]]],
 
 
 def report_blocks(data: dict[str, Any], source: str, out_dir: Path) -> list[Block]:
-    from cai.round_quality import curve_table, draw_curves
+    from cai.round_quality import CURVE_CAPTION, CURVE_TITLE, curve_table, draw_curves
 
     labels = list(data["constitutions"])
     sets = list(next(iter(data["constitutions"].values()))["final_refusal"])
@@ -103,8 +103,8 @@ def report_blocks(data: dict[str, Any], source: str, out_dir: Path) -> list[Bloc
         blocks.append(Para(f"cai constitution diff {pair}: " + "; ".join(d["lines"])))
     series = {f"{lab} / {s}": c["curves"][s] for lab, c in data["constitutions"].items() for s in sets}
     blocks.append(curve_table(series))
-    plot = draw_curves(series, Path(out_dir) / plot_name("compare", source), "refusal rate per round")
-    blocks += [Plot(plot, "refusal rate per round, per constitution and prompt set")] if plot else []
+    plot = draw_curves(series, Path(out_dir) / plot_name("compare", source), CURVE_TITLE)
+    blocks += [Plot(plot, CURVE_CAPTION + ", per constitution and prompt set")] if plot else []
     if data.get("examples"):
         blocks.append(Para("The same prompts' final revisions under each constitution ("
                            + " vs ".join(labels) + "):"))

@@ -83,7 +83,7 @@ def study(record_sets: dict[str, Sequence[dict[str, Any]]], constitution, *, min
 def report_blocks(data: dict[str, Any], source: str, out_dir: Path) -> list[Block]:
     rows = sorted(data["all"].items(), key=lambda kv: -(kv[1]["drawn"]))
     blocks: list[Block] = [
-        Heading("Per-principle effect"),
+        Heading(f"Per-principle effect: {data['constitution']['name']}"),
         Para(f"Constitution {data['constitution']['name']}, {data['records']} critique records ({source}). Per "
              f"principle: rounds drawn, share that changed the response, share that turned it into a refusal, "
              f"and the mean move of the score ({data['score']})."),

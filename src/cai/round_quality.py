@@ -26,6 +26,8 @@ from cai.report_blocks import Block, Heading, Para, Plot, Table, plot_name
 
 log = logging.getLogger(__name__)
 SAME = 0.9  # word-level similarity at or above which a revision "changes nothing"
+CURVE_TITLE = "refusals and unchanged revisions per round"
+CURVE_CAPTION = "refusal rate (solid) and share of unchanged revisions (dashed) per critique-revision round"
 
 
 def texts_by_round(record: dict[str, Any], rounds: int) -> list[str]:
@@ -146,7 +148,8 @@ def write_json(path: Path, data: dict[str, Any]) -> Path:
 
 
 def draw_curves(series: dict[str, list[dict[str, Any]]], path: Path, title: str) -> str | None:
-    """Refusal rate per round, one line per (label); None without matplotlib."""
+    """Refusal rate (solid) and share of unchanged revisions (dashed) per round, per label; None without
+    matplotlib."""
     try:
         import matplotlib
     except ImportError:
@@ -156,8 +159,12 @@ def draw_curves(series: dict[str, list[dict[str, Any]]], path: Path, title: str)
 
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     for label, rows in series.items():
-        ax.plot([r["round"] for r in rows], [r["refusal_rate"] for r in rows], marker="o", label=label)
-    ax.set(xlabel="critique-revision round (0: first answer)", ylabel="refusal rate", ylim=(-0.05, 1.05),
+        line, = ax.plot([r["round"] for r in rows], [r["refusal_rate"] for r in rows], marker="o",
+                        label=f"{label}: refused")
+        later = [r for r in rows if r["unchanged_rate"] is not None]
+        ax.plot([r["round"] for r in later], [r["unchanged_rate"] for r in later], ls="--", marker="x",
+                color=line.get_color(), label=f"{label}: unchanged")
+    ax.set(xlabel="critique-revision round (0: first answer)", ylabel="share of prompts", ylim=(-0.05, 1.05),
            title=title)
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.legend(fontsize=7)
@@ -188,7 +195,7 @@ def curve_table(rows_by_label: dict[str, list[dict[str, Any]]]) -> Table:
 
 
 def report_blocks(data: dict[str, Any], source: str, out_dir: Path) -> list[Block]:
-    plot = draw_curves(data["sets"], Path(out_dir) / plot_name("rounds", source), "refusal rate per round")
+    plot = draw_curves(data["sets"], Path(out_dir) / plot_name("rounds", source), CURVE_TITLE)
     blocks: list[Block] = [
         Heading("Quality per critique-revision round"),
         Para(f"Constitution {data['constitution']['name']}, {data['rounds']} rounds ({source}). Round 0 is the "
@@ -197,7 +204,7 @@ def report_blocks(data: dict[str, Any], source: str, out_dir: Path) -> list[Bloc
         curve_table(data["sets"])]
     note = judge_note(data.get("judge_evidence"), data.get("judge"))
     blocks += [note] if note else []
-    blocks += [Plot(plot, "refusal rate per critique-revision round")] if plot else []
+    blocks += [Plot(plot, CURVE_CAPTION)] if plot else []
     return blocks
 
 
