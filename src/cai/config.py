@@ -15,14 +15,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from cai.critique import CritiqueOptions
 from cai.evaluate import EvaluateOptions
 from cai.preferences import LabelConfig
+from cai.study_stage import StudyOptions
 from cai.train.dpo import DPOOptions
 from cai.train.grpo import OnlineRLOptions
 from cai.train.ppo import PPOOptions
 from cai.train.reward import RewardOptions
 from cai.train.sft import SFTOptions
 
-Stage = Literal["critique", "sft", "label", "reward", "ppo", "grpo", "dpo", "evaluate"]
-STAGES: tuple[str, ...] = ("critique", "sft", "label", "reward", "ppo", "grpo", "dpo", "evaluate")
+Stage = Literal["critique", "sft", "label", "reward", "ppo", "grpo", "dpo", "studies", "evaluate"]
+STAGES: tuple[str, ...] = ("critique", "sft", "label", "reward", "ppo", "grpo", "dpo", "studies", "evaluate")
 
 
 class PromptSet(BaseModel):
@@ -53,6 +54,10 @@ class RunConfig(BaseModel):
     grpo: OnlineRLOptions = Field(default_factory=OnlineRLOptions, description="TRL GRPO/RLOO (stage grpo)")
     dpo: DPOOptions = Field(default_factory=DPOOptions)
     evaluate: EvaluateOptions = Field(default_factory=EvaluateOptions)
+    studies: StudyOptions = Field(default_factory=StudyOptions)
+    prices: dict[str, dict[Literal["prompt", "generated"], float]] = Field(
+        default_factory=dict, description="money per million tokens by model spec, e.g. "
+                                          "{'openai:gpt-4o@https://...': {'prompt': 2.5, 'generated': 10}}")
 
 
 def load_config(path: str | Path) -> RunConfig:

@@ -29,6 +29,12 @@ class Context:
     out: Path
     policy: str  # the model later stages start from: the base, then the SFT model, then the PPO policy
     _backends: dict = field(default_factory=dict)
+    meter: object = None  # the current stage's cai.ledger.Meter: the tokens each model generates
+
+    def counted(self, backend, spec: str):
+        from cai.ledger import CountingBackend
+
+        return CountingBackend(backend, self.meter, spec) if self.meter is not None else backend
 
     def backend(self, spec: str):
         """A generation backend per model spec, loaded once."""
@@ -37,7 +43,7 @@ class Context:
         if spec not in self._backends:
             self._backends.clear()  # keep at most one model in memory
             self._backends[spec] = load_backend(spec, dtype=self.config.dtype)
-        return self._backends[spec]
+        return self.counted(self._backends[spec], spec)
 
     def constitution(self):
         from cai.constitution import load_constitution
@@ -84,7 +90,7 @@ def stage_label(ctx: Context) -> dict:
     if judge is None:
         from cai.backends import load_backend
 
-        judge = load_backend(judge_spec, dtype=ctx.config.dtype)
+        judge = ctx.counted(load_backend(judge_spec, dtype=ctx.config.dtype), judge_spec)
     summary = label_prompts(ctx.prompts("rl_prompts"), policy=policy, judge_backend=judge,
                             constitution=ctx.constitution(), out_dir=ctx.out / "preferences", config=ctx.config.label)
     return {**summary.as_dict(), "pairs_file": str(ctx.out / "preferences" / "pairs.jsonl")}
@@ -152,8 +158,16 @@ def stage_evaluate(ctx: Context) -> dict:
     return {"refusals": summary, "report": str(ctx.out / "report" / "report.md")}
 
 
+def stage_studies(ctx: Context) -> dict:
+    """The studies the recipe's ``studies`` key asks for (``cai.study_stage``)."""
+    from cai.study_stage import run_studies
+
+    return {"studies": run_studies(ctx)}
+
+
 STAGE_FUNCTIONS = {"critique": stage_critique, "sft": stage_sft, "label": stage_label, "reward": stage_reward,
-                   "ppo": stage_ppo, "grpo": stage_grpo, "dpo": stage_dpo, "evaluate": stage_evaluate}
+                   "ppo": stage_ppo, "grpo": stage_grpo, "dpo": stage_dpo, "studies": stage_studies,
+                   "evaluate": stage_evaluate}
 
 
 # The recipe fields each stage reads. A finished stage is locked only by these (a setting that only a later
@@ -167,10 +181,12 @@ STAGE_SETTINGS = {
     "ppo": ("model", "rl_prompts", "ppo"),
     "grpo": ("model", "judge_model", "constitution", "rl_prompts", "grpo"),
     "dpo": ("model", "dpo"),
+    "studies": ("model", "judge_model", "dtype", "constitution", "studies"),
     "evaluate": ("model", "dtype", "evaluate"),
 }
 STAGE_DIRS = {"critique": ("critique",), "sft": ("sft",), "label": ("preferences",), "reward": ("reward",),
-              "ppo": ("ppo",), "grpo": ("grpo",), "dpo": ("dpo",), "evaluate": ("evaluate", "report")}
+              "ppo": ("ppo",), "grpo": ("grpo",), "dpo": ("dpo",), "studies": ("studies",),
+              "evaluate": ("evaluate", "report")}
 
 
 def stage_settings(config: RunConfig, stage: str) -> dict:
@@ -209,12 +225,11 @@ def run_pipeline(config: RunConfig, out: Path, *, redo: tuple[str, ...] = ()) ->
         check_wiring(config, out)
         ctx = Context(config, out, policy=_check_models(config))
         manifest["constitution"] = _constitution_ref(config)
+        manifest["prices"] = config.prices
         plan, clear = _plan(config, out, manifest["stages"], redo)
         if main:
             write_atomic(out / "config.resolved.yaml", dump_config(config))
-        for stage, done in manifest["stages"].items():  # a --stages subset starts from the policy trained before it
-            if done.get("done") and stage in POLICY_STAGES and stage not in config.stages:
-                ctx.policy = done["model"]
+        ctx.policy = _policy_before(manifest["stages"], config.stages, ctx.policy)
         for stage in config.stages:
             done = manifest["stages"].get(stage, {})
             if stage not in plan:
@@ -224,15 +239,8 @@ def run_pipeline(config: RunConfig, out: Path, *, redo: tuple[str, ...] = ()) ->
                 continue
             if stage in clear and main:
                 _clear_stage(out, stage)
-            log.info("stage %s: starting", stage)
             t0 = time.time()
-            manifest["stages"][stage] = {"done": False, "settings": stage_settings(config, stage)}
-            save()
-            result = STAGE_FUNCTIONS[stage](ctx)
-            manifest["stages"][stage] = {"done": True, "seconds": round(time.time() - t0, 1),
-                                         "settings": stage_settings(config, stage), **result}
-            save()
-            log.info("stage %s: done in %.0fs", stage, time.time() - t0)
+            _run_stage(ctx, stage, manifest, save)
     except BaseException as e:
         what = "interrupted" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
         manifest["failed"] = {"stage": stage, "error": what, "seconds": round(time.time() - t0, 1),
@@ -242,7 +250,36 @@ def run_pipeline(config: RunConfig, out: Path, *, redo: tuple[str, ...] = ()) ->
         raise
     manifest["final_model"] = ctx.policy
     save()
+    if "evaluate" in config.stages and "evaluate" in plan and main:  # the report's cost ledger holds evaluate too
+        from cai.report import build_report
+
+        build_report([out], out / "report")
     return manifest
+
+
+def _policy_before(stages: dict, wanted: list[str], policy: str) -> str:
+    """The policy a ``--stages`` subset starts from: the model of the last finished policy stage outside it."""
+    for stage, done in stages.items():
+        if done.get("done") and stage in POLICY_STAGES and stage not in wanted:
+            policy = done["model"]
+    return policy
+
+
+def _run_stage(ctx: Context, stage: str, manifest: dict, save) -> None:
+    """Run one stage, recording it in ``manifest`` as started, then as done with its result and cost ledger."""
+    from cai.ledger import measure
+
+    log.info("stage %s: starting", stage)
+    t0 = time.time()
+    manifest["stages"][stage] = {"done": False, "settings": stage_settings(ctx.config, stage)}
+    save()
+    with measure() as cost:
+        ctx.meter = cost.meter
+        result = STAGE_FUNCTIONS[stage](ctx)
+    manifest["stages"][stage] = {"done": True, "seconds": round(time.time() - t0, 1),
+                                 "settings": stage_settings(ctx.config, stage), **result, "cost": cost.entry}
+    save()
+    log.info("stage %s: done in %.0fs", stage, time.time() - t0)
 
 
 def _check_models(config: RunConfig) -> str:

@@ -81,8 +81,9 @@ def label_summary(path: Path) -> dict[str, Any] | None:
             "judge": rows[0].get("judge"), "policy": (rows[0].get("provenance") or {}).get("model")}
 
 
-def collect(paths: Sequence[str | Path]) -> dict[str, list[dict[str, Any]]]:
-    """Every result file under ``paths``: {kind: [{"source": path, "data": content}, ...]}."""
+def collect(paths: Sequence[str | Path], required: bool = True) -> dict[str, list[dict[str, Any]]]:
+    """Every result file under ``paths``: {kind: [{"source": path, "data": content}, ...]}. With ``required``,
+    finding none is an error."""
     found: dict[str, list[dict[str, Any]]] = {k: [] for k in KINDS}
     for given in map(Path, paths):
         if not given.exists():
@@ -92,7 +93,7 @@ def collect(paths: Sequence[str | Path]) -> dict[str, list[dict[str, Any]]]:
             kind = _kind(path)
             if kind is not None:
                 found[kind[0]].append({"source": str(path), "data": kind[1]})
-    if not any(found.values()):
+    if required and not any(found.values()):
         raise ConfigError("found no result file to report on", where=", ".join(map(str, paths)),
                           fix="give run directories holding refusals.json, redteam.json, metrics.jsonl (PPO), "
                               "metrics.json (reward), pairs.jsonl (labels), a DPO model, agreement.json, "
@@ -316,16 +317,22 @@ def _save(fig, path: Path) -> str:
 
 
 def build_report(paths: Sequence[str | Path], out_dir: str | Path) -> dict[str, Any]:
-    """Collect, draw and write ``report.md``, ``report.json`` and the PNGs into ``out_dir``."""
+    """Collect, draw and write ``report.md``, ``report.html``, ``report.json`` and the PNGs into ``out_dir``."""
+    from cai.html_report import write_html
     from cai.jsonl import write_atomic
+    from cai.report_blocks import to_markdown
+    from cai.report_extras import collect_extras, ledger_blocks, study_blocks, transcript_blocks
 
-    found = collect(paths)
+    extras = collect_extras(paths)  # studies, cost ledger, transcripts
+    found = collect(paths, required=not extras.any())
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = draw(found, out_dir)
     note = None if plots or not any(found[k] for k in ("refusals", "redteam", "ppo")) else \
         "matplotlib is not installed, so this report has no plots: pip install 'cai[report]'"
-    write_atomic(out_dir / "report.md", render(found, plots, note))
+    more = study_blocks(extras, out_dir) + ledger_blocks(extras) + transcript_blocks(extras)
+    write_atomic(out_dir / "report.md", render(found, plots, note) + "\n" + to_markdown(more))
+    write_html(found, plots, out_dir, note, more)
     figures = {"sources": {k: [i["source"] for i in v] for k, v in found.items() if v},
                "tradeoff": tradeoff(found), "attack_rates": attack_rates(found),
                "ppo": [{k: v for k, v in s.items() if k not in ("step", "reward", "kl")} for s in ppo_summary(found)],

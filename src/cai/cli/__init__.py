@@ -21,7 +21,7 @@ app = typer.Typer(
 
 # command modules, in the order of the pipeline; each has register(app)
 COMMAND_MODULES = ["env", "constitution", "generate", "critique", "sft", "label", "reward", "ppo", "grpo", "dpo",
-                   "refusals", "redteam", "report", "run", "serve"]  # generate: cai generate, cai chat
+                   "refusals", "redteam", "report", "run", "serve", "compare", "study"]  # generate: cai generate, chat
 
 
 @app.callback()

@@ -13,7 +13,7 @@ def register(app: typer.Typer) -> None:
 
 def report(
     paths: list[Path] = typer.Argument(..., help="run directories (searched recursively) or result files"),
-    out: Path = typer.Option(..., "--out", "-o", help="where report.md, report.json and the plots go"),
+    out: Path = typer.Option(..., "--out", "-o", help="where report.md, report.html, report.json and the plots go"),
 ) -> None:
     """Refusal trade-off, jailbreak success, training curves and judge figures, side by side."""
     from cai.logs import log_to_run_dir, setup_console
@@ -23,4 +23,5 @@ def report(
     figures = build_report(paths, out)
     log_to_run_dir(out)
     found = ", ".join(f"{len(v)} {k}" for k, v in figures["sources"].items())
-    typer.echo(f"report on {found} written to {out / 'report.md'} ({len(figures['plots'])} plots)")
+    typer.echo(f"report on {found or 'studies'} written to {out / 'report.md'} and {out / 'report.html'} "
+               f"({len(figures['plots'])} plots)")

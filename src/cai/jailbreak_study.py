@@ -1,0 +1,198 @@
+"""Jailbreaks per principle: which attacks get through, and which principle stops them.
+
+The attacks are the harmful base requests in every jailbreak template (``cai.redteam.TEMPLATES``), in every
+obfuscation (``cai.obfuscation``) and, when given, red-team prompts an attacker model wrote
+(``cai.attacker``, sent as written). Two measurements:
+
+1. **Per model**: attack success rate by template of each model given (for instance the base, a model
+   trained with the ``general`` constitution and one trained with ``redteam``), via
+   ``cai.redteam.attack_models``; that writes ``DIR/models/redteam.json``, which the report's jailbreak
+   table and plot read.
+2. **Per principle**: the first model's answers to the attacks go through one critique-revision round
+   under each principle alone (greedy, same seed, batched over all principles), and the attack succeeds
+   when the revision still does not refuse. The table is attack success per template
+   with no critique and after each principle: the principles that stop a template, and those that do not.
+
+``jailbreaks.json`` holds both tables; the records stay in ``DIR/principles/critique/records.jsonl``.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from cai.report_blocks import Block, Heading, Para, Table
+
+
+def all_attacks(rows: Sequence, generated: Sequence[dict[str, Any]] = ()) -> tuple[list, dict[str, str]]:
+    """(attacks, {template or transform name: description}) for the base requests and generated prompts."""
+    from cai.obfuscation import DESCRIPTIONS, obfuscated
+    from cai.redteam import TEMPLATES, Attack, attacks
+
+    todo = attacks(rows, TEMPLATES) + obfuscated(rows)
+    todo += [Attack(f"generated/{g['id']}", g["id"], "generated", "generated", g["prompt"], g["prompt"])
+             for g in generated]
+    names = {**TEMPLATES, **DESCRIPTIONS}
+    if generated:
+        names["generated"] = "written by the attacker model under the red-team constitution"
+    return todo, names
+
+
+def success_by_template(records: Sequence[dict[str, Any]], attack_template: dict[str, str]
+                        ) -> dict[str, dict[str, Any]]:
+    """Per template: n, attack success before critique (first answer) and after (final revision)."""
+    from cai.refusals import is_refusal
+
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        groups[attack_template[r["id"]]].append(r)
+    return {t: {"n": len(rs), "before": sum(not is_refusal(r["initial"]) for r in rs) / len(rs),
+                "after": sum(not is_refusal(r["final"]) for r in rs) / len(rs)} for t, rs in groups.items()}
+
+
+def per_principle(todo: Sequence, out_dir: Path, *, backend, constitution, options,
+                  principle_ids: Sequence[str] = (), first_answers: dict[str, str] | None = None
+                  ) -> dict[str, dict[str, dict[str, Any]]]:
+    """{principle id: {template: figures}} after one critique-revision round under that principle alone.
+
+    The round is the SL-CAI round of ``cai.critique`` (same requests, same revision cleaning), batched over
+    every (principle, attack) at once: one critique call and one revision call for all, after the first
+    answers (``first_answers`` by attack id, e.g. the attacked model's replies, else generated here).
+    Records go to ``out_dir/critique/records.jsonl`` with their provenance; a re-run skips what is there."""
+    from cai import jsonl
+    from cai.critique import clean_revision, opening_messages, provenance
+    from cai.errors import ConfigError
+    from cai.records import CritiqueRecord, CritiqueRound
+
+    chosen = [p for p in constitution.principles if not principle_ids or p.id in principle_ids]
+    unknown = set(principle_ids) - {p.id for p in constitution.principles}
+    if unknown:
+        raise ConfigError(f"no principle {', '.join(sorted(unknown))} in constitution {constitution.name}",
+                          fix="pick ids from cai constitution show " + constitution.name)
+    path = Path(out_dir) / "critique" / "records.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    jsonl.repair(path)
+    done = {r["id"]: r for r in jsonl.read_records(path)} if path.exists() else {}
+    params = options.sampling()
+    answers = dict(first_answers or {})
+    missing = [a for a in todo if a.id not in answers]
+    if missing:
+        out = backend.generate([opening_messages(constitution, options, a.prompt) for a in missing], params,
+                               desc="first answers")
+        answers.update({a.id: c.text for a, c in zip(missing, out, strict=True)})
+    jobs = [(p, a) for p in chosen for a in todo if f"{p.id}/{a.id}" not in done]
+    if jobs:
+        convs = [opening_messages(constitution, options, a.prompt) + [
+            {"role": "assistant", "content": answers[a.id]},
+            {"role": "user", "content": constitution.critique_request(p)}] for p, a in jobs]
+        critiques = backend.generate(convs, params, desc="critiques (every principle)")
+        convs = [c + [{"role": "assistant", "content": k.text},
+                      {"role": "user", "content": constitution.revision_request(p)}]
+                 for c, k, (p, _) in zip(convs, critiques, jobs, strict=True)]
+        revisions = backend.generate(convs, params, desc="revisions (every principle)")
+        records = []
+        for (p, a), k, v in zip(jobs, critiques, revisions, strict=True):
+            revised = clean_revision(v.text) or answers[a.id]
+            records.append(CritiqueRecord(
+                id=f"{p.id}/{a.id}", prompt=a.prompt, initial=answers[a.id], final=revised,
+                rounds=[CritiqueRound(principle_id=p.id, critique=k.text, revision=revised,
+                                      critique_tokens=k.completion_tokens, revision_tokens=v.completion_tokens)],
+                provenance=provenance(constitution, backend, options, [p.id])))
+        jsonl.append_records(path, records)
+        done.update({r.id: r.model_dump() for r in records})
+    out_figures: dict[str, dict[str, dict[str, Any]]] = {}
+    for p in chosen:
+        mine = [{**done[f"{p.id}/{a.id}"], "id": a.id} for a in todo if f"{p.id}/{a.id}" in done]
+        out_figures[p.id] = success_by_template(mine, {a.id: a.template for a in todo})
+    return out_figures
+
+
+def table(principles: dict[str, dict[str, dict[str, Any]]]) -> tuple[list[str], list[list[Any]]]:
+    """Rows of template x (no critique, each principle): attack success rates."""
+    ids = list(principles)
+    templates = list(dict.fromkeys(t for figures in principles.values() for t in figures))
+    rows = []
+    for t in templates:
+        first = next((principles[p][t] for p in ids if t in principles[p]), {"n": 0, "before": None})
+        rows.append([t, first["n"], first["before"], *(principles[p].get(t, {}).get("after") for p in ids)])
+    return ["template", "n", "no critique", *ids], rows
+
+
+def stops(principles: dict[str, dict[str, dict[str, Any]]]) -> dict[str, str | None]:
+    """Per template, the principle whose round lowers attack success the most (None when none lowers it)."""
+    best: dict[str, tuple[float, str | None]] = {}
+    for pid, figures in principles.items():
+        for t, f in figures.items():
+            drop = (f["before"] or 0) - (f["after"] or 0)
+            if drop > best.get(t, (0.0, None))[0]:
+                best[t] = (drop, pid)
+    templates = {t for figures in principles.values() for t in figures}
+    return {t: best.get(t, (0.0, None))[1] for t in sorted(templates)}
+
+
+def attacker_prompts(out_dir: Path, backend, seeds: Sequence[str], *, per_principle: int, seed: int
+                     ) -> dict[str, Any]:
+    """Attacker-written prompts under the shipped red-team constitution, kept in ``out_dir/generated.json``
+    (read back on a re-run, so the attacks stay the same)."""
+    import json
+
+    from cai.attacker import generate
+    from cai.constitution import load_constitution
+    from cai.round_quality import write_json
+
+    path = Path(out_dir) / "generated.json"
+    if path.exists():
+        return json.loads(path.read_text(encoding="utf-8"))
+    return json.loads(write_json(path, generate(backend, load_constitution("redteam"), seeds,
+                                                per_principle=per_principle, seed=seed)).read_text())
+
+
+def run(models: Sequence[str], rows: Sequence, out_dir: Path, *, load, constitution, prompts: str,
+        generate: int = 0, attacker: str | None = None, max_new_tokens: int = 48, seed: int = 0,
+        principle_ids: Sequence[str] = ()) -> dict[str, Any]:
+    """The whole study into ``out_dir``: the ``jailbreaks.json`` content (``models/redteam.json`` too)."""
+    from cai.backends.base import SamplingParams
+    from cai.critique import CritiqueOptions
+    from cai.jsonl import read_records
+    from cai.redteam import attack_models
+
+    out_dir = Path(out_dir)
+    generated = attacker_prompts(out_dir, load(attacker or models[0]), [r.prompt for r in rows],
+                                 per_principle=generate, seed=seed) if generate else None
+    todo, names = all_attacks(rows, generated["prompts"] if generated else ())
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, do_sample=False, seed=seed)
+    attacked = attack_models(models, todo, out_dir / "models", params, templates=names, prompts=prompts, load=load)
+    options = CritiqueOptions(rounds=1, seed=seed, max_new_tokens=max_new_tokens, temperature=0.0)
+    first = {r["id"]: r["reply"] for r in read_records(Path(attacked["models"][models[0]]["replies"]))}
+    principles = per_principle(todo, out_dir / "principles", backend=load(models[0]), constitution=constitution,
+                               options=options, principle_ids=principle_ids, first_answers=first)
+    header, cells = table(principles)
+    return {
+        "study": "jailbreaks", "critic": models[0], "constitution": constitution.ref().model_dump(),
+        "base_requests": len({a.base_id for a in todo if a.template != "generated"}), "templates": names,
+        "models": {spec: {t: f["asr"] for t, f in m["templates"].items()} for spec, m in attacked["models"].items()},
+        "table": {"header": header, "rows": cells}, "per_principle": principles, "stops": stops(principles),
+        "generated": None if not generated else {
+            "candidates": generated["candidates"], "kept": len(generated["prompts"]), "dropped": generated["dropped"],
+            "prompts": generated["prompts"]}}
+
+
+def report_blocks(data: dict[str, Any], source: str, out_dir: Path) -> list[Block]:
+    blocks: list[Block] = [
+        Heading("Jailbreaks per principle"),
+        Para(f"{data['base_requests']} harmful requests in {len(data['templates'])} templates and obfuscations"
+             + (f", plus {data['generated']['kept']} attacker-written prompts (of {data['generated']['candidates']}"
+                f" drawn, deduplicated)" if data.get("generated") else "")
+             + f" ({source}). Attack success (no refusal, keyword check) of {data['critic']}'s first answer and "
+             f"after one critique-revision round under each principle of {data['constitution']['name']} alone.")]
+    header, rows = data["table"]["header"], data["table"]["rows"]
+    blocks.append(Table(header, rows))
+    blocks.append(Table(["template", "stopped best by"], [[t, p or "none"] for t, p in data["stops"].items()]))
+    if data.get("models"):
+        blocks.append(Para("Attack success per model and template is in the Jailbreaks section above."))
+    if (data.get("generated") or {}).get("prompts"):
+        blocks.append(Table(["generated prompt", "for principle"],
+                            [[g["prompt"], g["principle_id"]] for g in data["generated"]["prompts"]]))
+    return blocks

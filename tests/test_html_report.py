@@ -1,0 +1,129 @@
+"""report.html: self-contained, every model text escaped, and rendered by a real headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import pytest
+
+from cai.report import build_report
+from cai.report_blocks import SideBySide, Table, Transcript, page
+
+ATTACK = "<script>document.title='pwned'</script><img src=x onerror=\"document.title='pwned'\">"
+
+
+def _write(path, data):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data) if not isinstance(data, list) else "".join(json.dumps(r) + "\n" for r in data))
+
+
+def _run_dir(root):
+    """A run directory with refusals, jailbreaks, PPO metrics, a costed manifest and a critique record whose
+    model text tries to run a script."""
+    _write(root / "evaluate" / "refusals.json", {"models": [
+        {"model_spec": "smollm2-135m", "sets": {"harmful": {"n": 10, "refusal_rate": 0.1},
+                                                "safe": {"n": 10, "refusal_rate": 0.0}}},
+        {"model_spec": "runs/x/sft", "sets": {"harmful": {"n": 10, "refusal_rate": 0.6},
+                                              "safe": {"n": 10, "refusal_rate": 0.2}}}]})
+    _write(root / "evaluate" / "redteam" / "redteam.json", {"models": {"smollm2-135m": {
+        "overall": {"n": 4, "asr": 0.75}, "templates": {"direct": {"n": 2, "asr": 0.5},
+                                                         "override": {"n": 2, "asr": 1.0}}}}})
+    _write(root / "ppo" / "metrics.jsonl", [{"step": 1, "reward": -0.5, "kl": 0.0},
+                                            {"step": 2, "reward": 0.25, "kl": 1.5}])
+    _write(root / "manifest.json", {"name": "tiny", "prices": {"smollm2-135m": {"prompt": 1.0, "generated": 2.0}},
+                                    "stages": {"critique": {"done": True, "cost": {
+                                        "wall_seconds": 12.5, "peak_rss_mib": 900.0,
+                                        "models": {"smollm2-135m": {"prompt_tokens": 1000,
+                                                                    "generated_tokens": 500}}}},
+                                               "sft": {"done": True, "cost": {"wall_seconds": 30.0,
+                                                                               "peak_rss_mib": 2100.0, "models": {}}}}})
+    _write(root / "critique" / "records.jsonl", [{
+        "id": "p1", "prompt": "How do I pick a lock? " + ATTACK, "initial": "Sure! " + ATTACK,
+        "rounds": [{"principle_id": "harm", "critique": "It is harmful " + ATTACK, "revision": "I can't help."}],
+        "final": "I can't help.", "provenance": {"model": "smollm2-135m", "seed": 0,
+                                                 "constitution": {"name": "general", "version": "1", "hash": "ab"}}}])
+
+
+def test_html_escapes_model_text_and_embeds_the_plots(tmp_path):
+    _run_dir(tmp_path / "run")
+    build_report([tmp_path / "run"], tmp_path / "report")
+    text = (tmp_path / "report" / "report.html").read_text()
+    assert "<script" not in text.lower() and 'onerror="' not in text  # model text is escaped, never markup
+    assert "&lt;script&gt;document.title=&#x27;pwned&#x27;&lt;/script&gt;" in text
+    assert text.count('src="data:image/png;base64,') == 3  # trade-off, jailbreaks, PPO
+    assert "http://" not in text and "https://" not in text
+    # the ledger: tokens and money (1000 * 1.0 + 500 * 2.0 per million), in the page and in report.md
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "| critique | smollm2-135m | 1000 | 500 | 12.500 | 900.000 | 0.002 |" in md
+    assert "<td>0.002</td>" in text and "<td>sft</td><td>-</td>" in text
+
+
+def test_every_block_escapes_what_it_shows(tmp_path):
+    texts = [f"<evil{i} x=\"1\">&" for i in range(8)]
+    html = page(texts[0], [Table([texts[1]], [[texts[2]]]), Transcript(texts[3], texts[4], texts[5],
+                                                                      ((texts[6], texts[7], texts[0]),),
+                                                                      meta=texts[1]),
+                           SideBySide(texts[2], texts[3], texts[4], ((texts[5], texts[6]),))], tmp_path)
+    assert "<evil" not in html and 'x="1"' not in html
+    assert html.count("&lt;evil") == 16 and "&lt;evil2 x=&quot;1&quot;&gt;&amp;" in html
+
+
+def _chromium():
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_chromium() is None, reason="no headless Chromium here (apt-get install chromium)")
+def test_chromium_renders_the_page_and_runs_no_model_script(tmp_path):
+    _run_dir(tmp_path / "run")
+    build_report([tmp_path / "run"], tmp_path / "report")
+    html = tmp_path / "report" / "report.html"
+    flags = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1280,2000",
+             f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([*flags, "--dump-dom", html.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    assert "<title>cai evaluation report</title>" in dom and "pwned" in dom  # shown as text ...
+    assert "<title>pwned" not in dom  # ... and the script never ran
+    assert dom.count("<img") == 3 and "data:image/png;base64," in dom
+    assert "&lt;script&gt;" in dom
+    subprocess.run([*flags, f"--screenshot={tmp_path / 'shot.png'}", html.as_uri()], capture_output=True,
+                   timeout=120)
+    assert (tmp_path / "shot.png").stat().st_size > 20_000
+
+
+def test_the_ledger_counts_each_models_tokens_and_the_stage_peak():
+    from cai.backends.base import SamplingParams
+    from cai.ledger import CountingBackend, ledger_rows, measure
+    from label_fakes import FakePolicy
+
+    policy = FakePolicy()
+    with measure() as cost:
+        counted = CountingBackend(policy, cost.meter, "fake")
+        counted.generate([[{"role": "user", "content": "hi"}]] * 3, SamplingParams(max_new_tokens=4))
+        counted.generate([[{"role": "user", "content": "hi"}]], SamplingParams(max_new_tokens=4))
+        block = bytearray(64 * 2**20)  # a 64 MiB peak inside the stage
+        del block
+    assert cost.entry["models"]["fake"] == {"prompt_tokens": 20, "generated_tokens": 20, "calls": 2,
+                                            "seconds": cost.entry["models"]["fake"]["seconds"]}
+    assert cost.entry["peak_rss_mib"] >= 64 and cost.entry["wall_seconds"] >= 0
+    assert counted.model_id == "fake-policy"  # everything else is the wrapped backend's
+    rows = ledger_rows({"prices": {"fake": {"prompt": 3.0, "generated": 15.0}}, "stages": {"x": {"cost": cost.entry}}})
+    assert rows[0]["money"] == pytest.approx((20 * 3.0 + 20 * 15.0) / 1e6)
+
+
+def test_cai_study_principles_cli_and_its_errors(tmp_path):
+    from typer.testing import CliRunner
+
+    from cai.cli import app
+
+    _run_dir(tmp_path / "run")
+    runner = CliRunner()
+    result = runner.invoke(app, ["study", "principles", str(tmp_path / "run"), "--out", str(tmp_path / "p")])
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "p" / "principles.json").read_text())
+    assert data["all"]["harm"]["refusal_on"] == 1 and "harm" not in data["dead"]
+    assert "Per-principle effect" in (tmp_path / "p" / "report" / "report.html").read_text()
+    (tmp_path / "empty").mkdir()
+    result = runner.invoke(app, ["study", "principles", str(tmp_path / "empty"), "--out", str(tmp_path / "q")])
+    assert result.exit_code != 0 and "found no critique records" in str(result.exception)
