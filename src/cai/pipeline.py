@@ -26,8 +26,14 @@ class Context:
 
     config: RunConfig
     out: Path
-    policy: str  # the model later stages start from: the base, then the SFT model, then the PPO policy
+    policy: str  # the model later stages start from: the base, then the SFT model, then the PPO/DPO policy
+    trained: dict = field(default_factory=dict)  # {stage: model} of the stages that trained a policy, in order
     _backends: dict = field(default_factory=dict)
+
+    def trained_policy(self, stage: str, model) -> str:
+        """Record that ``stage`` trained ``model``: later stages start from it and evaluate measures it."""
+        self.policy = self.trained[stage] = str(model)
+        return self.policy
 
     def backend(self, spec: str):
         """A generation backend per model spec, loaded once."""
@@ -58,9 +64,12 @@ class Context:
 
 
 def stage_critique(ctx: Context) -> dict:
-    from cai.critique import run_critique
+    from cai.critique import run_critique, run_helpful
 
     rows = ctx.prompts("critique_prompts")
+    if ctx.config.helpful_prompts is not None:  # plain answers to mix into the SFT data
+        run_helpful([(r.id, r.prompt) for r in ctx.prompts("helpful_prompts")], ctx.out / "critique",
+                    backend=ctx.backend(ctx.policy), constitution=ctx.constitution(), options=ctx.config.critique)
     summary = run_critique([(r.id, r.prompt) for r in rows], ctx.out / "critique", backend=ctx.backend(ctx.policy),
                            constitution=ctx.constitution(), options=ctx.config.critique)
     return {**summary, "sft_data": str(ctx.out / "critique" / "sft.jsonl")}
@@ -70,23 +79,61 @@ def stage_sft(ctx: Context) -> dict:
     from cai.train.sft import train_sft
 
     path = train_sft(ctx.out / "critique" / "sft.jsonl", ctx.out / "sft", model=ctx.policy, options=ctx.config.sft)
-    ctx.policy = str(path)
-    return {"model": str(path)}
+    return {"model": ctx.trained_policy("sft", path)}
 
 
 def stage_label(ctx: Context) -> dict:
+    """Preference pairs from the source the recipe names, or, with ``auto``, from the judge only if it passes
+    the label-free probes (``cai.probes``) on a sample of training prompts; else by construction. The choice
+    and its reasons are logged and written to preferences/label_source.json (the report shows them)."""
+    from cai.jsonl import write_atomic
     from cai.preferences import label_prompts
 
-    judge_spec = ctx.config.judge_model or ctx.config.model
-    policy = ctx.backend(ctx.policy)
-    judge = policy if judge_spec == ctx.policy else None
-    if judge is None:
-        from cai.backends import load_backend
+    config = ctx.config.label
+    source, why, probed, judge = config.source, "named in the recipe", None, None
+    if source != "constructed":
+        judge_spec = ctx.config.judge_model or ctx.config.model
+        policy = ctx.backend(ctx.policy)
+        judge = policy if judge_spec == ctx.policy else None
+        if judge is None:
+            from cai.backends import load_backend
 
-        judge = load_backend(judge_spec, dtype=ctx.config.dtype)
+            judge = load_backend(judge_spec, dtype=ctx.config.dtype)
+    if source == "auto":
+        source, why, probed = _probe_judge(ctx, policy, judge)
+    log.info("label source: %s (%s)", source, why)
+    info = {"label_source": source, "label_source_why": why, "probes": probed,
+            "judge": judge.model_id if judge is not None else None}
+    (ctx.out / "preferences").mkdir(parents=True, exist_ok=True)
+    write_atomic(ctx.out / "preferences" / "label_source.json", json.dumps(info, indent=2) + "\n")
+    pairs_file = str(ctx.out / "preferences" / "pairs.jsonl")
+    if source == "constructed":
+        from cai.constructed import write_constructed
+        from cai.errors import ConfigError
+
+        if not (ctx.out / "critique" / "records.jsonl").exists():
+            raise ConfigError("constructed labels need the critique stage's records", where="recipe label.source",
+                              fix="add the critique stage before label, or use source: judge")
+        return {**write_constructed(ctx.out / "critique", ctx.out / "preferences", config.p_constructed), **info,
+                "pairs_file": pairs_file}
     summary = label_prompts(ctx.prompts("rl_prompts"), policy=policy, judge_backend=judge,
-                            constitution=ctx.constitution(), out_dir=ctx.out / "preferences", config=ctx.config.label)
-    return {**summary.as_dict(), "pairs_file": str(ctx.out / "preferences" / "pairs.jsonl")}
+                            constitution=ctx.constitution(), out_dir=ctx.out / "preferences", config=config)
+    return {**summary.as_dict(), **info, "pairs_file": pairs_file}
+
+
+def _probe_judge(ctx: Context, policy, judge) -> tuple[str, str, dict]:
+    """(source, why, per-probe figures): the judge measured on probe pairs built from the policy's replies
+    to the first training prompts of the shipped sets."""
+    from cai.probes import build_probes, choose_label_source, judge_on_probes
+    from cai.prompts import load_prompts
+
+    config = ctx.config.label
+    harmful, _ = load_prompts("redteam", split="train", limit=config.probe_prompts)
+    safe, _ = load_prompts("helpful", split="train", limit=config.probe_prompts)
+    probes = build_probes(policy, harmful, safe, max_new_tokens=config.max_new_tokens, seed=config.seed)
+    probed = judge_on_probes(judge, probes, ctx.constitution(), config.judge, seed=config.seed)
+    source, why = choose_label_source(probed, config.probe_threshold)
+    return source, why, probed
 
 
 def stage_reward(ctx: Context) -> dict:
@@ -105,8 +152,7 @@ def stage_ppo(ctx: Context) -> dict:
     sl = ctx.out / "critique" / "sft.jsonl" if ctx.config.ppo.sl_coef > 0 and "critique" in ctx.config.stages else None
     path = train_ppo(prompts, ctx.out / "reward", ctx.out / "ppo", policy=ctx.policy, options=ctx.config.ppo,
                      sl_data=sl)
-    ctx.policy = str(path)
-    return {"model": str(path), "metrics": str(ctx.out / "ppo" / "metrics.jsonl")}
+    return {"model": ctx.trained_policy("ppo", path), "metrics": str(ctx.out / "ppo" / "metrics.jsonl")}
 
 
 def stage_dpo(ctx: Context) -> dict:
@@ -115,18 +161,17 @@ def stage_dpo(ctx: Context) -> dict:
     ctx._backends.clear()
     path = train_dpo(ctx.out / "preferences" / "pairs.jsonl", ctx.out / "dpo", model=ctx.policy,
                      options=ctx.config.dpo)
-    return {"model": str(path)}
+    return {"model": ctx.trained_policy("dpo", path)}
 
 
 def stage_evaluate(ctx: Context) -> dict:
-    """Refusal rates of the base, the SFT (when trained) and the final model (``cai.evaluate``), then the
-    report of the whole run."""
+    """Refusal rates of the base and of every model the run trained, in order (SFT, then PPO or DPO; the
+    last is the final model), on held-out prompts (``cai.evaluate``), then the report of the whole run."""
     from cai.evaluate import evaluate
     from cai.models import resolve
     from cai.report import build_report
 
-    sft = [str(ctx.out / "sft")] if "sft" in ctx.config.stages and (ctx.out / "sft" / "config.json").exists() else []
-    models = list(dict.fromkeys([str(resolve(ctx.config.model).spec), *sft, ctx.policy]))
+    models = list(dict.fromkeys([str(resolve(ctx.config.model).spec), *ctx.trained.values(), ctx.policy]))
     summary = evaluate(models, ctx.out / "evaluate", ctx.config.evaluate, ctx.backend)
     ctx._backends.clear()
     build_report([ctx.out], ctx.out / "report")
@@ -136,6 +181,7 @@ def stage_evaluate(ctx: Context) -> dict:
     return {"refusals": summary, "report": str(ctx.out / "report" / "report.md")}
 
 
+POLICY_STAGES = ("sft", "ppo", "dpo")  # stages whose model later stages start from (and evaluate measures)
 STAGE_FUNCTIONS = {"critique": stage_critique, "sft": stage_sft, "label": stage_label, "reward": stage_reward,
                    "ppo": stage_ppo, "dpo": stage_dpo, "evaluate": stage_evaluate}
 
@@ -158,12 +204,13 @@ def run_pipeline(config: RunConfig, out: Path) -> dict:
         "name": config.name, "cai_version": __version__, "versions": _versions(), "stages": {}}
     manifest["constitution"] = _constitution_ref(config)
     ctx = Context(config, out, policy=str(resolve(config.model).spec))
+    for stage, done in manifest["stages"].items():  # a resumed run starts from what finished stages trained
+        if done.get("done") and stage in POLICY_STAGES:
+            ctx.trained_policy(stage, done["model"])
     for stage in config.stages:
         done = manifest["stages"].get(stage, {})
         if done.get("done"):
             log.info("stage %s: already done, skipping", stage)
-            if stage in ("sft", "ppo"):
-                ctx.policy = done["model"]
             continue
         log.info("stage %s: starting", stage)
         t0 = time.time()
