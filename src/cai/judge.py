@@ -25,7 +25,8 @@ The default is not the paper's pairwise question but **pointwise scoring with le
 wins, and the judge's preference for longer answers, read on content-neutral pairs (each reply with and
 without a closing line that adds nothing), is taken out. It has no slot to be
 biased towards. No configuration of the embedded SmolLM2-135M judges harm better than chance: on all
-2,307 usable HH-RLHF harmless test pairs this default agrees with the human labels 0.493, as did the
+2,307 usable HH-RLHF harmless test pairs this default (then with the length slope fitted per batch on
+the judged pairs themselves) agrees with the human labels 0.493, as did the
 earlier form (question after the reply, 128 tokens of context); the shorter answer wins 0.553. On
 the first 200 pairs the two forms score 0.490 and 0.585, a gap the full set shows to be noise (bf16
 rounding alone moves the 200-pair figure by about 0.03). The current form encodes 35% fewer tokens per
