@@ -88,4 +88,4 @@ def paper_judge(**overrides):
     """The paper's judge (pairwise multiple choice, no length control), which FakeJudge answers."""
     from cai.judge import JudgeConfig
 
-    return JudgeConfig(mode="pairwise", length_control=False, **overrides)
+    return JudgeConfig(**{"mode": "pairwise", "length_control": False, **overrides})

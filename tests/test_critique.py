@@ -16,11 +16,16 @@ from cai.backends.transformers import TransformersBackend
 from cai.constitution import load_constitution
 from cai.critique import (
     CritiqueOptions,
+    answer_problem,
     clean_revision,
     critique_says_nothing_to_fix,
+    cut_repeats,
+    helpful_rows,
     revision_problem,
     run_critique,
+    run_helpful,
     sft_rows,
+    write_sft_files,
 )
 
 PROMPTS = [(f"p{i}", f"How do I do thing number {i}?") for i in range(5)]
@@ -94,6 +99,43 @@ def test_revision_filters():
     assert clean_revision("Revised response: Sure, here it is.") == "Sure, here it is."
     assert critique_says_nothing_to_fix("There is nothing to fix in this answer.")
     assert not critique_says_nothing_to_fix("The answer explains how to hurt someone.")
+
+
+def test_unchanged_revisions_and_loops_are_caught():
+    answer = "Sure, first you take the tools and then you open the door."
+    assert revision_problem(answer, "", "Sure,  first you take the tools and then you open the door.") == "unchanged"
+    looped = "I'm sorry, but I can't help with that. I'm not able to help.\n\nI'm sorry, but I can't help with that."
+    assert cut_repeats(looped) == "I'm sorry, but I can't help with that. I'm not able to help."
+    assert clean_revision("Revision: " + looped) == "I'm sorry, but I can't help with that. I'm not able to help."
+    assert cut_repeats("One. Two! Three?") == "One. Two! Three?"
+
+
+def test_helpful_answers_that_refuse_or_loop_are_left_out():
+    assert answer_problem("Preheat the oven to 200 C and roast the vegetables for 30 minutes.") is None
+    assert answer_problem("I'm sorry, but I can't help with that.") == "refuses a harmless request"
+    assert answer_problem(" ".join(["a snowflake's beauty,"] * 12)) == "repeats itself"
+    assert answer_problem("") == "empty"
+
+
+def test_critique_free_revision_and_helpful_answers_make_the_sft_data(tmp_path, backend):
+    const = load_constitution("general")
+    opts = CritiqueOptions(rounds=1, max_new_tokens=6, critique_step=False, temperature=0.0)
+    assert run_helpful([("h1", "How do I bake bread?"), ("h2", "Name a prime.")], tmp_path, backend=backend,
+                       constitution=const, options=opts) == 2
+    assert run_helpful([("h1", "How do I bake bread?")], tmp_path, backend=backend, constitution=const,
+                       options=opts) == 0  # resumed: nothing to do
+    summary = run_critique(PROMPTS[:2], tmp_path, backend=backend, constitution=const, options=opts)
+    recs = _read(tmp_path / "records.jsonl")
+    assert all(r["rounds"][0]["critique"] == "" for r in recs)  # no critique turn was asked for
+    assert summary["records"] == 2 and summary["helpful_records"] == 2
+    sft = _read(tmp_path / "sft.jsonl")  # the usable rows only, red-team records first, then helpful answers
+    helpful_recs = _read(tmp_path / "helpful.jsonl")
+    rows = [sft_rows(r)[0] for r in recs] + [helpful_rows(h)[0] for h in helpful_recs]
+    assert [r["id"] for r in sft] == [r["id"] for r in rows if r["usable"]]
+    assert [r["id"] for r in rows] == ["p0", "p1", "h1", "h2"]
+    usable_answers = [h["answer"] for h, r in zip(helpful_recs, rows[2:], strict=True) if r["usable"]]
+    assert [r["messages"][-1]["content"] for r in sft if r.get("kind") == "helpful"] == usable_answers
+    assert write_sft_files(tmp_path)["sft_usable"] == len(sft)
 
 
 def test_sft_rows_mark_unusable_records():

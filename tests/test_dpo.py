@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cai.errors import ConfigError
-from cai.train.dpo import DPOOptions, hard_label_pairs, train_dpo
+from cai.train.dpo import DPOOptions, hard_label_pairs, label_noise, train_dpo
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -71,6 +71,8 @@ def test_two_steps_from_the_cli_save_a_model_that_loads(tiny_model_dir, pairs_fi
     assert card["stage"] == "dpo" and card["options"]["beta"] == 0.2 and card["metrics"]["steps"] == 2
     assert card["constitution"]["hash"] == "d00d"
     assert card["metrics"]["final_loss"] == pytest.approx(math.log(2), abs=0.05)  # starts at log 2
+    # the soft labels (p 0.6 to 0.85) set the robust loss's flip probability
+    assert card["metrics"]["label_smoothing"] == pytest.approx(1 - sum(0.6 + 0.05 * i for i in range(6)) / 6, abs=1e-3)
     model = load_causal_lm(resolve(str(out)), dtype=torch.float32, device="cpu")
     assert model.config.vocab_size > 0
 
@@ -80,3 +82,9 @@ def test_lora_dpo_is_merged(tiny_model_dir, pairs_file, tmp_path):
                     options=DPOOptions(max_steps=1, batch_size=2, lora=True, lora_r=4))
     assert (out / "config.json").exists() and not (out / "adapter_config.json").exists()
 
+
+
+def test_label_noise_is_the_kept_pairs_mean_uncertainty():
+    rows = [{"p_chosen": 0.9}, {"p_chosen": 0.3}, {"p_chosen": 0.5}]
+    assert label_noise(rows, min_confidence=0.55) == pytest.approx(1 - (0.9 + 0.7) / 2)
+    assert label_noise([{"p_chosen": 1.0}]) == 0.0  # hard labels: plain DPO

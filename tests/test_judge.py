@@ -300,3 +300,26 @@ def test_judge_without_option_tokens_is_a_model_error(tmp_path, tokenizer):
     backend = TransformersBackend.load(str(build_tiny_llama(tmp_path / "noab", fast)), dtype="fp32")
     with pytest.raises(ModelError, match="option"):
         check_judge(backend, paper_judge())
+
+
+# ---- length control -----------------------------------------------------------------------------------
+
+REFUSAL = "I can't help with that, it is unsafe."
+HARMFUL_ANSWER = "Sure, here is a long answer that goes on and on with many details and steps. " * 3
+
+
+def test_length_control_keeps_a_content_preference_collinear_with_length():
+    # the judge prefers the safe reply, which is also the shorter one, in every pair: fitting the length
+    # slope on these pairs would erase the preference (every label 0.5); content-neutral pairs do not
+    backend = FakeJudge(score=lambda text: 3.0 if "unsafe" in text else 0.0)
+    comps = [Comparison(USER, REFUSAL, HARMFUL_ANSWER, HARM) for _ in range(3)]
+    for j in judge(backend, comps, paper_judge(length_control=True)):
+        assert j.p_a > 0.9
+
+
+def test_length_control_removes_a_pure_length_preference():
+    backend = FakeJudge(score=lambda text: 0.5 * math.log(len(text) + 1))  # longer reads better, nothing else
+    short, long = "Paris is the capital.", "Paris is the capital of France, and its largest city by far."
+    (raw,) = judge(backend, [Comparison(USER, long, short, HARM)], paper_judge())
+    (controlled,) = judge(backend, [Comparison(USER, long, short, HARM)], paper_judge(length_control=True))
+    assert raw.p_a > 0.6 and abs(controlled.p_a - 0.5) < 0.02

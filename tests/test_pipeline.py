@@ -124,3 +124,34 @@ def test_served_models_are_refused_for_training_stages_with_the_reason(tmp_path)
     config = RunConfig.model_validate({"model": "openai:m@http://127.0.0.1:9/v1", "stages": ["critique", "sft"]})
     with pytest.raises(ConfigError, match=r"served, and stages \['sft'\] train"):
         run_pipeline(config, tmp_path / "run")
+
+
+def test_dpo_pipeline_evaluates_the_dpo_model_also_after_a_resume(tmp_path, tiny_model_dir):
+    from cai.pipeline import run_pipeline
+
+    config = RunConfig.model_validate({
+        "name": "tiny-dpo", "model": str(tiny_model_dir), "constitution": "seed", "dtype": "fp32",
+        "stages": ["critique", "sft", "label", "dpo", "evaluate"],
+        "critique_prompts": {"source": "redteam", "limit": 3},
+        "helpful_prompts": {"source": "helpful", "limit": 3},
+        "critique": {"rounds": 1, "max_new_tokens": 6, "critique_step": False},
+        "sft": {"max_steps": 1, "batch_size": 2},
+        "label": {"source": "constructed"},
+        "dpo": {"max_steps": 1, "batch_size": 2, "min_confidence": 0.5},
+        "evaluate": {"limit": 2, "max_new_tokens": 4},
+    })
+    out = tmp_path / "run"
+    manifest = run_pipeline(config, out)
+    assert manifest["final_model"] == str(out / "dpo")
+    expected = [str(tiny_model_dir), str(out / "sft"), str(out / "dpo")]  # base, SFT, DPO
+    assert list(manifest["stages"]["evaluate"]["refusals"]) == expected
+    assert manifest["stages"]["label"]["label_source"] == "constructed"
+    assert json.loads((out / "preferences" / "label_source.json").read_text())["label_source"] == "constructed"
+    # a run killed before evaluate: the resumed run starts from the DPO model it finds done
+    saved = json.loads((out / "manifest.json").read_text())
+    del saved["stages"]["evaluate"]
+    (out / "manifest.json").write_text(json.dumps(saved))
+    again = run_pipeline(config, out)
+    assert list(again["stages"]["evaluate"]["refusals"]) == expected and again["final_model"] == str(out / "dpo")
+    refusals = json.loads((out / "evaluate" / "refusals.json").read_text())
+    assert refusals["harmful"] == "redteam:eval" and [m["model_spec"] for m in refusals["models"]] == expected

@@ -101,3 +101,47 @@ def test_cli_probe_is_one_of_the_label_sources(tmp_path):
     result = CliRunner().invoke(app, ["label", "redteam", "--probe", "--out", str(tmp_path / "x")])
     assert result.exit_code != 0 and "exactly one of" in str(result.exception)
     assert not (tmp_path / "x").exists()
+
+
+# ---- the auto label source ------------------------------------------------------------------------------
+
+
+def _probe_rows():
+    from cai.probes import over_refusal_rows, refusal_rows
+    from cai.prompts import PromptRow
+
+    harmful = [PromptRow(id=f"h{i}", prompt=f"harmful request {i}") for i in range(6)]
+    safe = [PromptRow(id=f"s{i}", prompt=f"harmless question {i}") for i in range(6)]
+    replies = [f"Here is a long and detailed reply number {i}, with several sentences of content. " * 3
+               for i in range(6)]
+    return {"refusal": refusal_rows(harmful, replies, {}), "over-refusal": over_refusal_rows(safe, replies, {})}
+
+
+def test_auto_label_source_picks_constructed_pairs_for_a_judge_that_fails_the_probes():
+    from cai.judge import JudgeConfig
+    from cai.probes import choose_label_source, judge_on_probes
+    from label_fakes import FakeJudge, tiny_constitution
+
+    longer_wins = FakeJudge(score=lambda text: len(text) / 20)  # passes over-refusal, fails refusal
+    figures = judge_on_probes(longer_wins, _probe_rows(), tiny_constitution(),
+                              JudgeConfig(mode="pairwise", length_control=False))
+    assert figures["refusal"]["agreement"] == 0.0 and figures["over-refusal"]["agreement"] == 1.0
+    source, why = choose_label_source(figures)
+    assert source == "constructed" and "refusal probe pairs" in why
+
+
+def test_auto_label_source_keeps_a_judge_that_passes_the_probes():
+    from cai.judge import JudgeConfig
+    from cai.probes import choose_label_source, judge_on_probes
+    from label_fakes import FakeJudge, options_in, tiny_constitution
+
+    class Sensible(FakeJudge):
+        def p_first(self, conversation):  # refuse harmful requests, answer harmless ones
+            a, _ = options_in(conversation)
+            harmful = "harmful request" in conversation[-1]["content"]
+            return 0.9 if ("can't" in a or "won't" in a) == harmful else 0.1
+
+    figures = judge_on_probes(Sensible(), _probe_rows(), tiny_constitution(),
+                              JudgeConfig(mode="pairwise", length_control=False))
+    assert choose_label_source(figures)[0] == "judge"
+    assert choose_label_source({"refusal": {"n": 2, "agreement": 1.0}})[0] == "constructed"  # too few pairs

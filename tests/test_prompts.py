@@ -164,7 +164,7 @@ def test_negative_limit_is_a_config_error():
 
 @pytest.mark.parametrize("name", ["redteam", "helpful"])
 def test_shipped_sets_are_clean(name):
-    rows, bad = load_prompts(name)
+    rows, bad = load_prompts(name, split="all")
     assert bad == []
     assert len(rows) >= 150
     assert len({r.id for r in rows}) == len(rows)
@@ -182,17 +182,41 @@ def test_redteam_first_16_rows_span_many_categories():
 
 
 def test_helpful_set_has_over_refusal_checks():
-    rows, _ = load_prompts("helpful")
+    rows, _ = load_prompts("helpful", split="all")
     assert sum(r.category == "borderline-safe" for r in rows) >= 15
 
 
+@pytest.mark.parametrize("name", ["redteam", "helpful", "mixed"])
+def test_shipped_train_and_eval_splits_are_disjoint_and_cover_the_set(name):
+    train, _ = load_prompts(name)  # the default split is train
+    held_out, _ = load_prompts(f"{name}:eval")
+    everything, _ = load_prompts(name, split="all")
+    assert {r.id for r in train}.isdisjoint({r.id for r in held_out})
+    assert {r.prompt for r in train}.isdisjoint({r.prompt for r in held_out})
+    assert len(train) + len(held_out) == len(everything)
+    assert 0.25 < len(held_out) / len(everything) < 0.4
+    assert [r.id for r in load_prompts(name, split="eval")[0]] == [r.id for r in held_out]
+
+
+@pytest.mark.parametrize("name", ["redteam", "helpful"])
+def test_every_category_is_in_both_splits(name):
+    train, _ = load_prompts(f"{name}:train")
+    held_out, _ = load_prompts(f"{name}:eval")
+    assert {r.category for r in train} == {r.category for r in held_out}
+
+
+def test_unknown_shipped_split_is_a_config_error():
+    with pytest.raises(ConfigError, match="no split 'test'"):
+        load_prompts("redteam:test")
+
+
 def test_mixed_interleaves_redteam_and_helpful():
-    red, _ = load_prompts("redteam")
-    helpful, _ = load_prompts("helpful")
-    mixed, bad = load_prompts("mixed")
+    red, _ = load_prompts("redteam:eval")
+    helpful, _ = load_prompts("helpful:eval")
+    mixed, bad = load_prompts("mixed:eval")
     assert bad == [] and len(mixed) == len(red) + len(helpful)
     assert [r.id[:3] for r in mixed[:4]] == ["rt-", "hp-", "rt-", "hp-"]
-    assert [r.id for r in load_prompts("mixed", limit=16)[0]] == [r.id for r in mixed[:16]]
+    assert [r.id for r in load_prompts("mixed:eval", limit=16)[0]] == [r.id for r in mixed[:16]]
     assert "mixed" in SHIPPED_SETS
 
 

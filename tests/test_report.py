@@ -56,7 +56,10 @@ def test_report_shows_the_figures_and_draws_the_plots(tmp_path):
         assert (tmp_path / "report" / name).read_bytes()[:4] == b"\x89PNG" and f"]({name})" in md
     saved = json.loads((tmp_path / "report" / "report.json").read_text())
     assert saved["tradeoff"][1] == {"model": "runs/ppo/policy", "source": str(tmp_path / "runs/ref/refusals.json"),
-                                    "harmful_refusal": 0.7, "safe_refusal": 0.2, "n_harmful": 10, "n_safe": 10}
+                                    "harmful_refusal": 0.7, "safe_refusal": 0.2, "n_harmful": 10, "n_safe": 10,
+                                    "harmful_refusal_train": None, "safe_refusal_train": None,
+                                    "harmful_set": None, "safe_set": None}
+    assert "The refusal check (a keyword check) on" in md and "precision" in md
     assert saved["ppo"][0]["reward_last"] == 0.25
 
 

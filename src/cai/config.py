@@ -45,6 +45,8 @@ class RunConfig(BaseModel):
     dtype: str = "auto"
     stages: list[Stage] = Field(default_factory=lambda: ["critique", "sft", "label", "reward", "ppo", "evaluate"])
     critique_prompts: PromptSet = Field(default_factory=PromptSet)
+    helpful_prompts: PromptSet | None = Field(None, description=(
+        "harmless prompts whose plain answers are mixed into the SFT data (e.g. {source: helpful})"))
     rl_prompts: PromptSet = Field(default_factory=lambda: PromptSet(source="mixed"))
     critique: CritiqueOptions = Field(default_factory=CritiqueOptions)
     sft: SFTOptions = Field(default_factory=SFTOptions)

@@ -1,4 +1,5 @@
-"""Preferences by construction: a revision is preferred over the answer it revised. No judge needed.
+"""Preferences by construction: a revision is preferred over the answer it revised, and an answer to a
+harmless request over a refusal of it. No judge needed.
 
 The public Hugging Face CAI recipe builds its preference data this way: after SL-CAI's critique and
 revision, the final revision is the ``chosen`` response and the initial answer the ``rejected`` one.
@@ -6,6 +7,10 @@ Here the revision used is the one ``cai sft`` would train on (the last usable re
 ``cai.critique.sft_rows``); records whose revisions are all unusable, or whose revision repeats the
 answer, give no pair. ``p_chosen`` is a fixed confidence (default 0.9 rather than 1: small models'
 revisions are not always better), so the soft-label reward model does not over-trust them.
+
+For harmless prompts (the plain answers ``cai.critique.run_helpful`` wrote, the ones fit for SFT), the
+answer is preferred over a refusal written for this project (``cai.probes.REFUSALS``): without these a
+reward model learns that refusing always wins.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Any
 from cai.records import PreferencePair, Provenance
 
 SOURCE = "construction: revision over initial answer"
+HELPFUL_SOURCE = "construction: answer to a harmless request over a refusal"
 
 
 def constructed_pair(record: dict[str, Any], p_chosen: float = 0.9) -> PreferencePair | None:
@@ -41,6 +47,25 @@ def constructed_pair(record: dict[str, Any], p_chosen: float = 0.9) -> Preferenc
     )
 
 
+def helpful_pair(record: dict[str, Any], k: int, p_chosen: float = 0.9) -> PreferencePair | None:
+    """(answer, refusal) for a helpful record whose answer is fit for SFT, else None; ``k`` picks the refusal."""
+    from cai.critique import answer_problem
+    from cai.probes import REFUSALS
+
+    if answer_problem(record["answer"]) is not None:
+        return None
+    provenance = Provenance(**{**record["provenance"], "stage": "label", "label_source": HELPFUL_SOURCE,
+                               "critique_record": record["id"]})
+    return PreferencePair(
+        id=f"{record['id']}/answer-over-refusal", prompt=[{"role": "user", "content": record["prompt"]}],
+        chosen=[{"role": "assistant", "content": record["answer"]}],
+        rejected=[{"role": "assistant", "content": REFUSALS[k % len(REFUSALS)]}],
+        p_chosen=p_chosen, p_a_first=p_chosen, p_a_second=p_chosen, position_consistent=True,
+        principle_id="no-needless-refusal", judge=HELPFUL_SOURCE, provenance=provenance,
+        prompt_id=record["id"], a_is_chosen=True,
+    )
+
+
 def constructed_pairs(records: Iterable[dict[str, Any]], p_chosen: float = 0.9) -> tuple[list[PreferencePair], int]:
     """(pairs, records without a usable pair) for critique records."""
     pairs, without = [], 0
@@ -54,7 +79,8 @@ def constructed_pairs(records: Iterable[dict[str, Any]], p_chosen: float = 0.9) 
 
 
 def write_constructed(critique_dir: str | Path, out_dir: str | Path, p_chosen: float = 0.9) -> dict[str, Any]:
-    """pairs.jsonl in ``out_dir`` from ``critique_dir``/records.jsonl (rewritten whole: it is cheap)."""
+    """pairs.jsonl in ``out_dir`` from ``critique_dir``/records.jsonl, and from its helpful.jsonl when there
+    is one (rewritten whole: it is cheap)."""
     from cai.errors import ConfigError
     from cai.jsonl import read_records, write_jsonl_atomic
 
@@ -63,7 +89,12 @@ def write_constructed(critique_dir: str | Path, out_dir: str | Path, p_chosen: f
         raise ConfigError("no critique records here", where=str(source),
                           fix="run `cai critique PROMPTS --out DIR` first and pass that DIR")
     pairs, without = constructed_pairs(read_records(source), p_chosen)
+    helpful_file = Path(critique_dir) / "helpful.jsonl"
+    helpful = read_records(helpful_file) if helpful_file.is_file() else []
+    answered = [p for k, r in enumerate(helpful) if (p := helpful_pair(r, k, p_chosen)) is not None]
+    pairs += answered
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_jsonl_atomic(out / "pairs.jsonl", [p.model_dump(mode="json") for p in pairs])
-    return {"pairs": len(pairs), "records_without_pair": without, "source": str(source)}
+    return {"pairs": len(pairs), "records_without_pair": without, "helpful_pairs": len(answered),
+            "helpful_without_pair": len(helpful) - len(answered), "source": str(source)}

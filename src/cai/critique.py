@@ -2,7 +2,16 @@
 
 For each prompt the model first answers. Then, for each of N rounds, a principle is sampled, the model is
 asked (as a follow-up turn in the same conversation) to critique its last answer against it, and then to
-revise the answer in light of the critique. The final revision becomes supervised data.
+revise the answer in light of the critique. The final revision becomes supervised data. With
+``critique_step: false`` the revision request follows the answer at once (critique-free revision: a
+small model often echoes its own critique instead of revising).
+
+Revisions are cleaned (a leading "Revised response:" label and anything after the first repeated sentence
+are cut) and filtered: a revision that is empty, unchanged from the answer, echoes the critique, describes
+the response instead of answering, or loops on a phrase is not trained on; the counts are logged. As in
+the CAI paper, answers to harmless prompts (``run_helpful``, plain answers with no critique) can be mixed
+into the SFT data, so the model learns when to decline, not to decline everything; those that refuse or
+loop are left out.
 
 All prompts of a chunk move through the steps together, so each step is one batched ``generate`` call;
 the backend reuses the cached conversation prefix, so a follow-up turn only encodes its new tokens. Each
@@ -21,7 +30,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cai.backends.base import Backend, SamplingParams
+from cai.backends.base import Backend, Completion, SamplingParams
 from cai.constitution import Constitution, sample_principles
 from cai.records import CritiqueRecord, CritiqueRound, Provenance
 
@@ -42,6 +51,7 @@ class CritiqueOptions(BaseModel):
     early_stop: bool = Field(False, description="stop a prompt's rounds once a critique finds nothing to fix")
     system_prompt: str | None = None
     chunk_size: int = Field(64, ge=1, description="prompts carried through the loop together")
+    critique_step: bool = Field(True, description="false: critique-free revision (revise right after answering)")
 
     def sampling(self) -> SamplingParams:
         return SamplingParams(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
@@ -64,9 +74,27 @@ _LEADING_LABEL = re.compile(r"^\s*(\*\*)?(revised|rewritten|revision|new|improve
                             r"\s*(\*\*)?\s*:\s*", re.IGNORECASE)
 
 
+_SENTENCE = re.compile(r"[^.!?\n]+(?:[.!?]+|\n+|$)")
+
+
+def cut_repeats(text: str) -> str:
+    """``text`` up to its first repeated sentence: small models often loop ("I'm sorry... I'm sorry...")."""
+    seen, kept = set(), []
+    for m in _SENTENCE.finditer(text):
+        key = " ".join(m.group().lower().split()).strip(".!? ")
+        if not key:
+            kept.append(m.group())
+            continue
+        if key in seen:
+            break
+        seen.add(key)
+        kept.append(m.group())
+    return "".join(kept).strip()
+
+
 def clean_revision(text: str) -> str:
-    """Drop a leading "Revised response:"-style label a small model often adds."""
-    return _LEADING_LABEL.sub("", text, count=1).strip()
+    """Drop a leading "Revised response:"-style label a small model often adds, and any loop after it."""
+    return cut_repeats(_LEADING_LABEL.sub("", text, count=1).strip())
 
 
 def _ngrams(words: list[str], n: int) -> list[tuple[str, ...]]:
@@ -81,6 +109,8 @@ def revision_problem(initial: str, critique: str, revision: str) -> str | None:
     words = revision.lower().split()
     if len(words) < 2:
         return "empty"
+    if words == initial.lower().split():
+        return "unchanged"
     crit = critique.lower().split()
     if crit and len(words) >= 8:
         shared = set(_ngrams(words, 4)) & set(_ngrams(crit, 4))
@@ -139,15 +169,19 @@ def run_chunk(backend: Backend, constitution: Constitution, prompts: Sequence[tu
     for r in range(options.rounds):
         if not active:
             break
-        # 2. a sampled principle's critique request, as a follow-up turn
+        # 2. a sampled principle's critique request, as a follow-up turn (unless critique-free)
         for i in active:
-            convs[i] = convs[i] + [{"role": "assistant", "content": current[i]},
-                                   {"role": "user", "content": constitution.critique_request(principles[i][r])}]
-        critiques = backend.generate([convs[i] for i in active], params, desc=f"round {r + 1}: critiques")
-        # 3. the revision request, after the model's own critique
+            convs[i] = convs[i] + [{"role": "assistant", "content": current[i]}]
+        if options.critique_step:
+            for i in active:
+                convs[i] = convs[i] + [{"role": "user", "content": constitution.critique_request(principles[i][r])}]
+            critiques = backend.generate([convs[i] for i in active], params, desc=f"round {r + 1}: critiques")
+        else:
+            critiques = [Completion(text="", prompt_tokens=0, completion_tokens=0) for _ in active]
+        # 3. the revision request, after the model's own critique (or right after its answer)
         for i, c in zip(active, critiques, strict=True):
-            convs[i] = convs[i] + [{"role": "assistant", "content": c.text},
-                                   {"role": "user", "content": constitution.revision_request(principles[i][r])}]
+            convs[i] = convs[i] + ([{"role": "assistant", "content": c.text}] if options.critique_step else []) + [
+                {"role": "user", "content": constitution.revision_request(principles[i][r])}]
         revisions = backend.generate([convs[i] for i in active], params, desc=f"round {r + 1}: revisions")
         still = []
         for i, c, v in zip(active, critiques, revisions, strict=True):
@@ -157,7 +191,7 @@ def run_chunk(backend: Backend, constitution: Constitution, prompts: Sequence[tu
             current[i] = revised
             tokens[i]["completion"] += c.completion_tokens + v.completion_tokens
             tokens[i]["prompt"] += c.prompt_tokens + v.prompt_tokens
-            if not (options.early_stop and critique_says_nothing_to_fix(c.text)):
+            if not (options.early_stop and options.critique_step and critique_says_nothing_to_fix(c.text)):
                 still.append(i)
         active = still
     records = []
@@ -229,16 +263,74 @@ def run_critique(prompts: Sequence[tuple[str, str]], out_dir: Path, *, backend: 
     return write_sft_files(out_dir, options.system_prompt)
 
 
+def answer_problem(answer: str) -> str | None:
+    """Why a plain answer to a harmless prompt should not be mixed into the SFT data, or None."""
+    from cai.refusals import is_refusal
+
+    if len(answer.split()) < 2:
+        return "empty"
+    if is_refusal(answer):
+        return "refuses a harmless request"
+    return "repeats itself" if revision_problem("", "", answer) == "repeats itself" else None
+
+
+def helpful_rows(record: dict, system_prompt: str | None = None) -> tuple[dict, dict]:
+    """A helpful record's training pair in the two forms ``sft_rows`` gives (``usable`` and ``problem``)."""
+    problem = answer_problem(record["answer"])
+    prompt = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
+        {"role": "user", "content": record["prompt"]}]
+    completion = [{"role": "assistant", "content": record["answer"]}]
+    meta = {"id": record["id"], "constitution": record["provenance"].get("constitution"), "kind": "helpful",
+            "usable": problem is None, "problem": problem}
+    return {"messages": prompt + completion, **meta}, {"prompt": prompt, "completion": completion, **meta}
+
+
+def run_helpful(prompts: Sequence[tuple[str, str]], out_dir: Path, *, backend: Backend, constitution: Constitution,
+                options: CritiqueOptions) -> int:
+    """Plain answers to harmless prompts, appended to ``helpful.jsonl`` (resumable, with provenance), to be
+    mixed into the SFT data (the CAI paper mixed helpfulness samples in). Returns how many were written."""
+    from cai import jsonl
+    from cai.logs import progress
+
+    path = Path(out_dir) / "helpful.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    jsonl.repair(path)
+    done = {r["id"] for r in jsonl.read_records(path)}
+    todo = [(pid, text) for pid, text in prompts if pid not in done]
+    with progress(len(todo), "helpful answers (prompts)") as advance:
+        for start in range(0, len(todo), options.chunk_size):
+            chunk = todo[start:start + options.chunk_size]
+            convs = [opening_messages(constitution, options.model_copy(update={"few_shot": 0}), text)
+                     for _, text in chunk]
+            answers = backend.generate(convs, options.sampling(), desc="helpful answers")
+            jsonl.append_records(path, [
+                {"id": pid, "prompt": text, "answer": cut_repeats(a.text), "kind": "helpful",
+                 "token_counts": {"prompt": a.prompt_tokens, "completion": a.completion_tokens},
+                 "provenance": provenance(constitution, backend, options, []).model_dump(mode="json")}
+                for (pid, text), a in zip(chunk, answers, strict=True)])
+            advance(len(chunk))
+    return len(todo)
+
+
 def write_sft_files(out_dir: Path, system_prompt: str | None = None) -> dict:
-    """(Re)build the SFT files from records.jsonl, so they never hold a duplicate after a resume."""
+    """(Re)build the SFT files from records.jsonl (and helpful.jsonl, when there is one), so they never hold
+    a duplicate after a resume. Logs how many rows each filter dropped."""
+    from collections import Counter
+
     from cai import jsonl
 
     records = jsonl.read_records(out_dir / "records.jsonl")
-    pairs = [sft_rows(r, system_prompt) for r in records]
+    helpful = jsonl.read_records(out_dir / "helpful.jsonl") if (out_dir / "helpful.jsonl").exists() else []
+    pairs = [sft_rows(r, system_prompt) for r in records] + [helpful_rows(r, system_prompt) for r in helpful]
     # only usable rows, so TRL's trainers read the files as they are; records.jsonl keeps every record
     jsonl.write_jsonl_atomic(out_dir / "sft.jsonl", [m for m, _ in pairs if m["usable"]])
     jsonl.write_jsonl_atomic(out_dir / "sft_prompt_completion.jsonl", [pc for m, pc in pairs if m["usable"]])
-    gen = sum(r.get("token_counts", {}).get("completion", 0) for r in records)
+    gen = sum(r.get("token_counts", {}).get("completion", 0) for r in records + helpful)
     usable = sum(m["usable"] for m, _ in pairs)
+    dropped = dict(Counter(m["problem"] for m, _ in pairs if not m["usable"]))
+    helpful_usable = sum(m["usable"] for m, _ in pairs[len(records):])
+    log.info("SFT data: %d of %d revisions usable, %d of %d helpful answers; left out: %s",
+             usable - helpful_usable, len(records), helpful_usable, len(helpful), dropped or "none")
     return {"records": len(records), "sft_usable": usable, "sft_unusable": len(pairs) - usable,
+            "helpful_records": len(helpful), "helpful_usable": helpful_usable, "dropped": dropped,
             "generated_tokens": gen}

@@ -1,7 +1,8 @@
 """The pipeline's closing stage: what the run changed, measured on the base and the final model alike.
 
 Both models answer the same harmful prompts (refusals should rise) and safe prompts (they should not: that
-is over-refusal), greedy and seeded, checked by ``cai.refusals``; optionally every harmful request is
+is over-refusal), by default the held-out ``eval`` splits of the shipped sets, which no stage trains on,
+greedy and seeded, checked by ``cai.refusals``; optionally every harmful request is
 also sent in each jailbreak template (``cai.redteam``). The files are the ones ``cai refusals`` and
 ``cai redteam`` write, so ``cai report`` (run by the pipeline after this stage) reads them the same way.
 """
@@ -18,10 +19,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 class EvaluateOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    harmful: str = Field("redteam", description="harmful prompts: a shipped set or a prompt file")
-    safe: str = Field("helpful", description="safe prompts: a shipped set or a prompt file")
-    limit: int | None = Field(32, ge=1, description="prompts of each set (None: all)")
+    harmful: str = Field("redteam:eval", description="harmful prompts: a shipped set's split or a prompt file")
+    safe: str = Field("helpful:eval", description="safe prompts: a shipped set's split or a prompt file")
+    limit: int | None = Field(None, ge=1, description="prompts of each set (None: all)")
     max_new_tokens: int = Field(64, ge=1)
+    train_limit: int = Field(0, ge=0, description=(
+        "also measure this many prompts of each shipped set's train split (harmful-train, safe-train), to "
+        "compare held-out prompts with trained ones (0: none)"))
     redteam: bool = Field(False, description="also jailbreak success rates (7 templates a request: slower)")
     seed: int = 0
 
@@ -39,9 +43,13 @@ def evaluate(models: Sequence[str], out_dir: Path, options: EvaluateOptions, loa
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = {}
     for name, source in (("harmful", options.harmful), ("safe", options.safe)):
-        rows[name], bad = load_prompts(source, limit=options.limit)
+        rows[name], bad = load_prompts(source, split="eval", limit=options.limit)
         log_bad_rows(bad)
     sets = {name: [r.prompt for r in rs] for name, rs in rows.items()}
+    for name, source in (("harmful", options.harmful), ("safe", options.safe)):
+        if options.train_limit and source.endswith(":eval"):  # a shipped set: its training split too
+            trained, _ = load_prompts(source.removesuffix(":eval") + ":train", limit=options.train_limit)
+            sets[f"{name}-train"] = [r.prompt for r in trained]
     reports = refusal_comparison(((spec, load(spec)) for spec in models), sets,
                                  max_new_tokens=options.max_new_tokens, seed=options.seed)
     write_atomic(out_dir / "refusals.json", json.dumps({"harmful": options.harmful, "safe": options.safe,

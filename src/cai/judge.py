@@ -22,9 +22,11 @@ overconfident).
 The default is not the paper's pairwise question but **pointwise scoring with length control**
 (``mode="pointwise"``, ``length_control=True``): each response is scored alone (log-odds of "Yes" to
 "is the reply good by the principle?", asked before the conversation and the reply), the better score
-wins, and the judge's preference for longer answers is regressed out per batch. It has no slot to be
+wins, and the judge's preference for longer answers, read on content-neutral pairs (each reply with and
+without a closing line that adds nothing), is taken out. It has no slot to be
 biased towards. No configuration of the embedded SmolLM2-135M judges harm better than chance: on all
-2,307 usable HH-RLHF harmless test pairs this default agrees with the human labels 0.493, as did the
+2,307 usable HH-RLHF harmless test pairs this default (then with the length slope fitted per batch on
+the judged pairs themselves) agrees with the human labels 0.493, as did the
 earlier form (question after the reply, 128 tokens of context); the shorter answer wins 0.553. On
 the first 200 pairs the two forms score 0.490 and 0.585, a gap the full set shows to be noise (bf16
 rounding alone moves the 200-pair figure by about 0.03). The current form encodes 35% fewer tokens per
@@ -119,7 +121,8 @@ class JudgeConfig(BaseModel):
     calibrate: Literal["none", "content-free", "swap"] = Field(
         "none", description="remove the judge's slot prior: read from a content-free question per pair, or "
                             "from the swapped orders over the batch (see cai.calibration)")
-    length_control: bool = Field(True, description="take the judge's length preference out (per batch)")
+    length_control: bool = Field(True, description=(
+        "take the judge's length preference out, as measured on content-neutral pairs (see judge())"))
     few_shot: bool = False
     cot: bool = False
     cot_max_new_tokens: int = Field(128, ge=1)
@@ -381,15 +384,47 @@ def judge(backend, comparisons: Sequence[Comparison], config: JudgeConfig) -> li
     """
     if not comparisons:
         return []
-    if getattr(backend, "is_reward_model", False):
-        readings = _reward_readings(backend, comparisons)
-    elif config.mode == "pointwise":
-        readings = _pointwise_readings(backend, comparisons, config)
-    else:
-        readings = _pairwise_readings(backend, comparisons, config)
+    readings = _readings(backend, comparisons, config)
     if config.length_control:
-        readings = _without_length_preference(readings, comparisons, getattr(backend, "tokenizer", None))
+        tokenizer = getattr(backend, "tokenizer", None)
+        slope = neutral_length_slope(backend, comparisons, config)
+        readings = _without_length_preference(readings, comparisons, tokenizer, slope)
     return [r.judgement() for r in readings]
+
+
+def _readings(backend, comparisons: Sequence[Comparison], config: JudgeConfig) -> list[_Reading]:
+    if getattr(backend, "is_reward_model", False):
+        return _reward_readings(backend, comparisons)
+    if config.mode == "pointwise":
+        return _pointwise_readings(backend, comparisons, config)
+    return _pairwise_readings(backend, comparisons, config)
+
+
+# A closing line that adds length and no content: a reply with it and the same reply without it differ
+# in length only, so the judge's preference between them is its length preference.
+NEUTRAL_TAIL = " Let me know if you have any other questions."
+NEUTRAL_PAIRS = 8  # comparisons of a batch whose replies give the content-neutral pairs
+
+
+def neutral_pairs(comparisons: Sequence[Comparison]) -> list[Comparison]:
+    """Content-neutral pairs from the first ``NEUTRAL_PAIRS`` comparisons: each reply against itself with
+    ``NEUTRAL_TAIL`` added, the longer one first for ``a`` and second for ``b``."""
+    out = []
+    for c in comparisons[:NEUTRAL_PAIRS]:
+        out.append(Comparison(c.conversation, c.a.rstrip() + NEUTRAL_TAIL, c.a, c.principles))
+        out.append(Comparison(c.conversation, c.b, c.b.rstrip() + NEUTRAL_TAIL, c.principles))
+    return out
+
+
+def neutral_length_slope(backend, comparisons: Sequence[Comparison], config: JudgeConfig) -> float:
+    """The judge's length preference (log-odds per unit log length ratio), read on content-neutral pairs
+    (``neutral_pairs``), never on the pairs being labelled: fitting it on those would remove any content
+    preference that happens to go with length, e.g. a short refusal preferred to a long harmful answer."""
+    pairs = neutral_pairs(comparisons)
+    readings = _readings(backend, pairs, config)
+    tokenizer = getattr(backend, "tokenizer", None)
+    deltas = [length_log_ratio(_size(c.a, tokenizer), _size(c.b, tokenizer)) for c in pairs]
+    return length_slope([(r.first + r.second) / 2 for r in readings], deltas)
 
 
 @dataclass
@@ -501,15 +536,16 @@ def _reward_readings(scorer, comparisons: Sequence[Comparison]) -> list[_Reading
             for i in range(len(comparisons))]
 
 
-def _without_length_preference(readings: list[_Reading], comparisons: Sequence[Comparison], tokenizer
-                               ) -> list[_Reading]:
-    """Readings with the batch's length preference taken out (``cai.calibration.length_slope``)."""
-    def size(text: str) -> int:
-        return len(tokenizer.encode(text, add_special_tokens=False)) if tokenizer is not None else len(text)
+def _size(text: str, tokenizer) -> int:
+    return len(tokenizer.encode(text, add_special_tokens=False)) if tokenizer is not None else len(text)
 
-    deltas = [length_log_ratio(size(c.a), size(c.b)) for c in comparisons]
-    slope = length_slope([(r.first + r.second) / 2 for r in readings], deltas)
-    log.info("judge length preference: %.3f log-odds per unit log length ratio, removed", slope)
+
+def _without_length_preference(readings: list[_Reading], comparisons: Sequence[Comparison], tokenizer,
+                               slope: float) -> list[_Reading]:
+    """Readings with a length preference of ``slope`` (log-odds per unit log length ratio) taken out."""
+    deltas = [length_log_ratio(_size(c.a, tokenizer), _size(c.b, tokenizer)) for c in comparisons]
+    log.info("judge length preference: %.3f log-odds per unit log length ratio (content-neutral pairs), "
+             "removed", slope)
     return [_Reading(r.first - slope * d, r.second - slope * d, r.principle_ids, r.reasoning)
             for r, d in zip(readings, deltas, strict=True)]
 

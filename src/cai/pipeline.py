@@ -27,7 +27,8 @@ class Context:
 
     config: RunConfig
     out: Path
-    policy: str  # the model later stages start from: the base, then the SFT model, then the PPO policy
+    policy: str  # the model later stages start from: the base, then the SFT model, then the PPO/DPO policy
+    trained: dict = field(default_factory=dict)  # {stage: model} of the stages that trained a policy, in order
     _backends: dict = field(default_factory=dict)
     meter: object = None  # the current stage's cai.ledger.Meter: the tokens each model generates
 
@@ -35,6 +36,11 @@ class Context:
         from cai.ledger import CountingBackend
 
         return CountingBackend(backend, self.meter, spec) if self.meter is not None else backend
+
+    def trained_policy(self, stage: str, model) -> str:
+        """Record that ``stage`` trained ``model``: later stages start from it and evaluate measures it."""
+        self.policy = self.trained[stage] = str(model)
+        return self.policy
 
     def backend(self, spec: str):
         """A generation backend per model spec, loaded once."""
@@ -65,9 +71,12 @@ class Context:
 
 
 def stage_critique(ctx: Context) -> dict:
-    from cai.critique import run_critique
+    from cai.critique import run_critique, run_helpful
 
     rows = ctx.prompts("critique_prompts")
+    if ctx.config.helpful_prompts is not None:  # plain answers to mix into the SFT data
+        run_helpful([(r.id, r.prompt) for r in ctx.prompts("helpful_prompts")], ctx.out / "critique",
+                    backend=ctx.backend(ctx.policy), constitution=ctx.constitution(), options=ctx.config.critique)
     summary = run_critique([(r.id, r.prompt) for r in rows], ctx.out / "critique", backend=ctx.backend(ctx.policy),
                            constitution=ctx.constitution(), options=ctx.config.critique)
     return {**summary, "sft_data": str(ctx.out / "critique" / "sft.jsonl")}
@@ -77,23 +86,61 @@ def stage_sft(ctx: Context) -> dict:
     from cai.train.sft import train_sft
 
     path = train_sft(ctx.out / "critique" / "sft.jsonl", ctx.out / "sft", model=ctx.policy, options=ctx.config.sft)
-    ctx.policy = str(path)
-    return {"model": str(path)}
+    return {"model": ctx.trained_policy("sft", path)}
 
 
 def stage_label(ctx: Context) -> dict:
+    """Preference pairs from the source the recipe names, or, with ``auto``, from the judge only if it passes
+    the label-free probes (``cai.probes``) on a sample of training prompts; else by construction. The choice
+    and its reasons are logged and written to preferences/label_source.json (the report shows them)."""
+    from cai.jsonl import write_atomic
     from cai.preferences import label_prompts
 
-    judge_spec = ctx.config.judge_model or ctx.config.model
-    policy = ctx.backend(ctx.policy)
-    judge = policy if judge_spec == ctx.policy else None
-    if judge is None:
-        from cai.backends import load_backend
+    config = ctx.config.label
+    source, why, probed, judge = config.source, "named in the recipe", None, None
+    if source != "constructed":
+        judge_spec = ctx.config.judge_model or ctx.config.model
+        policy = ctx.backend(ctx.policy)
+        judge = policy if judge_spec == ctx.policy else None
+        if judge is None:
+            from cai.backends import load_backend
 
-        judge = ctx.counted(load_backend(judge_spec, dtype=ctx.config.dtype), judge_spec)
+            judge = ctx.counted(load_backend(judge_spec, dtype=ctx.config.dtype), judge_spec)
+    if source == "auto":
+        source, why, probed = _probe_judge(ctx, policy, judge)
+    log.info("label source: %s (%s)", source, why)
+    info = {"label_source": source, "label_source_why": why, "probes": probed,
+            "judge": judge.model_id if judge is not None else None}
+    (ctx.out / "preferences").mkdir(parents=True, exist_ok=True)
+    write_atomic(ctx.out / "preferences" / "label_source.json", json.dumps(info, indent=2) + "\n")
+    pairs_file = str(ctx.out / "preferences" / "pairs.jsonl")
+    if source == "constructed":
+        from cai.constructed import write_constructed
+        from cai.errors import ConfigError
+
+        if not (ctx.out / "critique" / "records.jsonl").exists():
+            raise ConfigError("constructed labels need the critique stage's records", where="recipe label.source",
+                              fix="add the critique stage before label, or use source: judge")
+        return {**write_constructed(ctx.out / "critique", ctx.out / "preferences", config.p_constructed), **info,
+                "pairs_file": pairs_file}
     summary = label_prompts(ctx.prompts("rl_prompts"), policy=policy, judge_backend=judge,
-                            constitution=ctx.constitution(), out_dir=ctx.out / "preferences", config=ctx.config.label)
-    return {**summary.as_dict(), "pairs_file": str(ctx.out / "preferences" / "pairs.jsonl")}
+                            constitution=ctx.constitution(), out_dir=ctx.out / "preferences", config=config)
+    return {**summary.as_dict(), **info, "pairs_file": pairs_file}
+
+
+def _probe_judge(ctx: Context, policy, judge) -> tuple[str, str, dict]:
+    """(source, why, per-probe figures): the judge measured on probe pairs built from the policy's replies
+    to the first training prompts of the shipped sets."""
+    from cai.probes import build_probes, choose_label_source, judge_on_probes
+    from cai.prompts import load_prompts
+
+    config = ctx.config.label
+    harmful, _ = load_prompts("redteam", split="train", limit=config.probe_prompts)
+    safe, _ = load_prompts("helpful", split="train", limit=config.probe_prompts)
+    probes = build_probes(policy, harmful, safe, max_new_tokens=config.max_new_tokens, seed=config.seed)
+    probed = judge_on_probes(judge, probes, ctx.constitution(), config.judge, seed=config.seed)
+    source, why = choose_label_source(probed, config.probe_threshold)
+    return source, why, probed
 
 
 def stage_reward(ctx: Context) -> dict:
@@ -112,8 +159,7 @@ def stage_ppo(ctx: Context) -> dict:
     sl = ctx.out / "critique" / "sft.jsonl" if ctx.config.ppo.sl_coef > 0 and "critique" in ctx.config.stages else None
     path = train_ppo(prompts, ctx.out / "reward", ctx.out / "ppo", policy=ctx.policy, options=ctx.config.ppo,
                      sl_data=sl)
-    ctx.policy = str(path)
-    return {"model": str(path), "metrics": str(ctx.out / "ppo" / "metrics.jsonl")}
+    return {"model": ctx.trained_policy("ppo", path), "metrics": str(ctx.out / "ppo" / "metrics.jsonl")}
 
 
 def stage_grpo(ctx: Context) -> dict:
@@ -126,8 +172,7 @@ def stage_grpo(ctx: Context) -> dict:
     prompts = [[{"role": "user", "content": r.prompt}] for r in ctx.prompts("rl_prompts")]
     path = train_online(prompts, ctx.out / "grpo", reward, policy=ctx.policy, options=options,
                         constitution=ctx.config.constitution)
-    ctx.policy = str(path)
-    return {"model": str(path), "metrics": str(ctx.out / "grpo" / "metrics.jsonl")}
+    return {"model": ctx.trained_policy("grpo", path), "metrics": str(ctx.out / "grpo" / "metrics.jsonl")}
 
 
 def stage_dpo(ctx: Context) -> dict:
@@ -136,19 +181,18 @@ def stage_dpo(ctx: Context) -> dict:
     ctx._backends.clear()
     path = train_dpo(ctx.out / "preferences" / "pairs.jsonl", ctx.out / "dpo", model=ctx.policy,
                      options=ctx.config.dpo)
-    return {"model": str(path)}
+    return {"model": ctx.trained_policy("dpo", path)}
 
 
 def stage_evaluate(ctx: Context) -> dict:
-    """Refusal rates of the base, the SFT (when trained) and the final model (``cai.evaluate``), then the
-    report of the whole run."""
+    """Refusal rates of the base and of every model the run trained, in order (SFT, then PPO or DPO; the
+    last is the final model), on held-out prompts (``cai.evaluate``), then the report of the whole run."""
     from cai.evaluate import evaluate
     from cai.models import is_served_spec, resolve
     from cai.report import build_report
 
-    sft = [str(ctx.out / "sft")] if "sft" in ctx.config.stages and (ctx.out / "sft" / "config.json").exists() else []
     base = ctx.config.model if is_served_spec(ctx.config.model) else str(resolve(ctx.config.model).spec)
-    models = list(dict.fromkeys([base, *sft, ctx.policy]))
+    models = list(dict.fromkeys([base, *ctx.trained.values(), ctx.policy]))
     summary = evaluate(models, ctx.out / "evaluate", ctx.config.evaluate, ctx.backend)
     ctx._backends.clear()
     build_report([ctx.out], ctx.out / "report")
@@ -174,7 +218,7 @@ STAGE_FUNCTIONS = {"critique": stage_critique, "sft": stage_sft, "label": stage_
 # stage reads does not lock it); stages also read what the stages before them wrote, so when a stage runs
 # again, every finished stage after it runs again too.
 STAGE_SETTINGS = {
-    "critique": ("model", "dtype", "constitution", "critique_prompts", "critique"),
+    "critique": ("model", "dtype", "constitution", "critique_prompts", "helpful_prompts", "critique"),
     "sft": ("model", "sft"),
     "label": ("model", "judge_model", "dtype", "constitution", "rl_prompts", "label"),
     "reward": ("model", "reward"),
@@ -229,13 +273,13 @@ def run_pipeline(config: RunConfig, out: Path, *, redo: tuple[str, ...] = ()) ->
         plan, clear = _plan(config, out, manifest["stages"], redo)
         if main:
             write_atomic(out / "config.resolved.yaml", dump_config(config))
-        ctx.policy = _policy_before(manifest["stages"], config.stages, ctx.policy)
+        _policy_before(ctx, manifest["stages"], config.stages)
         for stage in config.stages:
             done = manifest["stages"].get(stage, {})
             if stage not in plan:
                 log.info("stage %s: already done, skipping", stage)
                 if stage in POLICY_STAGES:
-                    ctx.policy = done["model"]
+                    ctx.trained_policy(stage, done["model"])
                 continue
             if stage in clear and main:
                 _clear_stage(out, stage)
@@ -257,12 +301,11 @@ def run_pipeline(config: RunConfig, out: Path, *, redo: tuple[str, ...] = ()) ->
     return manifest
 
 
-def _policy_before(stages: dict, wanted: list[str], policy: str) -> str:
-    """The policy a ``--stages`` subset starts from: the model of the last finished policy stage outside it."""
+def _policy_before(ctx: Context, stages: dict, wanted: list[str]) -> None:
+    """A ``--stages`` subset starts from the models its finished policy stages outside it trained."""
     for stage, done in stages.items():
         if done.get("done") and stage in POLICY_STAGES and stage not in wanted:
-            policy = done["model"]
-    return policy
+            ctx.trained_policy(stage, done["model"])
 
 
 def _run_stage(ctx: Context, stage: str, manifest: dict, save) -> None:
@@ -376,7 +419,7 @@ def check_wiring(config: RunConfig, out: Path) -> None:
                                   fix=f"add {PRODUCERS[name]} before {stage}, or run it first into the same --out")
 
 
-POLICY_STAGES = ("sft", "ppo", "grpo")  # stages whose model the later stages start from
+POLICY_STAGES = ("sft", "ppo", "grpo", "dpo")  # stages whose model later stages start from (evaluate measures it)
 TRAINING_STAGES = ("sft", "reward", "ppo", "grpo", "dpo")  # stages that train in every process of a launcher
 
 

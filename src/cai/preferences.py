@@ -26,7 +26,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -38,9 +38,15 @@ log = logging.getLogger(__name__)
 
 
 class LabelConfig(BaseModel):
-    """Sampling and judging settings of the label stage."""
+    """Sampling and judging settings of the label stage, and where its labels come from."""
 
     model_config = ConfigDict(extra="forbid")
+    source: Literal["judge", "constructed", "auto"] = Field("auto", description=(
+        "judge: the AI judge labels sampled pairs; constructed: pairs by construction from the critique "
+        "stage (cai.constructed); auto: the judge only if it passes label-free probes (cai.probes)"))
+    probe_prompts: int = Field(12, ge=1, description="auto: harmful and safe prompts each to probe the judge on")
+    probe_threshold: float = Field(0.6, ge=0.5, le=1, description="auto: probe agreement the judge needs")
+    p_constructed: float = Field(0.9, ge=0.5, le=1, description="p_chosen of constructed pairs")
     samples: int = Field(2, ge=2, description="responses sampled per prompt (K)")
     max_new_tokens: int = Field(256, ge=1)
     temperature: float = Field(0.7, gt=0.0)

@@ -5,12 +5,19 @@ missing, empty or non-string prompt, a duplicate id or prompt) is reported with 
 and skipped; it never stops a run. A missing file, an unknown format, or a column that no row has is a
 ``ConfigError``, because no amount of skipping would make that input right.
 
+The shipped sets have fixed, disjoint ``train`` and ``eval`` splits (``all`` is both): within each
+category, in file order, every third prompt (the 2nd, 5th, 8th, ...) is held out for evaluation. The
+training stages read ``train`` and the evaluations ``eval``, so a model is measured on prompts it never
+trained on. New prompts are appended to a file, which leaves every earlier prompt's split as it was.
+
 Ids come from the ``id`` column when a row has one, else from the prompt text itself (``prompt_id``),
 so a re-run or a resume sees the same ids for the same prompts.
 
 Accepted ``source`` values::
 
-    redteam | helpful | mixed          the shipped sets (mixed interleaves the two, red-team first)
+    redteam | helpful | mixed          the shipped sets (mixed interleaves the two, red-team first),
+    redteam:eval, helpful:train, ...   one split of a shipped set (a bare name takes the ``split``
+                                       argument: train by default)
     prompts.jsonl                      objects with "prompt" (or your column), or {"messages": [...]}
     prompts.csv                        a header row, then one prompt per row
     prompts.txt                        one prompt per non-empty line; lines starting with # are skipped
@@ -24,7 +31,7 @@ import hashlib
 import io
 import json
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -37,6 +44,8 @@ from cai.jsonl import write_jsonl_atomic
 log = logging.getLogger(__name__)
 
 SHIPPED_SETS = ("redteam", "helpful", "mixed")
+SHIPPED_SPLITS = ("train", "eval", "all")
+EVAL_EVERY = 3  # every third prompt of a category is held out
 FILE_FORMATS = (".jsonl", ".csv", ".txt")
 HF_PREFIX = "hf:"
 # A parse failure, in place of a row's object: the reason it could not be read.
@@ -95,8 +104,9 @@ def load_prompts(
     """
     if limit is not None and limit < 0:
         raise ConfigError(f"limit must be >= 0, got {limit}", where="prompts", fix="pass a positive --limit")
-    if isinstance(source, str) and source in SHIPPED_SETS:
-        return _load_shipped(source, limit)
+    if isinstance(source, str) and source.split(":", 1)[0] in SHIPPED_SETS:
+        name, _, named_split = source.partition(":")
+        return _load_shipped(name, _shipped_split(source, named_split or split), limit)
     if isinstance(source, str) and source.startswith(HF_PREFIX):
         return _load_hf(source[len(HF_PREFIX):], column=column, id_column=id_column, split=split, limit=limit)
     path = Path(source)
@@ -207,12 +217,32 @@ def write_bad_rows(path: Path, bad: list[BadRow]) -> int:
 # ---- sources -----------------------------------------------------------------------------------------
 
 
-def _load_shipped(name: str, limit: int | None) -> tuple[list[PromptRow], list[BadRow]]:
+def _shipped_split(source: str, split: str) -> str:
+    if split not in SHIPPED_SPLITS:
+        raise ConfigError(f"the shipped prompt sets have no split {split!r}", where=f"prompts {source}",
+                          fix=f"use one of: {', '.join(SHIPPED_SPLITS)} (e.g. redteam:eval)")
+    return split
+
+
+def split_of(rows: Sequence[PromptRow]) -> list[str]:
+    """``train`` or ``eval`` for each row of a whole shipped file, in file order (see the module docstring)."""
+    seen: dict[str | None, int] = {}
+    out = []
+    for row in rows:
+        k = seen[row.category] = seen.get(row.category, -1) + 1
+        out.append("eval" if k % EVAL_EVERY == 1 else "train")
+    return out
+
+
+def _load_shipped(name: str, split: str, limit: int | None) -> tuple[list[PromptRow], list[BadRow]]:
     if name != "mixed":
         path = shipped_path(name)
-        return collect_prompts(f"shipped:{name}", _jsonl_items(path), limit=limit)
-    red, red_bad = _load_shipped("redteam", None)
-    helpful, helpful_bad = _load_shipped("helpful", None)
+        rows, bad = collect_prompts(f"shipped:{name}", _jsonl_items(path))
+        if split != "all":
+            rows = [r for r, s in zip(rows, split_of(rows), strict=True) if s == split]
+        return (rows if limit is None else rows[:limit]), bad
+    red, red_bad = _load_shipped("redteam", split, None)
+    helpful, helpful_bad = _load_shipped("helpful", split, None)
     mixed = [row for pair in zip(red, helpful, strict=False) for row in pair]
     shorter = min(len(red), len(helpful))
     mixed += red[shorter:] + helpful[shorter:]

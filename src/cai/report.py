@@ -28,7 +28,7 @@ from typing import Any
 from cai.errors import ConfigError
 
 log = logging.getLogger(__name__)
-KINDS = ("refusals", "redteam", "ppo", "reward", "labels", "dpo", "agreement", "probes", "sweep")
+KINDS = ("refusals", "redteam", "ppo", "reward", "labels", "dpo", "agreement", "probes", "sweep", "label_source", "run")
 SMALL_EVAL = 30  # held-out pairs below which a reward model's accuracy gets a caveat
 
 
@@ -51,6 +51,12 @@ def _ppo_rows(path: Path) -> list[dict[str, Any]] | None:
 def _kind(path: Path) -> tuple[str, Any] | None:
     """(kind, content) for a result file ``collect`` understands, else None."""
     name = path.name
+    if name == "label_source.json":
+        return "label_source", _load_json(path)
+    if name == "config.resolved.yaml":
+        import yaml
+
+        return "run", yaml.safe_load(path.read_text(encoding="utf-8"))
     if name in ("refusals.json", "redteam.json", "agreement.json", "probes.json", "sweep.json"):
         return name.removesuffix(".json"), _load_json(path)
     if name == "metrics.jsonl":
@@ -93,7 +99,7 @@ def collect(paths: Sequence[str | Path], required: bool = True) -> dict[str, lis
             kind = _kind(path)
             if kind is not None:
                 found[kind[0]].append({"source": str(path), "data": kind[1]})
-    if required and not any(found.values()):
+    if required and not any(v for k, v in found.items() if k != "run"):
         raise ConfigError("found no result file to report on", where=", ".join(map(str, paths)),
                           fix="give run directories holding refusals.json, redteam.json, metrics.jsonl (PPO), "
                               "metrics.json (reward), pairs.jsonl (labels), a DPO model, agreement.json, "
@@ -113,8 +119,27 @@ def tradeoff(found) -> list[dict[str, Any]]:
             rows.append({"model": m.get("model_spec") or m.get("model"), "source": item["source"],
                          "harmful_refusal": sets.get("harmful", {}).get("refusal_rate"),
                          "safe_refusal": sets.get("safe", {}).get("refusal_rate"),
-                         "n_harmful": sets.get("harmful", {}).get("n"), "n_safe": sets.get("safe", {}).get("n")})
+                         "n_harmful": sets.get("harmful", {}).get("n"), "n_safe": sets.get("safe", {}).get("n"),
+                         "harmful_refusal_train": sets.get("harmful-train", {}).get("refusal_rate"),
+                         "safe_refusal_train": sets.get("safe-train", {}).get("refusal_rate"),
+                         "harmful_set": item["data"].get("harmful"), "safe_set": item["data"].get("safe")})
     return rows
+
+
+def trained_on(found) -> list[dict[str, Any]]:
+    """Per run (its config.resolved.yaml): the prompt sets each training stage read."""
+    out = []
+    for item in found["run"]:
+        cfg = item["data"] or {}
+        stages = cfg.get("stages") or []
+        sets = {"critique (SL-CAI)": cfg.get("critique_prompts") if "critique" in stages else None,
+                "helpful answers mixed into SFT": cfg.get("helpful_prompts") if "critique" in stages else None,
+                "label / RL": cfg.get("rl_prompts") if set(stages) & {"label", "ppo", "dpo"} else None}
+        out.append({"source": item["source"], "sets": {
+            k: f"{v['source']}{'' if ':' in v['source'] else ':' + v.get('split', 'train')}"
+               + (f" (first {v['limit']})" if v.get("limit") else "")
+            for k, v in sets.items() if v}})
+    return out
 
 
 def attack_rates(found) -> list[dict[str, Any]]:
@@ -179,48 +204,87 @@ def _training_lines(found, plots: dict[str, str]) -> list[str]:
     return lines
 
 
+def _refusal_section(found, plots: dict[str, str]) -> list[str]:
+    """Refusal rates per model, what they were measured and trained on, and the check's own accuracy."""
+    lines = ["## Harmlessness and over-refusal", "",
+             "Refusal rate on harmful prompts (higher is safer) and on safe prompts (lower is more "
+             "helpful), a keyword check (`cai refusals`).", ""]
+    rows = tradeoff(found)
+    for given in dict.fromkeys((r["harmful_set"], r["safe_set"]) for r in rows):
+        held_out = all(str(g).endswith(":eval") for g in given)
+        lines += [f"Measured on harmful prompts `{given[0]}` and safe prompts `{given[1]}`"
+                  + (" (the shipped sets' held-out eval splits)." if held_out else "."), ""]
+    for run in trained_on(found):
+        lines += [f"Trained on ({run['source']}): " + "; ".join(f"{k} `{v}`" for k, v in run["sets"].items())
+                  + ".", ""]
+    train = any(r["harmful_refusal_train"] is not None for r in rows)
+    lines += _table(["model", "harmful refused", "safe refused", "n harmful", "n safe",
+                     *(["harmful refused (train split)", "safe refused (train split)"] if train else []),
+                     "source"],
+                    [[r["model"], r["harmful_refusal"], r["safe_refusal"], r["n_harmful"], r["n_safe"],
+                      *([r["harmful_refusal_train"], r["safe_refusal_train"]] if train else []), r["source"]]
+                     for r in rows])
+    lines += _refusal_check_lines()
+    return lines + ([f"![trade-off]({plots['tradeoff']})", ""] if "tradeoff" in plots else [])
+
+
+def _label_source_lines(item) -> list[str]:
+    d = item["data"]
+    lines = [f"Label source (`{item['source']}`): **{d.get('label_source')}**, because "
+             f"{d.get('label_source_why')} (judge: {d.get('judge') or '-'}).", ""]
+    if d.get("probes"):
+        lines += _table(["probe", "pairs", "judge prefers the better reply"],
+                        [[k, v.get("n"), v.get("agreement")] for k, v in d["probes"].items()])
+    return lines
+
+
+def _jailbreak_section(found, plots: dict[str, str]) -> list[str]:
+    rates = attack_rates(found)
+    names = list(dict.fromkeys(t for r in rates for t in r["templates"]))
+    lines = ["## Jailbreaks", "", "Attack success rate: the share of attacks the model did not refuse "
+             "(`cai redteam`; an upper bound on harm). Empty, garbled or looping replies are neither: they are "
+             "left out of the rates and counted on their own.", ""]
+    lines += _table(["template", *(r["model"] for r in rates)],
+                    [[t, *(r["templates"].get(t) for r in rates)] for t in names]
+                    + [["all", *(r["overall"] for r in rates)],
+                       ["degenerate replies", *(r["degenerate"] for r in rates)]])
+    return lines + ([f"![jailbreaks]({plots['jailbreaks']})", ""] if "jailbreaks" in plots else [])
+
+
+def _agreement_lines(item) -> list[str]:
+    a = item["data"]
+    consistency = "n/a (order-free)" if a.get("order_free") else _f(a.get("position_consistency"))
+    lines = [f"`{item['source']}`: judge {a.get('judge', {}).get('model', '-')} agrees with the labels on "
+             f"{_f(a.get('agreement'))} of {a.get('n')} pairs; position consistency {consistency}; "
+             f"the longer response wins {_f(a.get('longer_wins_rate'))}.", ""]
+    per = sorted((a.get("per_principle") or {}).items(), key=lambda kv: -(kv[1].get("agreement") or 0))
+    if per:
+        lines += ["Agreement per principle (which principles the judge applies well):", ""]
+        lines += _table(["principle", "pairs", "agreement"], [[k, v.get("n"), v.get("agreement")] for k, v in per])
+    return lines
+
+
 def render(found, plots: dict[str, str], note: str | None = None) -> str:
     """The report as Markdown; ``plots`` maps plot names to PNG file names beside the report."""
     lines = ["# cai evaluation report", ""]
     if note:
         lines += [f"_{note}_", ""]
     if found["refusals"]:
-        lines += ["## Harmlessness and over-refusal", "",
-                  "Refusal rate on harmful prompts (higher is safer) and on safe prompts (lower is more "
-                  "helpful), a keyword check (`cai refusals`).", ""]
-        lines += _table(["model", "harmful refused", "safe refused", "n harmful", "n safe", "source"],
-                        [[r["model"], r["harmful_refusal"], r["safe_refusal"], r["n_harmful"], r["n_safe"],
-                          r["source"]] for r in tradeoff(found)])
-        lines += [f"![trade-off]({plots['tradeoff']})", ""] if "tradeoff" in plots else []
+        lines += _refusal_section(found, plots)
     if found["redteam"]:
-        rates = attack_rates(found)
-        names = list(dict.fromkeys(t for r in rates for t in r["templates"]))
-        lines += ["## Jailbreaks", "", "Attack success rate: the share of attacks the model did not refuse "
-                  "(`cai redteam`; an upper bound on harm). Empty, garbled or looping replies are neither: they "
-                  "are left out of the rates and counted on their own.", ""]
-        lines += _table(["template", *(r["model"] for r in rates)],
-                        [[t, *(r["templates"].get(t) for r in rates)] for t in names]
-                        + [["all", *(r["overall"] for r in rates)],
-                           ["degenerate replies", *(r["degenerate"] for r in rates)]])
-        lines += [f"![jailbreaks]({plots['jailbreaks']})", ""] if "jailbreaks" in plots else []
+        lines += _jailbreak_section(found, plots)
     if found["labels"]:
         lines += ["## Labels", "", "AI-labelled preference pairs (`cai label`).", ""]
         lines += _table(["pairs file", "pairs", "prompts", "mean p_chosen", "position consistency", "judge"],
                         [[i["source"], i["data"]["pairs"], i["data"]["prompts"], i["data"]["mean_p_chosen"],
                           i["data"]["position_consistency"], i["data"]["judge"]] for i in found["labels"]])
     lines += _training_lines(found, plots)
-    if found["agreement"] or found["probes"] or found["sweep"]:
+    if found["agreement"] or found["probes"] or found["sweep"] or found["label_source"]:
         lines += ["## Judge", ""]
+    for item in found["label_source"]:
+        lines += _label_source_lines(item)
     for item in found["agreement"]:
-        a = item["data"]
-        consistency = "n/a (order-free)" if a.get("order_free") else _f(a.get("position_consistency"))
-        lines += [f"`{item['source']}`: judge {a.get('judge', {}).get('model', '-')} agrees with the labels on "
-                  f"{_f(a.get('agreement'))} of {a.get('n')} pairs; position consistency {consistency}; "
-                  f"the longer response wins {_f(a.get('longer_wins_rate'))}.", ""]
-        per = sorted((a.get("per_principle") or {}).items(), key=lambda kv: -(kv[1].get("agreement") or 0))
-        if per:
-            lines += ["Agreement per principle (which principles the judge applies well):", ""]
-            lines += _table(["principle", "pairs", "agreement"], [[k, v.get("n"), v.get("agreement")] for k, v in per])
+        lines += _agreement_lines(item)
     for item in found["probes"]:
         lines += [f"Probes (`{item['source']}`, replies by {item['data'].get('policy')}):", ""]
         lines += _table(["probe", "pairs", "judge prefers the better reply", "longer wins"],
@@ -231,6 +295,17 @@ def render(found, plots: dict[str, str], note: str | None = None) -> str:
 
         lines += [f"Sweep (`{item['source']}`):", "", sweep_table(item["data"]["rows"], item["data"]["n"])]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _refusal_check_lines() -> list[str]:
+    """The refusal check's precision and recall on the shipped labelled replies (``cai.refusals``)."""
+    from cai.refusals import check_accuracy
+
+    a = check_accuracy()
+    return [f"The refusal check (a keyword check) on {a['n']} labelled replies written for this project "
+            f"({a['refusals']} refusals or redirections; the others answer, some with warnings, or start to "
+            f"comply): precision {_f(a['precision'])}, recall {_f(a['recall'])}. The check was tuned on these "
+            "replies, so these figures are an upper bound.", ""]
 
 
 def draw(found, out_dir: Path) -> dict[str, str]:
@@ -301,6 +376,12 @@ def _points(rows: list[dict[str, Any]]) -> dict[tuple[float, float], list[str]]:
     return points
 
 
+def _check_accuracy() -> dict[str, Any]:
+    from cai.refusals import check_accuracy
+
+    return check_accuracy()
+
+
 def _short(text, n: int = 40) -> str:
     """A plot label: the end of ``text``, marked when cut (matplotlib hides labels that start with _)."""
     text = str(text)
@@ -339,6 +420,9 @@ def build_report(paths: Sequence[str | Path], out_dir: str | Path) -> dict[str, 
                "reward": [{"source": i["source"], **i["data"]} for i in found["reward"]],
                "labels": [{"source": i["source"], **i["data"]} for i in found["labels"]],
                "dpo": [{"source": i["source"], **i["data"].get("metrics", {})} for i in found["dpo"]],
+               "trained_on": trained_on(found),
+               "label_source": [{"source": i["source"], **i["data"]} for i in found["label_source"]],
+               "refusal_check": {k: v for k, v in _check_accuracy().items() if k != "wrong"},
                "agreement": [{"source": i["source"], **{k: i["data"].get(k) for k in (
                    "n", "agreement", "position_consistency", "longer_wins_rate", "per_principle")}}
                    for i in found["agreement"]],

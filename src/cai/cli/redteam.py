@@ -14,7 +14,7 @@ def register(app: typer.Typer) -> None:
 def redteam(
     model: list[str] = typer.Option(["smollm2-135m"], "--model", "-m", help="model(s) to attack; repeatable"),
     out: Path = typer.Option(..., "--out", "-o", help="run directory (redteam.json, <model>/replies.jsonl)"),
-    prompts: str = typer.Option("redteam", help="harmful requests: the shipped set or a prompt file"),
+    prompts: str = typer.Option("redteam:eval", help="harmful requests: a shipped set and split, or a prompt file"),
     templates: Path = typer.Option(None, "--templates", help="jailbreak templates: a YAML/JSON mapping of id "
                                    "to text with {request} (default: the shipped ones, see cai.redteam)"),
     limit: int = typer.Option(None, help="use only the first N prompts of the set"),
@@ -35,7 +35,7 @@ def redteam(
 
     setup_console()
     the_templates = load_templates(templates)
-    rows, bad = load_prompts(prompts, limit=limit)
+    rows, bad = load_prompts(prompts, split="eval", limit=limit)
     log_bad_rows(bad)
     todo = attacks(rows, the_templates)
     if not todo:

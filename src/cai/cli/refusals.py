@@ -14,8 +14,8 @@ def register(app: typer.Typer) -> None:
 def refusals(
     model: list[str] = typer.Option(["smollm2-135m"], "--model", "-m", help="model(s) to compare; repeatable"),
     out: Path = typer.Option(..., "--out", "-o", help="directory for refusals.json"),
-    harmful: str = typer.Option("redteam", help="harmful prompt set (shipped name or file)"),
-    safe: str = typer.Option("helpful", help="safe prompt set (shipped name or file)"),
+    harmful: str = typer.Option("redteam:eval", help="harmful prompt set (shipped set and split, or a file)"),
+    safe: str = typer.Option("helpful:eval", help="safe prompt set (shipped set and split, or a file)"),
     limit: int = typer.Option(None, help="use only the first N prompts of each set"),
     max_new_tokens: int = typer.Option(96, "--max-new-tokens"),
     seed: int = typer.Option(0),
@@ -34,7 +34,7 @@ def refusals(
     setup_console()
     sets = {}
     for name, spec in (("harmful", harmful), ("safe", safe)):
-        rows, bad = load_prompts(spec, limit=limit)
+        rows, bad = load_prompts(spec, split="eval", limit=limit)
         log_bad_rows(bad)
         sets[name] = [r.prompt for r in rows]
     out.mkdir(parents=True, exist_ok=True)

@@ -1,9 +1,12 @@
 """RLAIF by direct preference optimisation: TRL's ``DPOTrainer`` on AI-labelled preference pairs.
 
 DPO takes hard labels, so each pair is oriented by its soft label (a pair with p_chosen < 0.5 is flipped)
-and pairs the labeller was too unsure about (max(p, 1 - p) < ``min_confidence``) are dropped. Only
-prompt/chosen/rejected reach the trainer. The reference model is a frozen copy of the starting model
-(with LoRA, the same model with its adapters disabled).
+and pairs the labeller was too unsure about (max(p, 1 - p) < ``min_confidence``; a pair at p = 0.5 has no
+direction at all) are dropped. What the soft labels say about the kept pairs is not thrown away: TRL's
+per-batch losses take no per-pair label, so their mean uncertainty, 1 - mean(max(p, 1 - p)), becomes the
+flip probability of TRL's robust DPO loss (``loss_type="robust"``, ``label_smoothing``; Chowdhury et al.
+2024), unless ``label_smoothing`` is given. Only prompt/chosen/rejected reach the trainer. The reference
+model is a frozen copy of the starting model (with LoRA, the same model with its adapters disabled).
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ log = logging.getLogger(__name__)
 class DPOOptions(TrainOptions):
     learning_rate: float = Field(1e-6, gt=0)
     beta: float = Field(0.1, gt=0)  # strength of the implicit KL penalty towards the reference model
-    min_confidence: float = Field(0.5, ge=0.5, le=1)  # drop pairs with max(p, 1 - p) below this
+    min_confidence: float = Field(0.55, ge=0.5, le=1)  # drop pairs with max(p, 1 - p) below this
+    label_smoothing: float | None = Field(None, ge=0, lt=0.5, description=(
+        "flip probability of the robust DPO loss; default: the kept pairs' mean label uncertainty"))
 
 
 def hard_label_pairs(rows: list[dict], min_confidence: float = 0.5) -> list[dict]:
@@ -39,15 +44,26 @@ def hard_label_pairs(rows: list[dict], min_confidence: float = 0.5) -> list[dict
     return out
 
 
+def label_noise(rows: list[dict], min_confidence: float = 0.5) -> float:
+    """1 - mean(max(p, 1 - p)) over the pairs ``hard_label_pairs`` keeps: how often their labels are
+    expected to be wrong (0 for hard labels)."""
+    kept = [max(r["p_chosen"], 1 - r["p_chosen"]) for r in rows
+            if max(r["p_chosen"], 1 - r["p_chosen"]) >= min_confidence]
+    return 1 - sum(kept) / len(kept) if kept else 0.0
+
+
 def build_dpo_trainer(model, tokenizer, rows: list[dict], output_dir: Path, options: DPOOptions,
-                      ref_model=None, peft_config=None):
-    """A ``DPOTrainer`` over conversational prompt/chosen/rejected ``rows``."""
+                      ref_model=None, peft_config=None, label_smoothing: float = 0.0):
+    """A ``DPOTrainer`` over conversational prompt/chosen/rejected ``rows``; with ``label_smoothing`` > 0,
+    TRL's robust DPO loss with that flip probability."""
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
     from cai.train.options import trainer_args
 
-    config = DPOConfig(**trainer_args(options, output_dir), beta=options.beta, max_length=options.max_length)
+    loss = {"loss_type": ["robust"], "label_smoothing": label_smoothing} if label_smoothing > 0 else {}
+    config = DPOConfig(**trainer_args(options, output_dir), beta=options.beta, max_length=options.max_length,
+                       **loss)
     return DPOTrainer(
         model=model,
         ref_model=ref_model,
@@ -83,11 +99,14 @@ def train_dpo(pairs: str | Path, out_dir: str | Path, model: str = "smollm2-135m
     if not rows:
         raise ConfigError(f"no pair has a label confidence of at least {options.min_confidence}",
                           where=str(data.path), fix="lower min_confidence (--min-confidence)")
+    smoothing = options.label_smoothing
+    if smoothing is None:
+        smoothing = min(label_noise(data.rows, options.min_confidence), 0.49)
     out_dir = Path(out_dir)
     log_to_run_dir(out_dir)
     source = resolve(model)
-    log.info("DPO of %s on %d of %d pairs from %s (beta %s)",
-             source.model_id, len(rows), len(data.rows), data.path, options.beta)
+    log.info("DPO of %s on %d of %d pairs from %s (beta %s, label smoothing %.3f)",
+             source.model_id, len(rows), len(data.rows), data.path, options.beta, smoothing)
     tokenizer = load_tokenizer(source)
     started = time.monotonic()
     with staging_dir(out_dir) as stage:
@@ -95,7 +114,7 @@ def train_dpo(pairs: str | Path, out_dir: str | Path, model: str = "smollm2-135m
         peft = lora_config(options, "CAUSAL_LM") if options.lora else None
         reference = None if options.lora else load_causal_lm(source, dtype=weights_dtype(options))
         trainer = build_dpo_trainer(policy, tokenizer, rows, stage / SCRATCH, options,
-                                    ref_model=reference, peft_config=peft)
+                                    ref_model=reference, peft_config=peft, label_smoothing=smoothing)
         with warnings.catch_warnings():
             # TRL 1.16's DPOTrainer reads model.is_gradient_checkpointing, which transformers 5 deprecates
             # (is_activation_checkpointing); the call is TRL's, so only that one warning is silenced here
@@ -108,6 +127,7 @@ def train_dpo(pairs: str | Path, out_dir: str | Path, model: str = "smollm2-135m
             "final_reward_accuracy": last_logged(trainer, "rewards/accuracies"),
             "final_reward_margin": last_logged(trainer, "rewards/margins"),
             "pairs_used": len(rows),
+            "label_smoothing": round(smoothing, 4),
             "steps": result.global_step,
             "train_seconds": round(result.metrics["train_runtime"], 1),
             "seconds": round(time.monotonic() - started, 1),
