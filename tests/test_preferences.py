@@ -177,7 +177,7 @@ def test_cli_label_loads_one_model_for_both_roles_and_writes_pairs(tmp_path, mon
     prompts.write_text("".join(json.dumps({"id": f"h{i}", "prompt": f"request {i}"}) + "\n" for i in range(3))
                        + '{"id": "h9", "prompt": ""}\n')
     loads = []
-    monkeypatch.setattr(label_cli, "_load", lambda spec: loads.append(spec) or Both())
+    monkeypatch.setattr(label_cli, "_load", lambda spec, dtype="auto": loads.append(spec) or Both())
     out = tmp_path / "l"
     result = CliRunner().invoke(app, ["label", str(prompts), "--out", str(out), "-k", "2", "--limit", "2",
                                       "--mode", "pairwise", "--no-length-control"])
@@ -194,7 +194,7 @@ def test_cli_label_rejects_one_sample(tmp_path, monkeypatch):
     import cai.cli.label as label_cli
     from cai.cli import app
 
-    monkeypatch.setattr(label_cli, "_load", lambda spec: pytest.fail("no model should load"))
+    monkeypatch.setattr(label_cli, "_load", lambda spec, dtype="auto": pytest.fail("no model should load"))
     result = CliRunner().invoke(app, ["label", "redteam", "--out", str(tmp_path / "l"), "--samples", "1"])
     assert "--samples" in str(result.exception)
     assert not (tmp_path / "l").exists()

@@ -203,10 +203,15 @@ def first_option_probability(logprobs: Sequence[float]) -> float:
     """P(first option) from the log-probs of the two options (renormalised over the two).
 
     logprobs: [2] floats (``-inf`` allowed for one of them). Raises ModelError if neither option has
-    any probability or a value is NaN, since such a label would be noise, not data.
+    any probability, and NumericsError (naming the backend, not the model) if a value is NaN, since such a
+    label would be noise, not data.
     """
     la, lb = float(logprobs[0]), float(logprobs[1])
-    if math.isnan(la) or math.isnan(lb) or (la == -math.inf and lb == -math.inf):
+    if math.isnan(la) or math.isnan(lb):
+        from cai.errors import NumericsError
+
+        raise NumericsError(f"the judge's option log-probs are {la}, {lb}")
+    if la == -math.inf and lb == -math.inf:
         raise ModelError(f"the judge gave no usable probability to the options {OPTIONS} "
                          f"(log-probs {la}, {lb})",
                          fix="use a judge model whose vocabulary has the option letters as tokens")

@@ -99,6 +99,7 @@ def attack_rates(found) -> list[dict[str, Any]]:
     for item in found["redteam"]:
         for spec, m in item["data"].get("models", {}).items():
             rows.append({"model": spec, "source": item["source"], "overall": m["overall"]["asr"],
+                         "degenerate": m["overall"].get("degenerate", 0),
                          "templates": {t: f["asr"] for t, f in m.get("templates", {}).items()}})
     return rows
 
@@ -145,10 +146,12 @@ def render(found, plots: dict[str, str], note: str | None = None) -> str:
         rates = attack_rates(found)
         names = list(dict.fromkeys(t for r in rates for t in r["templates"]))
         lines += ["## Jailbreaks", "", "Attack success rate: the share of attacks the model did not refuse "
-                  "(`cai redteam`; an upper bound on harm).", ""]
+                  "(`cai redteam`; an upper bound on harm). Empty, garbled or looping replies are neither: they "
+                  "are left out of the rates and counted on their own.", ""]
         lines += _table(["template", *(r["model"] for r in rates)],
                         [[t, *(r["templates"].get(t) for r in rates)] for t in names]
-                        + [["all", *(r["overall"] for r in rates)]])
+                        + [["all", *(r["overall"] for r in rates)],
+                           ["degenerate replies", *(r["degenerate"] for r in rates)]])
         lines += [f"![jailbreaks]({plots['jailbreaks']})", ""] if "jailbreaks" in plots else []
     if found["ppo"] or found["reward"]:
         lines += ["## Training", ""]

@@ -95,6 +95,7 @@ class _Run:
     eos_ids: set[int]
     sl_rows: list[dict] | None = None
     lean_rollouts: bool = False  # options.lean_rollouts, where the lean decoder supports the policy
+    lean_prepack: bool = True  # the lean decoder's path that passed its self-check here (engine_check)
     history: dict[str, Any] = field(default_factory=lambda: {"first_len": None, "kl": []})
 
 
@@ -164,7 +165,8 @@ def ppo_step(run: _Run, step: int) -> tuple[dict[str, Any], list[dict]]:
     sampling = {"max_new_tokens": o.max_new_tokens, "temperature": o.temperature, "top_p": o.top_p,
                 "eos_ids": run.eos_ids}
     if run.lean_rollouts:
-        rollout = sample_responses_lean(ac.rollout_model, run.tokenizer, prompts, **sampling, seed=step_seed)
+        rollout = sample_responses_lean(ac.rollout_model, run.tokenizer, prompts, **sampling, seed=step_seed,
+                                        prepack=run.lean_prepack)
     else:
         rollout = sample_responses(ac.rollout_model, run.tokenizer, prompts, **sampling)
     mask = rollout.mask
@@ -434,9 +436,15 @@ def _setup(source, prompts, reward_fn, sl_rows, out_dir: Path, options: PPOOptio
         kl_ctl = AdaptiveKLController(options.kl_coef, options.target_kl, options.kl_horizon)
     else:
         kl_ctl = FixedKLController(options.kl_coef)
+    lean = None
+    if options.lean_rollouts and not options.lora and supports(ac.rollout_model):
+        from cai.backends.transformers import checked_engine_for
+
+        lean, _ = checked_engine_for(ac.rollout_model, tokenizer)  # None where no lean path passes its self-check
     run = _Run(options, out_dir, prompts, reward_fn, tokenizer, ac, optimizer, kl_ctl,
-               eos_token_ids(tokenizer, causal_lm), sl_rows,
-               lean_rollouts=options.lean_rollouts and not options.lora and supports(ac.rollout_model))
+               eos_token_ids(tokenizer, causal_lm), sl_rows, lean_rollouts=lean is not None,
+               lean_prepack=lean is None or lean.prepacked)
+    del lean
     log.info("rollouts: %s", "cai's lean decoder" if run.lean_rollouts else "transformers generate")
     checkpoint = find_checkpoint(out_dir)
     main = is_main()

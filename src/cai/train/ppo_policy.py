@@ -222,7 +222,8 @@ def sample_responses(rollout_model, tokenizer, prompts: list[list[dict]], *, max
 
 
 def sample_responses_lean(rollout_model, tokenizer, prompts: list[list[dict]], *, max_new_tokens: int,
-                          temperature: float, top_p: float, eos_ids: set[int], seed: int) -> Rollout:
+                          temperature: float, top_p: float, eos_ids: set[int], seed: int,
+                          prepack: bool = True) -> Rollout:
     """``sample_responses`` through cai's lean decoder (``cai.backends.engine``) over a snapshot of the
     rollout weights: packed prefill, finished rows dropped, keyed sampling. On the 135M model's CPU
     rollouts it is several times faster than ``generate``; tokens come from the same distribution
@@ -236,8 +237,9 @@ def sample_responses_lean(rollout_model, tokenizer, prompts: list[list[dict]], *
     from cai.backends.engine import LlamaEngine
     from cai.backends.transformers import TransformersBackend, row_seed
 
-    backend = TransformersBackend(None, tokenizer, "rollout", engine=LlamaEngine.from_model(rollout_model),
-                                  batch_size=len(prompts), eos_ids=sorted(eos_ids))
+    engine = LlamaEngine.from_model(rollout_model, prepack=prepack)
+    backend = TransformersBackend(None, tokenizer, "rollout", engine=engine, batch_size=len(prompts),
+                                  eos_ids=sorted(eos_ids))
     queries = [backend.encode_chat(p) for p in prompts]
     repeat: dict[tuple[int, ...], int] = {}
     by_repeat: dict[int, list[int]] = {}
