@@ -39,17 +39,25 @@ def tokenizer(tokenizer_dir):
     return tok
 
 
-def build_tiny_llama(out: Path, tokenizer, *, seed: int = 0, hidden: int = 32, layers: int = 2) -> Path:
+def build_tiny_llama(out: Path, tokenizer, *, seed: int = 0, hidden: int = 32, layers: int = 2, scale: float = 1.0,
+                     **config) -> Path:
+    """A random Llama with the SmolLM2 tokenizer saved to ``out``; ``config`` overrides LlamaConfig fields,
+    ``scale`` multiplies every weight matrix (larger weights: more peaked distributions)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )
+    config = LlamaConfig(**{
+        "vocab_size": len(tokenizer), "hidden_size": hidden, "intermediate_size": 2 * hidden,
+        "num_hidden_layers": layers, "num_attention_heads": 2, "num_key_value_heads": 2,
+        "max_position_embeddings": 2048, "tie_word_embeddings": True, "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id, **config})
     model = LlamaForCausalLM(config)
+    if scale != 1.0:
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.dim() == 2:
+                    p.mul_(scale)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
@@ -67,3 +75,19 @@ def embedded_model_dir() -> Path:
     from cai.models import resolve
 
     return Path(resolve("smollm2-135m").path)
+
+
+@pytest.fixture(scope="session")
+def tiny_reward_dir(tmp_path_factory, tokenizer) -> Path:
+    """A random 2-layer reward model (sequence classifier, 1 output) with the SmolLM2 tokenizer."""
+    import torch
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, num_labels=1,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    out = tmp_path_factory.mktemp("tiny-rm")
+    LlamaForSequenceClassification(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out

@@ -127,7 +127,7 @@ def _run_cli(monkeypatch, args, backend):
     from cai.cli import app
 
     loads = []
-    monkeypatch.setattr(label_cli, "_load", lambda spec: loads.append(spec) or backend)
+    monkeypatch.setattr(label_cli, "_load", lambda spec, dtype="auto": loads.append(spec) or backend)
     result = CliRunner().invoke(app, ["label", "--mode", "pairwise", "--no-length-control", *args])
     return result, loads
 

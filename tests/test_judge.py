@@ -44,10 +44,17 @@ def test_first_option_probability_renormalises_over_the_two_options():
     assert first_option_probability([0.0, 5000.0]) == 0.0  # no overflow
 
 
-@pytest.mark.parametrize("bad", [[-math.inf, -math.inf], [math.nan, 0.0]])
-def test_first_option_probability_refuses_unusable_logprobs(bad):
+def test_first_option_probability_refuses_unusable_logprobs():
     with pytest.raises(ModelError, match="no usable probability"):
-        first_option_probability(bad)
+        first_option_probability([-math.inf, -math.inf])
+
+
+def test_nan_option_logprobs_blame_the_backend_not_the_vocabulary():
+    from cai.errors import NumericsError
+
+    with pytest.raises(NumericsError, match="cai env --check") as e:
+        first_option_probability([math.nan, 0.0])
+    assert "vocabulary" not in str(e.value)
 
 
 def test_order_averaging_cancels_a_pure_slot_preference():

@@ -427,3 +427,40 @@ def test_one_step_on_the_embedded_model(tmp_path, embedded_model_dir):
     row = _metrics(tmp_path)[0]
     assert row["kl"] == pytest.approx(0.0, abs=1e-3) and math.isfinite(row["policy_loss"])
     assert (tmp_path / "policy" / "model.safetensors").is_file()
+
+
+def test_the_reference_with_bf16_linear_weights_scores_exactly_like_an_fp32_copy_under_autocast(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    from cai.train.ppo_policy import _frozen_copy, forward_response
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    full, lean = _frozen_copy(model), _frozen_copy(model, linear_dtype=torch.bfloat16)
+    assert next(lean.get_decoder().layers[0].mlp.parameters()).dtype == torch.bfloat16
+    assert lean.get_input_embeddings().weight.dtype == torch.float32  # embeddings (the tied head) stay fp32
+    ids = torch.randint(0, 1000, (2, 12))
+    attn = torch.ones_like(ids)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        a = forward_response(full, None, ids, attn, 5, 1.0)["logp"]
+        b = forward_response(lean, None, ids, attn, 5, 1.0)["logp"]
+    assert torch.equal(a, b)
+
+
+def test_the_rollout_snapshot_in_bf16_of_an_fp32_policy_equals_one_of_a_bf16_copy(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    from cai.backends.engine import LlamaEngine
+    from cai.train.ppo_policy import _snapshot
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    direct = _snapshot(LlamaEngine, model, torch.bfloat16)
+    via_copy = LlamaEngine.from_model(_frozen(model).to(torch.bfloat16))
+    tokens, where, pos = torch.tensor([5, 6, 7]), torch.zeros(3, dtype=torch.long), torch.arange(3)
+    logits = [e.prefill(tokens, where, pos, e.new_cache(1, 4, filled=[3]).rows(0, 1)) for e in (direct, via_copy)]
+    assert direct.dtype == torch.bfloat16 and torch.equal(logits[0], logits[1])
+
+
+def _frozen(model):
+    import copy
+
+    return copy.deepcopy(model)

@@ -107,6 +107,24 @@ def test_resume_after_partial_output_has_no_duplicates(tmp_path):
     assert (tmp_path / "pairs.jsonl").read_text().startswith(first)
 
 
+def test_a_judge_failure_keeps_the_sampled_responses_for_the_next_run(tmp_path):
+    class BrokenJudge(FakeJudge):
+        def option_logprobs(self, conversations, prefix, options):
+            raise RuntimeError("the judge read NaN")
+
+    policy = FakePolicy()
+    with pytest.raises(RuntimeError, match="NaN"):
+        run(PROMPTS[:2], tmp_path, policy, BrokenJudge())
+    assert policy.calls == [2, 2]  # both samples of both prompts, kept in responses.jsonl
+    assert [r["prompt_id"] for r in read_records(tmp_path / "responses.jsonl")] == ["p0", "p1"]
+    again = FakePolicy()
+    summary = run(PROMPTS[:3], tmp_path, again)
+    assert again.calls == [1, 1] and summary.pairs == 3  # only p2 is sampled; every prompt is judged
+    changed = FakePolicy()
+    run(PROMPTS[:1], tmp_path / "other", changed, max_new_tokens=7)
+    assert changed.calls == [1, 1]
+
+
 def test_same_seed_same_pairs(tmp_path):
     for d in ("a", "b"):
         run(PROMPTS, tmp_path / d, seed=3, judge=paper_judge(principles="ensemble"))
@@ -177,7 +195,7 @@ def test_cli_label_loads_one_model_for_both_roles_and_writes_pairs(tmp_path, mon
     prompts.write_text("".join(json.dumps({"id": f"h{i}", "prompt": f"request {i}"}) + "\n" for i in range(3))
                        + '{"id": "h9", "prompt": ""}\n')
     loads = []
-    monkeypatch.setattr(label_cli, "_load", lambda spec: loads.append(spec) or Both())
+    monkeypatch.setattr(label_cli, "_load", lambda spec, dtype="auto": loads.append(spec) or Both())
     out = tmp_path / "l"
     result = CliRunner().invoke(app, ["label", str(prompts), "--out", str(out), "-k", "2", "--limit", "2",
                                       "--mode", "pairwise", "--no-length-control"])
@@ -194,7 +212,7 @@ def test_cli_label_rejects_one_sample(tmp_path, monkeypatch):
     import cai.cli.label as label_cli
     from cai.cli import app
 
-    monkeypatch.setattr(label_cli, "_load", lambda spec: pytest.fail("no model should load"))
+    monkeypatch.setattr(label_cli, "_load", lambda spec, dtype="auto": pytest.fail("no model should load"))
     result = CliRunner().invoke(app, ["label", "redteam", "--out", str(tmp_path / "l"), "--samples", "1"])
     assert "--samples" in str(result.exception)
     assert not (tmp_path / "l").exists()

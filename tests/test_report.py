@@ -86,3 +86,33 @@ def test_cli_writes_the_report(tmp_path):
                                       "--out", str(tmp_path / "r")])
     assert result.exit_code == 0, result.output
     assert "1 redteam, 1 ppo" in result.output and (tmp_path / "r" / "report.md").exists()
+
+
+def test_label_summaries_and_dpo_runs_are_reported_and_small_held_out_sets_get_a_caveat(tmp_path):
+    pair = {"id": "p/0-1", "prompt": [], "chosen": [], "rejected": [], "judge": "j", "prompt_id": "p",
+            "provenance": {"model": "pol"}}
+    _write(tmp_path / "l" / "pairs.jsonl", [{**pair, "p_chosen": 0.75, "position_consistent": True},
+                                            {**pair, "prompt_id": "q", "p_chosen": 0.55, "position_consistent": False}])
+    _write(tmp_path / "probe" / "pairs.jsonl", [{"prompt": "x", "chosen": "a", "rejected": "b"}])  # human-style
+    _write(tmp_path / "dpo" / "cai_model.json", {"stage": "dpo", "metrics": {"pairs_used": 6, "steps": 3,
+                                                                             "final_loss": 0.69}})
+    _write(tmp_path / "sft" / "cai_model.json", {"stage": "sft", "metrics": {}})  # not reported
+    _write(tmp_path / "rm" / "metrics.json", {"eval_accuracy": 0.0, "n_eval": 1, "n_train": 3})
+    build_report([tmp_path], tmp_path / "report")
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "| 2 | 2 | 0.650 | 0.500 | j |" in md  # pairs, prompts, mean p_chosen, consistency, judge
+    assert "| 6 | 3 | 0.690 |" in md and md.count("cai_model.json") == 1
+    assert "| 0.000 | 1 | 3 |" in md and "fewer than 30 pairs (here 1)" in md
+
+
+def test_tradeoff_points_that_coincide_share_a_label_and_runs_tell_a_model_apart():
+    from cai.report import _points
+
+    rows = [{"model": "smollm2-135m", "source": "/r/a/evaluate/refusals.json", "safe_refusal": 0.1,
+             "harmful_refusal": 0.2},
+            {"model": "smollm2-135m", "source": "/r/b/evaluate/refusals.json", "safe_refusal": 0.1,
+             "harmful_refusal": 0.2},
+            {"model": "/r/b/sft", "source": "/r/b/evaluate/refusals.json", "safe_refusal": 0.3,
+             "harmful_refusal": 0.5}]
+    assert _points(rows) == {(0.1, 0.2): ["smollm2-135m (a/evaluate)", "smollm2-135m (b/evaluate)"],
+                             (0.3, 0.5): ["sft"]}

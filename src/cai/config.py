@@ -16,12 +16,13 @@ from cai.critique import CritiqueOptions
 from cai.evaluate import EvaluateOptions
 from cai.preferences import LabelConfig
 from cai.train.dpo import DPOOptions
+from cai.train.grpo import OnlineRLOptions
 from cai.train.ppo import PPOOptions
 from cai.train.reward import RewardOptions
 from cai.train.sft import SFTOptions
 
-Stage = Literal["critique", "sft", "label", "reward", "ppo", "dpo", "evaluate"]
-STAGES: tuple[str, ...] = ("critique", "sft", "label", "reward", "ppo", "dpo", "evaluate")
+Stage = Literal["critique", "sft", "label", "reward", "ppo", "grpo", "dpo", "evaluate"]
+STAGES: tuple[str, ...] = ("critique", "sft", "label", "reward", "ppo", "grpo", "dpo", "evaluate")
 
 
 class PromptSet(BaseModel):
@@ -51,6 +52,7 @@ class RunConfig(BaseModel):
     label: LabelConfig = Field(default_factory=LabelConfig)
     reward: RewardOptions = Field(default_factory=RewardOptions)
     ppo: PPOOptions = Field(default_factory=PPOOptions)
+    grpo: OnlineRLOptions = Field(default_factory=OnlineRLOptions, description="TRL GRPO/RLOO (stage grpo)")
     dpo: DPOOptions = Field(default_factory=DPOOptions)
     evaluate: EvaluateOptions = Field(default_factory=EvaluateOptions)
 

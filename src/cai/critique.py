@@ -104,7 +104,7 @@ def _ngrams(words: list[str], n: int) -> list[tuple[str, ...]]:
 def revision_problem(initial: str, critique: str, revision: str) -> str | None:
     """Why a revision should not become training data, or None when it is usable.
 
-    Small models often echo the critique instead of answering, or loop on one phrase (FIELD-NOTES).
+    Small models often echo the critique instead of answering, or loop on one phrase.
     """
     words = revision.lower().split()
     if len(words) < 2:
@@ -196,12 +196,26 @@ def run_chunk(backend: Backend, constitution: Constitution, prompts: Sequence[tu
         active = still
     records = []
     for i, (pid, text) in enumerate(prompts):
+        _, problem = training_revision(answers[i].text, [(x.critique, x.revision) for x in rounds[i]])
         records.append(CritiqueRecord(
             id=pid, prompt=text, initial=answers[i].text, rounds=rounds[i], final=current[i],
             stopped_early=len(rounds[i]) < options.rounds, token_counts=tokens[i],
+            usable=problem is None, problem=problem,
             provenance=provenance(constitution, backend, options, [x.principle_id for x in rounds[i]]),
         ))
     return records
+
+
+def training_revision(initial: str, rounds: Sequence[tuple[str, str]]) -> tuple[str | None, str | None]:
+    """(the revision to train on, None) -- the last one that passes ``revision_problem`` -- or (None, why
+    the last revision does not) when none passes. ``rounds``: (critique, revision) in order."""
+    problem = None
+    for critique, revision in reversed(rounds):
+        why = revision_problem(initial, critique, revision)
+        if why is None:
+            return revision, None
+        problem = problem or why
+    return None, problem or "no revision"
 
 
 def sft_rows(record: dict, system_prompt: str | None = None) -> tuple[dict, dict]:
@@ -210,15 +224,10 @@ def sft_rows(record: dict, system_prompt: str | None = None) -> tuple[dict, dict
     Returns ({"messages": [...]}, {"prompt": [...], "completion": [...]}), both with ``usable`` and
     ``problem``. The final revision is used unless it is degenerate (see ``revision_problem``), in which case
     the last usable revision is; a record with no usable revision keeps its final one, marked
-    ``usable: false`` (``cai sft`` skips those unless asked not to).
+    ``usable: false`` (``write_sft_files`` leaves those out of the SFT files).
     """
-    chosen, problem = None, None
-    for rd in reversed(record["rounds"]):
-        why = revision_problem(record["initial"], rd["critique"], rd["revision"])
-        problem = problem or why
-        if why is None:
-            chosen = rd["revision"]
-            break
+    chosen, problem = training_revision(record["initial"], [(rd["critique"], rd["revision"]) for rd in
+                                                             record["rounds"]])
     usable = chosen is not None
     prompt = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
         {"role": "user", "content": record["prompt"]}]
@@ -313,8 +322,9 @@ def write_sft_files(out_dir: Path, system_prompt: str | None = None) -> dict:
     records = jsonl.read_records(out_dir / "records.jsonl")
     helpful = jsonl.read_records(out_dir / "helpful.jsonl") if (out_dir / "helpful.jsonl").exists() else []
     pairs = [sft_rows(r, system_prompt) for r in records] + [helpful_rows(r, system_prompt) for r in helpful]
-    jsonl.write_jsonl_atomic(out_dir / "sft.jsonl", [m for m, _ in pairs])
-    jsonl.write_jsonl_atomic(out_dir / "sft_prompt_completion.jsonl", [pc for _, pc in pairs])
+    # only usable rows, so TRL's trainers read the files as they are; records.jsonl keeps every record
+    jsonl.write_jsonl_atomic(out_dir / "sft.jsonl", [m for m, _ in pairs if m["usable"]])
+    jsonl.write_jsonl_atomic(out_dir / "sft_prompt_completion.jsonl", [pc for m, pc in pairs if m["usable"]])
     gen = sum(r.get("token_counts", {}).get("completion", 0) for r in records + helpful)
     usable = sum(m["usable"] for m, _ in pairs)
     dropped = dict(Counter(m["problem"] for m, _ in pairs if not m["usable"]))

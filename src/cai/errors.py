@@ -28,3 +28,13 @@ class ModelError(CaiError):
 
 class TrainingDiverged(CaiError):
     """Training produced NaN/inf or a KL/loss blow-up; the run stops with this message."""
+
+
+class NumericsError(ModelError):
+    """A backend produced NaN or inf where numbers leave it (scores, sampling): a kernel or dtype problem on this
+    machine, not a property of the model's vocabulary."""
+
+    def __init__(self, what: str, *, where: str | None = None):
+        super().__init__(f"non-finite log-probs from the backend: {what}", where=where,
+                         fix="run `cai env --check` and include its output in a bug report; `--dtype fp32` "
+                             "(or `dtype: fp32` in a recipe) avoids the fast bf16 kernels")

@@ -206,10 +206,15 @@ def first_option_probability(logprobs: Sequence[float]) -> float:
     """P(first option) from the log-probs of the two options (renormalised over the two).
 
     logprobs: [2] floats (``-inf`` allowed for one of them). Raises ModelError if neither option has
-    any probability or a value is NaN, since such a label would be noise, not data.
+    any probability, and NumericsError (naming the backend, not the model) if a value is NaN, since such a
+    label would be noise, not data.
     """
     la, lb = float(logprobs[0]), float(logprobs[1])
-    if math.isnan(la) or math.isnan(lb) or (la == -math.inf and lb == -math.inf):
+    if math.isnan(la) or math.isnan(lb):
+        from cai.errors import NumericsError
+
+        raise NumericsError(f"the judge's option log-probs are {la}, {lb}")
+    if la == -math.inf and lb == -math.inf:
         raise ModelError(f"the judge gave no usable probability to the options {OPTIONS} "
                          f"(log-probs {la}, {lb})",
                          fix="use a judge model whose vocabulary has the option letters as tokens")
@@ -497,24 +502,29 @@ def _slot_prior(backend, config: JudgeConfig, items: list[tuple[int, str]], comp
 def _pointwise_readings(backend, comparisons: Sequence[Comparison], config: JudgeConfig) -> list[_Reading]:
     """Each response scored alone: log-odds of "Yes" to "is it good by the principle?"; a's score minus
     b's, averaged over the comparison's principles. No order, so both readings are the same."""
+    items = [(c.conversation, response, c.principles) for c in comparisons for response in (c.a, c.b)]
+    scores = pointwise_scores(backend, items, config)  # a then b: they share the transcript, encoded once
+    return [_Reading(scores[2 * i] - scores[2 * i + 1], scores[2 * i] - scores[2 * i + 1],
+                     tuple(pid for pid, _ in c.principles)) for i, c in enumerate(comparisons)]
+
+
+def pointwise_scores(backend, items: Sequence[tuple[list[dict[str, str]], str, tuple[tuple[str, str], ...]]],
+                     config: JudgeConfig) -> list[float]:
+    """The pointwise judge's score of each (conversation, response, principles): the log-odds of "Yes" to
+    "is the reply good by the principle?", averaged over the principles. One ``option_logprobs`` call."""
     tokenizer = getattr(backend, "tokenizer", None)
-    questions, where = [], []
-    for i, c in enumerate(comparisons):
-        context, a, b = _shown(c, config, tokenizer)
-        for _pid, statement in c.principles:
-            for response in (a, b):  # a then b: they share the transcript, encoded once
-                questions.append(_ask_pointwise(config, context, statement, response))
-            where.append(i)
-    logps = backend.option_logprobs(questions, POINTWISE_PREFIX, POINTWISE_OPTIONS)
-    scores = [logit(first_option_probability(lp)) for lp in logps]
-    sums = [0.0] * len(comparisons)
-    for n, i in enumerate(where):
-        sums[i] += scores[2 * n] - scores[2 * n + 1]
-    out = []
-    for i, c in enumerate(comparisons):
-        la = sums[i] / len(c.principles)
-        out.append(_Reading(la, la, tuple(pid for pid, _ in c.principles)))
-    return out
+    questions, owner = [], []
+    for i, (conversation, response, principles) in enumerate(items):
+        context = truncate_left(render_transcript(conversation), config.max_context_tokens, tokenizer)
+        shown = truncate_right(response.strip(), config.max_response_tokens, tokenizer)
+        for _pid, statement in principles:
+            questions.append(_ask_pointwise(config, context, statement, shown))
+            owner.append(i)
+    logps = backend.option_logprobs(questions, POINTWISE_PREFIX, POINTWISE_OPTIONS) if questions else []
+    sums = [0.0] * len(items)
+    for i, lp in zip(owner, logps, strict=True):
+        sums[i] += logit(first_option_probability(lp))
+    return [sums[i] / max(len(principles), 1) for i, (_c, _r, principles) in enumerate(items)]
 
 
 def _reward_readings(scorer, comparisons: Sequence[Comparison]) -> list[_Reading]:

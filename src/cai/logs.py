@@ -23,8 +23,13 @@ def setup_console(verbose: bool = False) -> None:
 
 
 def log_to_run_dir(out_dir: Path, name: str = "cai.log") -> Path:
-    """Also write every log line of this process to ``out_dir/name`` (appending across resumes)."""
+    """Also write every log line of this process to ``out_dir/name`` (appending across resumes). Under a
+    multi-process launcher only the main process writes it (``cai.distributed``)."""
+    from cai.distributed import is_main
+
     out_dir = Path(out_dir)
+    if not is_main():
+        return (out_dir / name).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     path = (out_dir / name).resolve()
     root = logging.getLogger()

@@ -58,8 +58,18 @@ class ModelSource:
 
 
 def resolve(spec: str | os.PathLike | None) -> ModelSource:
-    """Turn a user's model spec into a loadable source, converting GGUF files to a cached plain copy."""
+    """Turn a user's model spec into a loadable source, converting GGUF files to a cached plain copy.
+
+    A spec that is neither local nor embedded is a Hub id; it fails at once (no network retries) when it is
+    close to an embedded name (a typo), or when it is not cached and the Hub cannot be reached.
+    """
     spec = str(spec or EMBEDDED)
+    if is_served_spec(spec):
+        raise ModelError(f"{spec} is a model on a server: this step needs the model's weights on this machine "
+                         "(training, or a reward/reference model)",
+                         fix="pass the embedded name, a local model directory, a .gguf file or a Hub id here; "
+                             "openai:MODEL@URL works for generation and judging (critique, generate, chat, label, "
+                             "refusals, redteam)")
     if spec.lower() in EMBEDDED_ALIASES:
         gguf = embedded_gguf_path()
         return ModelSource(spec, str(_plain_copy_of_gguf(gguf, name="smollm2-135m-instruct")), EMBEDDED)
@@ -80,7 +90,73 @@ def resolve(spec: str | os.PathLike | None) -> ModelSource:
     if spec.count("/") == 1 and path.parent.is_dir():  # "runs/sft" with a local runs/: a typo, not a Hub id
         raise ModelError(f"model path {spec} does not exist (but the folder {path.parent} does)",
                          fix=f"check the path; for the Hub model {spec}, run from a folder without {path.parent}/")
+    _check_hub_id(spec)
     return ModelSource(spec, spec, spec)  # a Hub id: transformers downloads it (needs network)
+
+
+def is_served_spec(spec: str) -> bool:
+    """``openai:MODEL@URL``: a model behind an OpenAI-compatible server (``cai.backends.served``)."""
+    return str(spec).startswith("openai:")
+
+
+def did_you_mean(spec: str) -> str | None:
+    """The embedded name ``spec`` is a likely typo of, if any (``smollm2-135`` -> ``smollm2-135m``)."""
+    return did_you_mean_among(spec.lower(), sorted(EMBEDDED_ALIASES - {"default"}), cutoff=0.8)
+
+
+def did_you_mean_among(word: str, known, cutoff: float = 0.6) -> str | None:
+    import difflib
+
+    close = difflib.get_close_matches(word, list(known), n=1, cutoff=cutoff)
+    return close[0] if close else None
+
+
+def _check_hub_id(spec: str) -> None:
+    """Fail at once for a Hub id that cannot load: a near-miss of an embedded name, or a model neither in
+    the local Hugging Face cache nor reachable (offline mode, or no route to the Hub). transformers would
+    otherwise retry the download for ~50 s before saying it could not connect."""
+    near = did_you_mean(spec)
+    if near and "/" not in spec:
+        raise ModelError(f"unknown model {spec!r}: did you mean {near!r}?",
+                         fix=f"use --model {near} (the embedded model), a local model directory, a .gguf file, "
+                             "or a Hub id like org/name")
+    if _hub_cached(spec):
+        return
+    hint = f" (did you mean {near!r}?)" if near else ""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        raise ModelError(f"model {spec!r} is not a local path and not in the Hugging Face cache, and "
+                         f"HF_HUB_OFFLINE is set{hint}",
+                         fix=f"check the name (embedded: {EMBEDDED}), pass a local directory or .gguf file, "
+                             "or download it first with network access")
+    if not _hub_reachable():
+        raise ModelError(f"model {spec!r} is not a local path, not in the Hugging Face cache, and the Hub "
+                         f"cannot be reached from here{hint}",
+                         fix=f"check the name (embedded: {EMBEDDED}) and the path, or connect to the network")
+
+
+def _hub_cached(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:  # noqa: BLE001 -- an invalid repo id is simply not cached
+        return False
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the Hub's endpoint opens within ``timeout`` seconds (proxies honoured
+    by transformers are not tried: this only avoids a long wait when there is plainly no route)."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy"):
+        return True  # the proxy decides; let the download try
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def _local_model_id(path: Path) -> str:
@@ -197,9 +273,13 @@ def _cpu_flags() -> set[str]:
 
 
 def default_device() -> str:
+    """``cuda`` where there is a GPU (under a multi-process launcher, this process's own GPU), else ``cpu``."""
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if not torch.cuda.is_available():
+        return "cpu"
+    local_rank = os.environ.get("LOCAL_RANK")  # set by accelerate launch / torchrun: one GPU per process
+    return f"cuda:{local_rank}" if local_rank is not None else "cuda"
 
 
 def parse_dtype(name: str | None, device: str = "cpu"):

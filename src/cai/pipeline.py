@@ -1,10 +1,11 @@
 """The whole pipeline, stage by stage, into one run directory (``cai run``).
 
-    critique (SL-CAI) -> sft -> label (RLAIF) -> reward -> ppo | dpo
+    critique (SL-CAI) -> sft -> label (RLAIF) -> reward -> ppo | grpo | dpo
 
 Each stage reads the files the previous stages wrote and writes its own sub-directory; ``manifest.json``
 records what ran, how long it took, and what it produced. Re-running the same recipe into the same
-directory skips finished stages and resumes the stage that was interrupted.
+directory skips finished stages and resumes the stage that was interrupted. ``--stages`` adds stages to a run
+and ``--redo STAGE`` runs a finished one again (see ``run_pipeline``).
 """
 
 from __future__ import annotations
@@ -155,6 +156,19 @@ def stage_ppo(ctx: Context) -> dict:
     return {"model": ctx.trained_policy("ppo", path), "metrics": str(ctx.out / "ppo" / "metrics.jsonl")}
 
 
+def stage_grpo(ctx: Context) -> dict:
+    """TRL's GRPO/RLOO (``cai.train.grpo``), scored by the run's reward model or by the judge."""
+    from cai.train.grpo import train_online
+
+    ctx._backends.clear()
+    options = ctx.config.grpo
+    reward = ctx.out / "reward" if options.reward == "reward_model" else (ctx.config.judge_model or ctx.config.model)
+    prompts = [[{"role": "user", "content": r.prompt}] for r in ctx.prompts("rl_prompts")]
+    path = train_online(prompts, ctx.out / "grpo", reward, policy=ctx.policy, options=options,
+                        constitution=ctx.config.constitution)
+    return {"model": ctx.trained_policy("grpo", path), "metrics": str(ctx.out / "grpo" / "metrics.jsonl")}
+
+
 def stage_dpo(ctx: Context) -> dict:
     from cai.train.dpo import train_dpo
 
@@ -168,10 +182,11 @@ def stage_evaluate(ctx: Context) -> dict:
     """Refusal rates of the base and of every model the run trained, in order (SFT, then PPO or DPO; the
     last is the final model), on held-out prompts (``cai.evaluate``), then the report of the whole run."""
     from cai.evaluate import evaluate
-    from cai.models import resolve
+    from cai.models import is_served_spec, resolve
     from cai.report import build_report
 
-    models = list(dict.fromkeys([str(resolve(ctx.config.model).spec), *ctx.trained.values(), ctx.policy]))
+    base = ctx.config.model if is_served_spec(ctx.config.model) else str(resolve(ctx.config.model).spec)
+    models = list(dict.fromkeys([base, *ctx.trained.values(), ctx.policy]))
     summary = evaluate(models, ctx.out / "evaluate", ctx.config.evaluate, ctx.backend)
     ctx._backends.clear()
     build_report([ctx.out], ctx.out / "report")
@@ -181,46 +196,210 @@ def stage_evaluate(ctx: Context) -> dict:
     return {"refusals": summary, "report": str(ctx.out / "report" / "report.md")}
 
 
-POLICY_STAGES = ("sft", "ppo", "dpo")  # stages whose model later stages start from (and evaluate measures)
 STAGE_FUNCTIONS = {"critique": stage_critique, "sft": stage_sft, "label": stage_label, "reward": stage_reward,
-                   "ppo": stage_ppo, "dpo": stage_dpo, "evaluate": stage_evaluate}
+                   "ppo": stage_ppo, "grpo": stage_grpo, "dpo": stage_dpo, "evaluate": stage_evaluate}
 
 
-def run_pipeline(config: RunConfig, out: Path) -> dict:
-    """Run (or resume) every stage of ``config.stages`` in order into ``out``; returns the manifest."""
+# The recipe fields each stage reads. A finished stage is locked only by these (a setting that only a later
+# stage reads does not lock it); stages also read what the stages before them wrote, so when a stage runs
+# again, every finished stage after it runs again too.
+STAGE_SETTINGS = {
+    "critique": ("model", "dtype", "constitution", "critique_prompts", "critique"),
+    "sft": ("model", "sft"),
+    "label": ("model", "judge_model", "dtype", "constitution", "rl_prompts", "label"),
+    "reward": ("model", "reward"),
+    "ppo": ("model", "rl_prompts", "ppo"),
+    "grpo": ("model", "judge_model", "constitution", "rl_prompts", "grpo"),
+    "dpo": ("model", "dpo"),
+    "evaluate": ("model", "dtype", "evaluate"),
+}
+STAGE_DIRS = {"critique": ("critique",), "sft": ("sft",), "label": ("preferences",), "reward": ("reward",),
+              "ppo": ("ppo",), "grpo": ("grpo",), "dpo": ("dpo",), "evaluate": ("evaluate", "report")}
+
+
+def stage_settings(config: RunConfig, stage: str) -> dict:
+    """The part of the recipe that ``stage`` reads, as plain JSON values."""
+    data = config.model_dump(mode="json")
+    return {k: data[k] for k in STAGE_SETTINGS[stage]}
+
+
+def run_pipeline(config: RunConfig, out: Path, *, redo: tuple[str, ...] = ()) -> dict:
+    """Run (or resume) every stage of ``config.stages`` in order into ``out``; returns the manifest.
+
+    A finished stage is skipped, unless it is in ``redo`` or a stage before it ran in this call; a finished
+    stage whose settings changed is refused (redo it or choose a new directory). A failure or Ctrl-C is
+    written to ``cai.log`` and ``manifest.json`` with the stage it happened in."""
     from cai import __version__
     from cai.jsonl import write_atomic
     from cai.logs import log_to_run_dir
-    from cai.models import resolve
-    from cai.runs import check_or_record
 
+    main = _check_processes(config)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    log_to_run_dir(out)
-    check_or_record(out, "pipeline", config.model_dump(mode="json"))
-    write_atomic(out / "config.resolved.yaml", dump_config(config))
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        log_to_run_dir(out)
     manifest_path = out / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {
         "name": config.name, "cai_version": __version__, "versions": _versions(), "stages": {}}
-    manifest["constitution"] = _constitution_ref(config)
-    ctx = Context(config, out, policy=str(resolve(config.model).spec))
-    for stage, done in manifest["stages"].items():  # a resumed run starts from what finished stages trained
-        if done.get("done") and stage in POLICY_STAGES:
-            ctx.trained_policy(stage, done["model"])
-    for stage in config.stages:
-        done = manifest["stages"].get(stage, {})
-        if done.get("done"):
-            log.info("stage %s: already done, skipping", stage)
-            continue
-        log.info("stage %s: starting", stage)
-        t0 = time.time()
-        result = STAGE_FUNCTIONS[stage](ctx)
-        manifest["stages"][stage] = {"done": True, "seconds": round(time.time() - t0, 1), **result}
-        write_atomic(manifest_path, json.dumps(manifest, indent=2, default=str))
-        log.info("stage %s: done in %.0fs", stage, time.time() - t0)
+    manifest.pop("failed", None)
+
+    def save() -> None:
+        if main:  # under a launcher only the main process writes the run's files
+            write_atomic(manifest_path, json.dumps(manifest, indent=2, default=str))
+
+    stage = "setup"
+    t0 = time.time()
+    try:
+        check_wiring(config, out)
+        ctx = Context(config, out, policy=_check_models(config))
+        manifest["constitution"] = _constitution_ref(config)
+        plan, clear = _plan(config, out, manifest["stages"], redo)
+        if main:
+            write_atomic(out / "config.resolved.yaml", dump_config(config))
+        for stage, done in manifest["stages"].items():  # a --stages subset starts from the policy trained before it
+            if done.get("done") and stage in POLICY_STAGES and stage not in config.stages:
+                ctx.trained_policy(stage, done["model"])
+        for stage in config.stages:
+            done = manifest["stages"].get(stage, {})
+            if stage not in plan:
+                log.info("stage %s: already done, skipping", stage)
+                if stage in POLICY_STAGES:
+                    ctx.trained_policy(stage, done["model"])
+                continue
+            if stage in clear and main:
+                _clear_stage(out, stage)
+            log.info("stage %s: starting", stage)
+            t0 = time.time()
+            manifest["stages"][stage] = {"done": False, "settings": stage_settings(config, stage)}
+            save()
+            result = STAGE_FUNCTIONS[stage](ctx)
+            manifest["stages"][stage] = {"done": True, "seconds": round(time.time() - t0, 1),
+                                         "settings": stage_settings(config, stage), **result}
+            save()
+            log.info("stage %s: done in %.0fs", stage, time.time() - t0)
+    except BaseException as e:
+        what = "interrupted" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
+        manifest["failed"] = {"stage": stage, "error": what, "seconds": round(time.time() - t0, 1),
+                              "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        save()
+        log.error("stage %s %s", stage, "interrupted" if isinstance(e, KeyboardInterrupt) else f"failed: {what}")
+        raise
     manifest["final_model"] = ctx.policy
-    write_atomic(manifest_path, json.dumps(manifest, indent=2, default=str))
+    save()
     return manifest
+
+
+def _check_models(config: RunConfig) -> str:
+    """Check every model the recipe names before anything runs; returns the starting policy's spec."""
+    from cai.backends import model_identity
+    from cai.errors import ConfigError
+    from cai.models import is_served_spec, resolve
+
+    if is_served_spec(config.model):
+        training = [s for s in config.stages if s in TRAINING_STAGES]
+        if training:
+            raise ConfigError(f"model {config.model} is served, and stages {training} train its weights",
+                              where="recipe field model",
+                              fix="use local weights (the embedded name, a directory, a .gguf or a Hub id) for "
+                                  "training; a served model works for critique, label (also as judge_model) "
+                                  "and evaluate")
+    if config.judge_model:
+        model_identity(config.judge_model)
+    model_identity(config.model)
+    return config.model if is_served_spec(config.model) else str(resolve(config.model).spec)
+
+
+def _plan(config: RunConfig, out: Path, stages: dict, redo: tuple[str, ...]) -> tuple[set[str], set[str]]:
+    """(the stages of ``config.stages`` to run now, those of them to start over): those not done, those in
+    ``redo`` and every finished stage after one that runs; a finished stage, a redone one and one started
+    with other settings start over. Refuses a finished (or started) stage whose settings changed, unless
+    redone."""
+    from cai.errors import ConfigError
+
+    plan: set[str] = set()
+    clear: set[str] = set()
+    for stage in config.stages:
+        record = stages.get(stage, {})
+        settings = stage_settings(config, stage)
+        old = record.get("settings")
+        changed = sorted(k for k in settings if old is not None and old.get(k) != settings[k])
+        started = record.get("done") or any((out / d).exists() and any((out / d).iterdir())
+                                            for d in STAGE_DIRS[stage])
+        if stage in redo or plan:
+            plan.add(stage)
+            if record.get("done") or (started and (changed or stage in redo)):
+                clear.add(stage)
+        elif not record.get("done"):
+            if changed and started:
+                raise ConfigError(
+                    f"stage {stage} was started with other settings ({_changes(old, settings, changed)})",
+                    where=str(out / "manifest.json"),
+                    fix=f"re-run with the same settings to resume it, add --redo {stage} to start it over with "
+                        "the new ones, or choose a new --out directory")
+            plan.add(stage)
+        elif changed:
+            raise ConfigError(
+                f"stage {stage} is done with other settings ({_changes(old, settings, changed)})",
+                where=str(out / "manifest.json"),
+                fix=f"add --redo {stage} to redo it with the new settings (the stages after it follow), or "
+                    "choose a new --out directory")
+    return plan, clear
+
+
+def _changes(old: dict, new: dict, keys: list[str]) -> str:
+    return "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys[:3])[:400]
+
+
+def _clear_stage(out: Path, stage: str) -> None:
+    """Remove a finished stage's outputs before it runs again (its records would otherwise be resumed)."""
+    import shutil
+
+    for d in STAGE_DIRS[stage]:
+        if (out / d).exists():
+            log.info("stage %s: removing its earlier output %s to redo it", stage, out / d)
+            shutil.rmtree(out / d)
+
+
+def stage_inputs(config: RunConfig) -> dict[str, list[str]]:
+    """The files (relative to the run directory) each of the recipe's stages reads, and so needs made first."""
+    needs = {"sft": ["critique/sft.jsonl"], "reward": ["preferences/pairs.jsonl"], "dpo": ["preferences/pairs.jsonl"],
+             "ppo": ["reward/config.json"],
+             "grpo": ["reward/config.json"] if config.grpo.reward == "reward_model" else []}
+    return {stage: needs.get(stage, []) for stage in config.stages}
+
+
+PRODUCERS = {"critique/sft.jsonl": "critique", "preferences/pairs.jsonl": "label", "reward/config.json": "reward"}
+
+
+def check_wiring(config: RunConfig, out: Path) -> None:
+    """Fail before anything runs when a stage reads a file that no earlier stage makes and ``out`` lacks."""
+    from cai.errors import ConfigError
+
+    for k, (stage, files) in enumerate(stage_inputs(config).items()):
+        for name in files:
+            if PRODUCERS[name] not in config.stages[:k] and not (Path(out) / name).exists():
+                raise ConfigError(f"stage {stage} reads {name}, which stage {PRODUCERS[name]} makes, but that stage "
+                                  f"does not run before it and {out} has no such file", where="recipe field stages",
+                                  fix=f"add {PRODUCERS[name]} before {stage}, or run it first into the same --out")
+
+
+POLICY_STAGES = ("sft", "ppo", "grpo", "dpo")  # stages whose model later stages start from (evaluate measures it)
+TRAINING_STAGES = ("sft", "reward", "ppo", "grpo", "dpo")  # stages that train in every process of a launcher
+
+
+def _check_processes(config: RunConfig) -> bool:
+    """Under a multi-process launcher (``accelerate launch``) only training stages may run: each process
+    trains, the main one writes. Returns whether this process writes the run's files."""
+    from cai.distributed import is_main, world_size
+    from cai.errors import ConfigError
+
+    others = [s for s in config.stages if s not in TRAINING_STAGES]
+    if world_size() > 1 and others:
+        raise ConfigError(f"cai run started as one of {world_size()} processes, but stages {others} generate or "
+                          "evaluate and would run in each", where="--stages",
+                          fix=f"run those in one process (`cai run RECIPE --stages {','.join(others)}`), and only "
+                              f"{', '.join(TRAINING_STAGES)} under accelerate launch (see the README)")
+    return is_main()
 
 
 def _constitution_ref(config: RunConfig) -> dict:

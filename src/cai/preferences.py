@@ -14,6 +14,7 @@ seed, k and the prompt: a resumed run reproduces what an uninterrupted one would
 Output in the run directory::
 
     pairs.jsonl     one PreferencePair per line, appended as prompts finish (resumable)
+    responses.jsonl the sampled responses, appended before they are judged (a failed judge does not cost them)
     skipped.jsonl   prompts that gave fewer than two usable responses, with the reason
 
 A re-run skips prompts already present in either file; a row torn by ``kill -9`` is dropped first.
@@ -165,6 +166,25 @@ def sample_responses(policy, prompts: Sequence[str], sampling, k: int) -> list[l
     return [[by_sample[s][n] for s in range(k)] for n in range(len(prompts))]
 
 
+def kept_or_sampled(rows: Sequence[Any], policy, sampling, k: int, path: Path) -> list[list[str]]:
+    """``sample_responses`` for the rows whose responses ``path`` does not hold yet (same policy, sampling
+    and k), appended there at once: a run that fails while judging does not sample them again."""
+    import json
+
+    key = json.loads(json.dumps({"model": policy.model_id, "sampling": sampling.to_dict(), "samples": k}))
+    repair(path)
+    kept = {r["prompt_id"]: r["responses"] for r in read_records(path) if r.get("key") == key}
+    todo = [r for r in rows if r.id not in kept]
+    if todo:
+        fresh = sample_responses(policy, [r.prompt for r in todo], sampling, k)
+        append_records(path, [{"prompt_id": r.id, "key": key, "responses": texts}
+                              for r, texts in zip(todo, fresh, strict=True)])
+        kept.update({r.id: texts for r, texts in zip(todo, fresh, strict=True)})
+    if len(todo) < len(rows):
+        log.info("reusing the sampled responses of %d prompts from %s", len(rows) - len(todo), path)
+    return [kept[r.id] for r in rows]
+
+
 # ---- the stage ----------------------------------------------------------------------------------------
 
 
@@ -217,8 +237,8 @@ def label_prompts(rows: Sequence[Any], *, policy, judge_backend, constitution, o
 def _label_chunk(chunk, policy, judge_backend, constitution, out_dir: Path, config: LabelConfig,
                  sampling, provenance: Provenance, summary: LabelSummary) -> None:
     """One step of the stage: K samples per prompt, pairs, both-order labels, one append."""
-    # 1. sample K responses per prompt from the policy
-    responses = sample_responses(policy, [r.prompt for r in chunk], sampling, config.samples)
+    # 1. sample K responses per prompt from the policy (kept in responses.jsonl as soon as they are made)
+    responses = kept_or_sampled(chunk, policy, sampling, config.samples, out_dir / "responses.jsonl")
     # 2. keep non-empty, distinct responses; pair them all; a principle (or several) per pair
     comparisons, owners, skipped, dropped = plan_comparisons(chunk, responses, constitution, config)
     # 3. the AI label: each pair in both orders, one forward pass per order

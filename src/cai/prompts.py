@@ -192,6 +192,23 @@ def log_bad_rows(bad: list[BadRow], logger: logging.Logger | None = None, *, sho
         logger.warning("  ... and %d more (see bad_rows.jsonl)", len(bad) - show)
 
 
+def prompts_for_run(source: str, out: Path, *, column: str | None = None, split: str = "train",
+                    limit: int | None = None, logger: logging.Logger | None = None) -> list[PromptRow]:
+    """A command's prompts: the good rows of ``source`` (none is an error); the run directory ``out`` is made,
+    logs to ``out/cai.log`` from here on and gets the skipped rows in ``bad_rows.jsonl``."""
+    from cai.errors import ConfigError
+    from cai.logs import log_to_run_dir
+
+    rows, bad = load_prompts(source, column=column, split=split, limit=limit)
+    if not rows:
+        raise ConfigError("no usable prompts", where=source, fix="check the file, --column and --limit")
+    out.mkdir(parents=True, exist_ok=True)
+    log_to_run_dir(out)
+    write_bad_rows(out / "bad_rows.jsonl", bad)
+    log_bad_rows(bad, logger)
+    return rows
+
+
 def write_bad_rows(path: Path, bad: list[BadRow]) -> int:
     """Write the skipped rows as JSON lines (the file is written even when empty); returns how many."""
     return write_jsonl_atomic(Path(path), bad)

@@ -70,6 +70,8 @@ class CritiqueRecord(BaseModel):
     final: str
     stopped_early: bool = False
     token_counts: dict[str, int] = Field(default_factory=dict)
+    usable: bool | None = None  # whether a revision passed the quality filter (only those go to sft.jsonl)
+    problem: str | None = None  # why not, when none did
     provenance: Provenance
 
 

@@ -7,6 +7,8 @@
 * ``redteam.json`` (``cai redteam``): attack success rate per jailbreak template and model (bars).
 * ``metrics.jsonl`` of ``cai ppo`` (rows with ``step``, ``reward`` and ``kl``): reward and KL per step
   (curves); ``metrics.json`` of ``cai reward``: the reward model's held-out accuracy.
+* ``pairs.jsonl`` of ``cai label`` (AI-labelled pairs): how many, mean p_chosen, position consistency;
+  ``cai_model.json`` of a ``cai dpo`` model: its training figures.
 * ``agreement.json``, ``probes.json``, ``sweep.json`` (``cai label --agreement/--probe/--sweep``): the
   judge's agreement, position consistency and per-principle agreement (which principles the judge
   applies well), probe results and the configuration sweep.
@@ -26,7 +28,9 @@ from typing import Any
 from cai.errors import ConfigError
 
 log = logging.getLogger(__name__)
-KINDS = ("refusals", "redteam", "ppo", "reward", "agreement", "probes", "sweep", "label_source", "run")
+KINDS = ("refusals", "redteam", "ppo", "reward", "labels", "dpo", "agreement", "probes", "sweep",
+         "label_source", "run")
+SMALL_EVAL = 30  # held-out pairs below which a reward model's accuracy gets a caveat
 
 
 def _load_json(path: Path) -> Any:
@@ -62,7 +66,26 @@ def _kind(path: Path) -> tuple[str, Any] | None:
     if name == "metrics.json":
         data = _load_json(path)
         return ("reward", data) if isinstance(data, dict) and "eval_accuracy" in data else None
+    if name == "pairs.jsonl":
+        summary = label_summary(path)
+        return ("labels", summary) if summary else None
+    if name == "cai_model.json":
+        data = _load_json(path)
+        return ("dpo", data) if isinstance(data, dict) and data.get("stage") == "dpo" else None
     return None
+
+
+def label_summary(path: Path) -> dict[str, Any] | None:
+    """Figures of an AI-labelled ``pairs.jsonl`` (``cai label``), or None for other pair files."""
+    from cai.jsonl import read_records
+
+    rows = [r for r in read_records(path) if "p_chosen" in r and "position_consistent" in r]
+    if not rows:
+        return None
+    return {"pairs": len(rows), "prompts": len({r.get("prompt_id") for r in rows}),
+            "mean_p_chosen": sum(r["p_chosen"] for r in rows) / len(rows),
+            "position_consistency": sum(bool(r["position_consistent"]) for r in rows) / len(rows),
+            "judge": rows[0].get("judge"), "policy": (rows[0].get("provenance") or {}).get("model")}
 
 
 def collect(paths: Sequence[str | Path]) -> dict[str, list[dict[str, Any]]]:
@@ -79,7 +102,8 @@ def collect(paths: Sequence[str | Path]) -> dict[str, list[dict[str, Any]]]:
     if not any(v for k, v in found.items() if k != "run"):
         raise ConfigError("found no result file to report on", where=", ".join(map(str, paths)),
                           fix="give run directories holding refusals.json, redteam.json, metrics.jsonl (PPO), "
-                              "metrics.json (reward), agreement.json, probes.json or sweep.json")
+                              "metrics.json (reward), pairs.jsonl (labels), a DPO model, agreement.json, "
+                              "probes.json or sweep.json")
     return found
 
 
@@ -124,6 +148,7 @@ def attack_rates(found) -> list[dict[str, Any]]:
     for item in found["redteam"]:
         for spec, m in item["data"].get("models", {}).items():
             rows.append({"model": spec, "source": item["source"], "overall": m["overall"]["asr"],
+                         "degenerate": m["overall"].get("degenerate", 0),
                          "templates": {t: f["asr"] for t, f in m.get("templates", {}).items()}})
     return rows
 
@@ -151,6 +176,32 @@ def _f(x) -> str:
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
             *("| " + " | ".join(_f(c) for c in row) + " |" for row in rows), ""]
+
+
+def _training_lines(found, plots: dict[str, str]) -> list[str]:
+    """The report's training section: reward models (with n and a caveat when small), DPO and PPO runs."""
+    lines: list[str] = []
+    if found["ppo"] or found["reward"] or found["dpo"]:
+        lines += ["## Training", ""]
+    if found["reward"]:
+        lines += _table(["reward model", "held-out accuracy", "held-out pairs", "train pairs"],
+                        [[i["source"], i["data"].get("eval_accuracy"), i["data"].get("n_eval"),
+                          i["data"].get("n_train")] for i in found["reward"]])
+        small = [i["data"].get("n_eval") or 0 for i in found["reward"] if (i["data"].get("n_eval") or 0) < SMALL_EVAL]
+        if small:
+            lines += [f"_Held-out accuracy on fewer than {SMALL_EVAL} pairs (here {', '.join(map(str, small))}) "
+                      "says little: one pair moves it by 1/n. Label more prompts for a reliable figure._", ""]
+    if found["dpo"]:
+        lines += _table(["DPO model", "pairs used", "steps", "final loss", "reward accuracy", "reward margin"],
+                        [[i["source"], *(i["data"].get("metrics", {}).get(k) for k in (
+                            "pairs_used", "steps", "final_loss", "final_reward_accuracy", "final_reward_margin"))]
+                         for i in found["dpo"]])
+    if found["ppo"]:
+        lines += _table(["PPO run", "steps", "reward, first step", "reward, last step", "KL, last", "KL, max"],
+                        [[s["source"], s["steps"], s["reward_first"], s["reward_last"], s["kl_last"], s["kl_max"]]
+                         for s in ppo_summary(found)])
+        lines += [f"![ppo]({plots['ppo']})", ""] if "ppo" in plots else []
+    return lines
 
 
 def _refusal_section(found, plots: dict[str, str]) -> list[str]:
@@ -191,10 +242,12 @@ def _jailbreak_section(found, plots: dict[str, str]) -> list[str]:
     rates = attack_rates(found)
     names = list(dict.fromkeys(t for r in rates for t in r["templates"]))
     lines = ["## Jailbreaks", "", "Attack success rate: the share of attacks the model did not refuse "
-             "(`cai redteam`; an upper bound on harm).", ""]
+             "(`cai redteam`; an upper bound on harm). Empty, garbled or looping replies are neither: they "
+             "are left out of the rates and counted on their own.", ""]
     lines += _table(["template", *(r["model"] for r in rates)],
                     [[t, *(r["templates"].get(t) for r in rates)] for t in names]
-                    + [["all", *(r["overall"] for r in rates)]])
+                    + [["all", *(r["overall"] for r in rates)],
+                       ["degenerate replies", *(r["degenerate"] for r in rates)]])
     return lines + ([f"![jailbreaks]({plots['jailbreaks']})", ""] if "jailbreaks" in plots else [])
 
 
@@ -220,17 +273,12 @@ def render(found, plots: dict[str, str], note: str | None = None) -> str:
         lines += _refusal_section(found, plots)
     if found["redteam"]:
         lines += _jailbreak_section(found, plots)
-    if found["ppo"] or found["reward"]:
-        lines += ["## Training", ""]
-    if found["reward"]:
-        lines += _table(["reward model", "held-out accuracy", "held-out pairs", "train pairs"],
-                        [[i["source"], i["data"].get("eval_accuracy"), i["data"].get("n_eval"),
-                          i["data"].get("n_train")] for i in found["reward"]])
-    if found["ppo"]:
-        lines += _table(["PPO run", "steps", "reward, first step", "reward, last step", "KL, last", "KL, max"],
-                        [[s["source"], s["steps"], s["reward_first"], s["reward_last"], s["kl_last"], s["kl_max"]]
-                         for s in ppo_summary(found)])
-        lines += [f"![ppo]({plots['ppo']})", ""] if "ppo" in plots else []
+    if found["labels"]:
+        lines += ["## Labels", "", "AI-labelled preference pairs (`cai label`).", ""]
+        lines += _table(["pairs file", "pairs", "prompts", "mean p_chosen", "position consistency", "judge"],
+                        [[i["source"], i["data"]["pairs"], i["data"]["prompts"], i["data"]["mean_p_chosen"],
+                          i["data"]["position_consistency"], i["data"]["judge"]] for i in found["labels"]])
+    lines += _training_lines(found, plots)
     if found["agreement"] or found["probes"] or found["sweep"] or found["label_source"]:
         lines += ["## Judge", ""]
     for item in found["label_source"]:
@@ -271,12 +319,14 @@ def draw(found, out_dir: Path) -> dict[str, str]:
 
     made = {}
     if found["refusals"]:
-        fig, ax = plt.subplots(figsize=(5, 4))
-        for r in tradeoff(found):
-            ax.scatter(r["safe_refusal"], r["harmful_refusal"])
-            ax.annotate(_short(r["model"], 30), (r["safe_refusal"], r["harmful_refusal"]), fontsize=7)
+        fig, ax = plt.subplots(figsize=(6, 4.5))
+        # one marker per distinct point, named in the legend (labels written beside the points overlapped
+        # where points coincide); models that several runs share are named with their run
+        for (x, y), names in _points(tradeoff(found)).items():
+            ax.scatter(x, y, s=40, alpha=0.8, label="; ".join(names))
         ax.set(xlabel="refusal rate on safe prompts (over-refusal)", ylabel="refusal rate on harmful prompts",
                xlim=(-0.05, 1.05), ylim=(-0.05, 1.05), title="harmlessness vs helpfulness")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=1)
         made["tradeoff"] = _save(fig, out_dir / "tradeoff.png")
     if found["redteam"]:
         rates = attack_rates(found)
@@ -298,6 +348,9 @@ def draw(found, out_dir: Path) -> dict[str, str]:
         top.set(ylabel="mean reward", title="PPO")
         top.legend(fontsize=7)
         bottom.set(xlabel="step", ylabel="KL to the reference")
+        from matplotlib.ticker import MaxNLocator
+
+        bottom.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
         made["ppo"] = _save(fig, out_dir / "ppo.png")
     return made
 
@@ -306,6 +359,27 @@ def _check_accuracy() -> dict[str, Any]:
     from cai.refusals import check_accuracy
 
     return check_accuracy()
+
+
+def _points(rows: list[dict[str, Any]]) -> dict[tuple[float, float], list[str]]:
+    """Trade-off rows grouped by their (safe, harmful) point: {point: [labels]}. A model measured in
+    several runs is labelled with its run (the result file's directory) too."""
+    def base(r):
+        return Path(str(r["model"])).name or str(r["model"])
+
+    def run(r):
+        return "/".join(Path(r["source"]).parent.parts[-2:])
+
+    seen: dict[str, set[tuple[str, str]]] = {}
+    for r in rows:
+        seen.setdefault(base(r), set()).add((str(r["model"]), run(r)))
+    points: dict[tuple[float, float], list[str]] = {}
+    for r in rows:
+        if r["safe_refusal"] is None or r["harmful_refusal"] is None:
+            continue
+        name = _short(base(r), 30) + (f" ({_short(run(r), 30)})" if len(seen[base(r)]) > 1 else "")
+        points.setdefault((r["safe_refusal"], r["harmful_refusal"]), []).append(name)
+    return points
 
 
 def _short(text, n: int = 40) -> str:
@@ -341,6 +415,8 @@ def build_report(paths: Sequence[str | Path], out_dir: str | Path) -> dict[str, 
                "trained_on": trained_on(found),
                "label_source": [{"source": i["source"], **i["data"]} for i in found["label_source"]],
                "refusal_check": {k: v for k, v in _check_accuracy().items() if k != "wrong"},
+               "labels": [{"source": i["source"], **i["data"]} for i in found["labels"]],
+               "dpo": [{"source": i["source"], **i["data"].get("metrics", {})} for i in found["dpo"]],
                "agreement": [{"source": i["source"], **{k: i["data"].get(k) for k in (
                    "n", "agreement", "position_consistency", "longer_wins_rate", "per_principle")}}
                    for i in found["agreement"]],

@@ -2,7 +2,8 @@
 
 A stage writes ``run.json`` (what must stay the same for a resume to be valid: model, constitution hash,
 options) the first time it runs in a directory. A re-run with different settings in the same directory
-would mix records made two ways, so it is refused with a message saying what differs.
+would mix records made two ways, so it is refused with a message saying what differs, unless the earlier
+start finished nothing (a failed start with a mistyped option locks nothing).
 """
 
 from __future__ import annotations
@@ -14,8 +15,12 @@ from typing import Any
 from cai.errors import ConfigError
 
 
-def check_or_record(out_dir: Path, stage: str, settings: dict[str, Any], *, ignore: tuple[str, ...] = ()) -> None:
-    """Write ``out_dir/run.json`` for a new run, or verify a resumed run uses the same settings."""
+def check_or_record(out_dir: Path, stage: str, settings: dict[str, Any], *, ignore: tuple[str, ...] = (),
+                    started: bool = True) -> None:
+    """Write ``out_dir/run.json`` for a new run, or verify a resumed run uses the same settings.
+
+    ``started``: whether the directory holds any finished work; when it does not, the settings are simply
+    recorded anew."""
     from cai import __version__
     from cai.jsonl import write_atomic
 
@@ -30,9 +35,10 @@ def check_or_record(out_dir: Path, stage: str, settings: dict[str, Any], *, igno
                               where=str(path), fix="choose another --out directory")
         old = saved.get("settings", {})
         changed = sorted(k for k in set(old) | set(settings) if k not in ignore and old.get(k) != settings.get(k))
-        if changed:
+        if changed and started:
             detail = "; ".join(f"{k}: {old.get(k)!r} -> {settings.get(k)!r}" for k in changed[:4])
             raise ConfigError(f"this directory holds a run with other settings ({detail})", where=str(path),
                               fix="re-run with the same settings to resume, or choose a new --out directory")
-        return
+        if not changed:
+            return
     write_atomic(path, json.dumps({"stage": stage, "cai_version": __version__, "settings": settings}, indent=2))

@@ -131,9 +131,10 @@ class _Layer:
 class LlamaEngine:
     """Forward passes over a ``RowCache`` with the weights of a Llama model (a snapshot)."""
 
-    def __init__(self, cfg: dict, weight, *, dtype, device: str = "cpu", rope=None):
+    def __init__(self, cfg: dict, weight, *, dtype, device: str = "cpu", rope=None, prepack: bool = True):
         """cfg: the model's config as a dict; weight(name) -> tensor, by checkpoint name;
-        rope: (inv_freq, attention scale) when not the default rotary embedding."""
+        rope: (inv_freq, attention scale) when not the default rotary embedding; prepack: use oneDNN's
+        prepacked weights and fused post-ops where the CPU supports them (False: plain ``F.linear``)."""
         import torch
 
         self.dtype, self.device = dtype, torch.device(device)
@@ -149,7 +150,8 @@ class LlamaEngine:
             t = weight(name).detach()  # a snapshot for inference: no autograd through a model's parameters
             return (t if scale == 1.0 else t.float() * scale).to(device=self.device, dtype=dtype)
 
-        self.prepacked = _can_prepack(dtype, self.device)
+        self.config = cfg
+        self.prepacked = prepack and _can_prepack(dtype, self.device)
         pack = _prepack if self.prepacked else (lambda t: t)
         with torch.no_grad():
             self.embed = w("model.embed_tokens.weight")
@@ -175,7 +177,7 @@ class LlamaEngine:
                 ))
 
     @classmethod
-    def from_model(cls, model) -> LlamaEngine:
+    def from_model(cls, model, *, prepack: bool = True) -> LlamaEngine:
         """The engine over a loaded transformers Llama model's current weights."""
         params = dict(model.named_parameters())
         if "lm_head.weight" not in params:  # tied: named_parameters lists a shared tensor once
@@ -183,11 +185,11 @@ class LlamaEngine:
         emb = model.get_input_embeddings().weight
         rotary = model.model.rotary_emb
         return cls(model.config.to_dict(), params.__getitem__, dtype=emb.dtype, device=str(emb.device),
-                   rope=(rotary.inv_freq, float(rotary.attention_scaling)))
+                   rope=(rotary.inv_freq, float(rotary.attention_scaling)), prepack=prepack)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, *, dtype, device: str = "cpu", weights: str | Path | None = None
-                        ) -> LlamaEngine:
+    def from_checkpoint(cls, path: str | Path, *, dtype, device: str = "cpu", weights: str | Path | None = None,
+                        prepack: bool = True) -> LlamaEngine:
         """The engine straight from ``path/model.safetensors`` (or the same tensors in ``weights``, e.g. a
         bf16 copy) and ``path/config.json``, without transformers."""
         from safetensors import safe_open
@@ -195,7 +197,7 @@ class LlamaEngine:
         path = Path(path)
         cfg = json.loads((path / "config.json").read_text())
         with safe_open(str(weights or path / "model.safetensors"), framework="pt") as f:
-            return cls(cfg, f.get_tensor, dtype=dtype, device=device)
+            return cls(cfg, f.get_tensor, dtype=dtype, device=device, prepack=prepack)
 
     def new_cache(self, rows: int, length: int, filled: list[int] | None = None) -> RowCache:
         """A cache for ``rows`` rows of ``length`` positions. ``filled[b]``: how many leading positions of
@@ -343,7 +345,11 @@ class LlamaEngine:
         import torch
 
         group, d = self.n_heads // self.n_kv, self.head_dim
-        grid = queries.new_empty(g.n_rows, self.n_heads, g.q_len, d)  # cells without a query: never read
+        # cells without a query must hold finite numbers although their outputs are never read: under Intel
+        # AMX, oneDNN's bf16 matmul with an inner size that is not a multiple of its tile spreads a NaN or
+        # inf of one row of an operand into other rows' outputs (tests/test_engine_numerics.py shows it), and
+        # uninitialised memory holds NaN bit patterns often enough to poison a batch
+        grid = queries.new_zeros(g.n_rows, self.n_heads, g.q_len, d)
         grid[g.row, :, g.col] = queries[g.lo:g.hi]
         q = grid.view(g.n_rows, self.n_kv, group * g.q_len, d)
         keys, values = cache.k[i][g.rows, :, : g.t_len], cache.v[i][g.rows, :, : g.t_len]

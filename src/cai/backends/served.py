@@ -16,7 +16,9 @@ accepts it (training needs local weights).
   probability, an upper bound; when no option is among them the reading fails with a clear error.
 
 Plain HTTP with the standard library: no client package needed. Failed requests (connection errors,
-429 and 5xx) are retried with backoff; other errors stop with the server's message.
+429 and 5xx) are retried with backoff; other errors stop with the server's message. (The ``openai`` client
+would retry the same cases, but it is an optional extra, and this backend serves the default install;
+``tests/test_served_faults.py`` puts it behind a proxy that injects 429s, 500s and dropped connections.)
 """
 
 from __future__ import annotations

@@ -24,6 +24,12 @@ from cai.errors import ModelError
 log = logging.getLogger(__name__)
 
 
+def encode_chat(tokenizer, conversation: Conversation, prefix: str = "") -> list[int]:
+    """Token ids of a conversation rendered with the tokenizer's chat template, an assistant turn opened."""
+    text = tokenizer.apply_chat_template(list(conversation), add_generation_prompt=True, tokenize=False)
+    return tokenizer(text + prefix, add_special_tokens=False)["input_ids"]
+
+
 def row_seed(seed: int, token_ids: Sequence[int]) -> int:
     """A per-conversation seed: the run seed mixed with a hash of the prompt tokens."""
     h = hashlib.sha256(f"{seed}:".encode() + bytes(str(list(token_ids)), "ascii")).digest()
@@ -117,6 +123,11 @@ def sample_next(logits, params: SamplingParams, keys: list[int], top_k: int = 25
     """
     import torch
 
+    if bool(logits.isnan().any()):  # argmax of NaN is token 0: garbage text, never an error, without this
+        from cai.errors import NumericsError
+
+        raise NumericsError(f"NaN next-token logits in {int(logits.isnan().any(-1).sum())} of {logits.shape[0]} rows "
+                            "while sampling")
     if not params.do_sample or params.temperature <= 0:
         return logits.argmax(-1).tolist()
     scaled = logits.float() / params.temperature
@@ -176,16 +187,19 @@ class TransformersBackend:
     """A local Hugging Face causal LM behind the ``Backend`` contract."""
 
     def __init__(self, model, tokenizer, model_id: str, *, batch_size: int = 64, max_batch_tokens: int = 65536,
-                 engine=None, load_model=None, eos_ids: Sequence[int] = ()):
+                 engine=None, load_model=None, eos_ids: Sequence[int] = (), use_engine: bool = True):
         """``model``: a transformers causal LM, or None with ``engine`` given and ``load_model`` to build
-        the model only if something needs it (the fallback forward, tests)."""
+        the model only if something needs it (the fallback forward, tests). Without ``engine``, the lean
+        engine is built over ``model`` when it supports it, ``use_engine`` allows it and its self-check
+        passes on this machine (``cai.backends.engine_check``)."""
         from cai.backends import engine as lean
 
         self._model, self._load_model = model, load_model
         self.tokenizer, self.model_id = tokenizer, model_id
         self.batch_size, self.max_batch_tokens = batch_size, max_batch_tokens
-        if engine is None and model is not None and lean.supports(model):
-            engine = lean.LlamaEngine.from_model(model)
+        self.verdicts: list = []  # the self-checks behind the choice of path (engine_check.Verdict)
+        if engine is None and model is not None and use_engine and lean.supports(model):
+            engine, self.verdicts = checked_engine_for(model, tokenizer)
         self.engine = engine
         self.device = engine.device if engine is not None else next(model.parameters()).device
         gen_eos = _as_list(model.generation_config.eos_token_id) if model is not None else []
@@ -204,29 +218,54 @@ class TransformersBackend:
 
     @classmethod
     def load(cls, spec: str | None = None, *, dtype=None, device: str | None = None, batch_size: int = 64,
-             trust_remote_code: bool = False) -> TransformersBackend:
+             trust_remote_code: bool = False, force_check: bool = False) -> TransformersBackend:
+        """The backend for a model spec. The lean engine is used where one of its paths passes its
+        self-check on this machine (cached; ``force_check`` runs it again); ``backend.verdicts`` lists the
+        checks behind the choice."""
         from cai import models
 
         source = models.resolve(spec)
         device = device or models.default_device()
         dtype = models.parse_dtype(dtype, device) if isinstance(dtype, str) or dtype is None else dtype
-        lean = None if trust_remote_code else cls._load_lean(source, dtype, device, batch_size)
-        if lean is not None:
+        verdicts: list = []
+        lean = None if trust_remote_code else cls._load_lean(source, dtype, device, batch_size, verdicts, force_check)
+        if isinstance(lean, cls):
+            lean.verdicts = verdicts
             return lean
         tok = models.load_tokenizer(source, trust_remote_code=trust_remote_code)
         model = models.load_causal_lm(source, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
         log.info("loaded %s (%s) on %s as %s", source.model_id, source.path, device, dtype)
-        return cls(model, tok, source.model_id, batch_size=batch_size)
+        backend = cls(model, tok, source.model_id, batch_size=batch_size, use_engine=lean is None)
+        if backend.engine is None and model.dtype != torch_fp32():
+            from cai.backends import engine_check
+
+            def reference():
+                return models.load_causal_lm(source, dtype=torch_fp32(), device=device,
+                                             trust_remote_code=trust_remote_code)
+
+            verdict = engine_check.check_model_forward(model, lambda c: encode_chat(tok, c), reference,
+                                                       force=force_check)
+            verdicts.append(verdict)
+            if not verdict.trusted:  # the reference itself: slow, never wrong
+                model = models.load_causal_lm(source, dtype=torch_fp32(), device=device,
+                                              trust_remote_code=trust_remote_code)
+                backend = cls(model, tok, source.model_id, batch_size=batch_size, use_engine=False)
+        backend.verdicts = verdicts + backend.verdicts
+        return backend
 
     @classmethod
-    def _load_lean(cls, source, dtype, device: str, batch_size: int) -> TransformersBackend | None:
+    def _load_lean(cls, source, dtype, device: str, batch_size: int, verdicts: list, force_check: bool = False
+                   ) -> TransformersBackend | bool | None:
         """The backend straight from a local safetensors Llama checkpoint, without importing transformers
-        (its import alone is ~2 s of a CPU run's start-up); None when the checkpoint needs transformers."""
+        (its import alone is ~2 s of a CPU run's start-up); None when the checkpoint needs transformers,
+        False when no engine path passed its self-check on this machine."""
         import json
         from pathlib import Path
 
+        import torch
+
         from cai import models
-        from cai.backends import engine
+        from cai.backends import engine, engine_check
         from cai.backends.light_tokenizer import LightTokenizer
 
         if not source.is_local or not engine.checkpoint_supported(source.path):
@@ -236,18 +275,30 @@ class TransformersBackend:
             return None
         gen = Path(source.path) / "generation_config.json"
         eos = _as_list(json.loads(gen.read_text()).get("eos_token_id")) if gen.is_file() else []
-        lean = engine.LlamaEngine.from_checkpoint(source.path, dtype=dtype, device=device,
-                                                  weights=models.cached_weights(source.path, dtype))
-        log.info("loaded %s (%s) on %s as %s, lean engine", source.model_id, source.path, device, dtype)
+
+        def build(dt, prepack=True):
+            return lambda: engine.LlamaEngine.from_checkpoint(
+                source.path, dtype=dt, device=device, weights=models.cached_weights(source.path, dt), prepack=prepack)
+
+        cfg = json.loads((Path(source.path) / "config.json").read_text())
+        candidates = [build(dtype), build(dtype, prepack=False)]
+        if dtype != torch.float32:
+            candidates.append(build(torch.float32))
+        lean, found = engine_check.choose_engine(
+            cfg, candidates, lambda c: encode_chat(tok, c),
+            lambda: models.load_causal_lm(source, dtype=torch.float32, device=device), force=force_check)
+        verdicts += found
+        if lean is None:
+            return False
+        log.info("loaded %s (%s) on %s as %s, lean engine", source.model_id, source.path, device, lean.dtype)
         return cls(None, tok, source.model_id, batch_size=batch_size, engine=lean, eos_ids=eos,
-                   load_model=lambda: models.load_causal_lm(source, dtype=dtype, device=device))
+                   load_model=lambda: models.load_causal_lm(source, dtype=lean.dtype, device=device))
 
     # ---- rendering -------------------------------------------------------------------------------
 
     def encode_chat(self, conversation: Conversation, prefix: str = "") -> list[int]:
         """Token ids of a conversation rendered with the chat template, an assistant turn opened."""
-        text = self.tokenizer.apply_chat_template(list(conversation), add_generation_prompt=True, tokenize=False)
-        return self.tokenizer(text + prefix, add_special_tokens=False)["input_ids"]
+        return encode_chat(self.tokenizer, conversation, prefix)
 
     # ---- generation ------------------------------------------------------------------------------
 
@@ -286,8 +337,9 @@ class TransformersBackend:
         alive = list(range(n))  # original row index of each row still in the batch
         stop_strings = tuple(params.stop)
         with torch.inference_mode():
+            cache_arg = {_cache_kwarg(self.model): cache}
             logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                                past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+                                use_cache=True, logits_to_keep=1, **cache_arg).logits[:, -1]
             next_pos = positions[:, -1] + 1
             for _step in range(params.max_new_tokens):
                 picks = sample_next(logits, params, [step_key(seeds[r], _step) for r in alive])
@@ -312,7 +364,7 @@ class TransformersBackend:
                 step_ids = torch.tensor(picks, device=self.device).unsqueeze(1)
                 mask = torch.cat([mask, mask.new_ones((len(alive), 1))], dim=1)
                 logits = self.model(input_ids=step_ids, attention_mask=mask, position_ids=next_pos.unsqueeze(1),
-                                    past_key_values=cache, use_cache=True).logits[:, -1]
+                                    use_cache=True, **cache_arg).logits[:, -1]
                 next_pos = next_pos + 1
         return [self._completion(p, t, f, stop_strings, e)
                 for p, t, f, e in zip(prompts, new_tokens, finish, eos, strict=True)]
@@ -485,6 +537,12 @@ class TransformersBackend:
                 self._store_shared(prompts)
             for idx in batches:
                 logp = self._last_logprobs([prompts[i] for i in idx])
+                if bool(logp.isnan().any()):
+                    from cai.errors import NumericsError
+
+                    path = "the lean engine" if self.engine is not None else "the model's forward"
+                    raise NumericsError(f"NaN in {int(logp.isnan().any(-1).sum())} of {len(idx)} scored prompts "
+                                        f"({path}, {self.model_id})")
                 per_option = torch.stack([logp[:, ids].logsumexp(-1) for ids in option_ids], dim=-1)
                 per_option = per_option - per_option.logsumexp(-1, keepdim=True)
                 for i, row in zip(idx, per_option.tolist(), strict=True):
@@ -520,6 +578,38 @@ class TransformersBackend:
             mask[b, width - len(p):] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         return ids.to(self.device), mask.to(self.device), positions.to(self.device)
+
+
+def torch_fp32():
+    import torch
+
+    return torch.float32
+
+
+def checked_engine_for(model, tokenizer):
+    """(The lean engine over ``model``'s weights if a path of it passes its self-check here, else None,
+    and the verdicts). Without an engine the model's own forward runs. The reference is the model itself in
+    fp32 (a copy if it is not)."""
+    import copy
+
+    from cai.backends import engine as lean
+    from cai.backends import engine_check
+
+    def reference():
+        return model if model.dtype == torch_fp32() else copy.deepcopy(model).float()
+
+    return engine_check.choose_engine(
+        model.config.to_dict(), [lambda: lean.LlamaEngine.from_model(model),
+                                 lambda: lean.LlamaEngine.from_model(model, prepack=False)],
+        lambda c: encode_chat(tokenizer, c), reference)
+
+
+def _cache_kwarg(model) -> str:
+    """The forward argument that takes a KV cache: ``cache`` since transformers renamed ``past_key_values``
+    (deprecated, removed in 5.40); the old name on the 5.x releases before the rename."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def _as_list(x) -> list[int]:

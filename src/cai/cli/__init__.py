@@ -20,8 +20,20 @@ app = typer.Typer(
 )
 
 # command modules, in the order of the pipeline; each has register(app)
-COMMAND_MODULES = ["env", "constitution", "critique", "sft", "label", "reward", "ppo", "dpo", "refusals", "redteam",
-                   "report", "run"]
+COMMAND_MODULES = ["env", "constitution", "generate", "critique", "sft", "label", "reward", "ppo", "grpo", "dpo",
+                   "refusals", "redteam", "report", "run", "serve"]  # generate: cai generate, cai chat
+
+
+@app.callback()
+def _options(
+    threads: str = typer.Option("auto", "--threads", envvar="CAI_THREADS",
+                                help="CPU threads for torch: a number, or auto (the cores not already busy "
+                                     "with other work, by the load average; see cai/threads.py)"),
+) -> None:
+    """Constitutional AI toolkit: constitutions, SL-CAI critique-revision, RLAIF, red-teaming, evaluation."""
+    from cai.threads import apply_threads, parse_threads
+
+    apply_threads(parse_threads(threads))
 
 
 def _register_all() -> None:
@@ -40,8 +52,28 @@ _register_all()
 
 def main() -> None:
     """The ``cai`` entry point: run the command, then exit (see ``_exit``)."""
+    from cai.distributed import relaunch_for_accelerate_cpu
+
     _collect_less_often()
-    _exit(_run())
+    _interrupt_on_sigint()
+    relaunched = relaunch_for_accelerate_cpu(sys.argv)
+    _exit(_run() if relaunched is None else relaunched)
+
+
+def _interrupt_on_sigint() -> None:
+    """Make SIGINT raise KeyboardInterrupt even when the shell started cai with SIGINT ignored (a job put in
+    the background by a non-interactive script inherits it ignored, and Python then keeps it so): a
+    `kill -INT` ends the command as Ctrl-C does, with what it finished written and a word on resuming."""
+    import signal
+
+    def interrupt(signum, frame):
+        _INTERRUPTED.append(signum)  # typer turns the KeyboardInterrupt into a plain exit status 130
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupt)
+
+
+_INTERRUPTED: list[int] = []
 
 
 def _collect_less_often() -> None:
@@ -65,18 +97,42 @@ def _run() -> int:
         from rich.console import Console
         from rich.markup import escape
 
+        _to_run_log(f"error: {e.render()}")
         Console(stderr=True).print(f"[bold red]error:[/] {escape(e.render())}", highlight=False)
         return 2
     except (typer.Exit, SystemExit) as e:
-        return _status(getattr(e, "exit_code", getattr(e, "code", 0)))
-    except typer.Abort:
-        return 130
+        return _interrupted() if _INTERRUPTED else _status(getattr(e, "exit_code", getattr(e, "code", 0)))
+    except (typer.Abort, KeyboardInterrupt):
+        return _interrupted()
     except Exception as e:
         if isinstance(e, _usage_errors()):  # unknown command, missing argument, bad option value
             e.show()
             return e.exit_code
+        import traceback
+
+        _to_run_log("unexpected error:\n" + traceback.format_exc())
         raise
+    if _INTERRUPTED:
+        return _interrupted()
     return result if isinstance(result, int) else 0  # click returns an Exit's code in this mode
+
+
+def _interrupted() -> int:
+    """Ctrl-C (SIGINT): what was finished is on disk (stages append whole records), so say how to go on."""
+    _to_run_log("interrupted (Ctrl-C)")
+    print("\ninterrupted; run the same command again to resume", file=sys.stderr)
+    return 130
+
+
+def _to_run_log(message: str) -> None:
+    """Write how a command ended to the run directory's ``cai.log`` (the file handlers of the root logger:
+    a command that has a run directory added one); the terminal gets its own message."""
+    import logging
+
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(logging.LogRecord("cai", logging.ERROR, __file__, 0, message, None, None))
+            handler.flush()
 
 
 def _usage_errors() -> tuple[type, ...]:

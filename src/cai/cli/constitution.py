@@ -35,12 +35,17 @@ def register(app: typer.Typer) -> None:
         c = load_constitution(file_or_name)
         table = Table(title=Text(f"{c.name} v{c.version}  ({c.hash[:12]})"),
                       caption=Text(c.description) if c.description else None, show_lines=True)
+        # two columns, the texts one under another: five narrow text columns broke words at 80 columns
         table.add_column("id", no_wrap=True)
-        for column in ("tags", "weight", "critique", "revision", "preference"):
-            table.add_column(column, overflow="fold")
+        table.add_column("principle", overflow="fold", ratio=1)
         for p in c.principles:
-            cells = (p.id, ", ".join(p.tags), f"{p.weight:g}", p.critique, p.revision, p.preference or "")
-            table.add_row(*(Text(cell) for cell in cells))
+            body = Text()
+            fields = (("tags", ", ".join(p.tags)), ("weight", f"{p.weight:g}"), ("critique", p.critique),
+                      ("revision", p.revision), ("preference", p.preference or ""))
+            for n, (name, value) in enumerate(fields):
+                body.append(f"{name}: ", style="bold")
+                body.append(value + ("\n" if n < len(fields) - 1 else ""))
+            table.add_row(Text(p.id), body)
         Console().print(table)
 
     @group.command("diff")

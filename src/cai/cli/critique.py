@@ -16,7 +16,8 @@ def critique(
                                             "mixed) or a Hugging Face dataset (hf:owner/name)"),
     out: Path = typer.Option(..., "--out", "-o", help="run directory (re-running resumes it)"),
     constitution: str = typer.Option("general", help="constitution YAML file or shipped name"),
-    model: str = typer.Option("smollm2-135m", help="embedded name, local model dir, .gguf file or Hub id"),
+    model: str = typer.Option("smollm2-135m", help="embedded name, local model dir, .gguf file, Hub id or "
+                                                   "openai:MODEL@URL (a model on an OpenAI-compatible server)"),
     rounds: int = typer.Option(4, help="critique-revision rounds per prompt"),
     limit: int = typer.Option(None, help="use only the first N prompts"),
     seed: int = typer.Option(0, help="seed for principle sampling and generation"),
@@ -38,8 +39,8 @@ def critique(
     from cai.constitution import load_constitution
     from cai.critique import CritiqueOptions, run_critique
     from cai.errors import ConfigError
-    from cai.logs import log_to_run_dir, setup_console
-    from cai.prompts import load_prompts, log_bad_rows, write_bad_rows
+    from cai.logs import setup_console
+    from cai.prompts import prompts_for_run
     from cai.runs import check_or_record
 
     setup_console()
@@ -50,23 +51,14 @@ def critique(
     except ValueError as e:
         raise ConfigError(f"invalid option: {e}", fix="see `cai critique --help`") from None
     const = load_constitution(constitution)
-    rows, bad = load_prompts(prompts, column=column, split=split, limit=limit)
-    if not rows:
-        raise ConfigError("no usable prompts", where=prompts, fix="check the file, --column and --limit")
-    out.mkdir(parents=True, exist_ok=True)
-    log_to_run_dir(out)
-    write_bad_rows(out / "bad_rows.jsonl", bad)
-    log_bad_rows(bad, log)
-    from cai.models import resolve
+    rows = prompts_for_run(prompts, out, column=column, split=split, limit=limit, logger=log)
+    from cai.backends import load_backend, model_identity
 
-    source = resolve(model)
-    check_or_record(out, "critique", {"model": source.model_id, "constitution": const.ref().model_dump(),
-                                      "prompts": prompts, "options": options.model_dump(exclude={"chunk_size"})})
-    from cai.backends.transformers import TransformersBackend
-
+    check_or_record(out, "critique", {"model": model_identity(model), "constitution": const.ref().model_dump(),
+                                      "prompts": prompts, "options": options.model_dump(exclude={"chunk_size"})},
+                    started=(out / "records.jsonl").is_file() and (out / "records.jsonl").stat().st_size > 0)
     t0 = time.time()
-    backend = TransformersBackend.load(model, dtype=dtype, batch_size=batch_size,
-                                       trust_remote_code=trust_remote_code)
+    backend = load_backend(model, dtype=dtype, batch_size=batch_size, trust_remote_code=trust_remote_code)
     summary = run_critique([(r.id, r.prompt) for r in rows], out, backend=backend, constitution=const,
                            options=options)
     wall = time.time() - t0

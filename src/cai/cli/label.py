@@ -49,6 +49,8 @@ def label(
     probe: bool = typer.Option(False, "--probe", help="measure the judge on label-free probe pairs built from "
                                "the policy's replies to the shipped prompts: refusal, over-refusal, "
                                "relevance (see cai.probes)"),
+    dtype: str = typer.Option("auto", help="auto (bf16 where the CPU/GPU has it) | fp32 | bf16 | fp16; local "
+                              "models only"),
 ) -> None:
     """Sample response pairs and label them with the AI judge in both orders (or measure agreement)."""
     from cai.errors import ConfigError
@@ -85,15 +87,15 @@ def label(
                           where="cai label", fix="add --agreement FILE or --probe")
     if probe:
         _probe(out, policy, [judge, *(compare_judge or [])], the_constitution, judge_config, limit=limit,
-               seed=seed, max_new_tokens=min(max_new_tokens, PROBE_MAX_NEW_TOKENS), sweep=sweep)
+               seed=seed, max_new_tokens=min(max_new_tokens, PROBE_MAX_NEW_TOKENS), sweep=sweep, dtype=dtype)
     elif sweep:
         _sweep(agreement, out, [judge, *(compare_judge or [])], the_constitution, judge_config, limit=limit,
-               seed=seed)
+               seed=seed, dtype=dtype)
     elif agreement is not None:
-        _agreement(agreement, out, judge, the_constitution, judge_config, limit=limit, seed=seed)
+        _agreement(agreement, out, judge, the_constitution, judge_config, limit=limit, seed=seed, dtype=dtype)
     else:
         _label(prompts, out, policy, judge, the_constitution, judge_config, limit=limit, seed=seed,
-               samples=samples, max_new_tokens=max_new_tokens)
+               samples=samples, max_new_tokens=max_new_tokens, dtype=dtype)
 
 
 def _validated(model, **values):
@@ -122,7 +124,7 @@ def _constitution(name: str):
     return c
 
 
-def _load(spec: str):
+def _load(spec: str, dtype: str = "auto"):
     """A generation backend, or a reward-model scorer when ``spec`` is a saved reward model."""
     from cai.reward_judge import RewardJudge, is_reward_model_dir
 
@@ -130,11 +132,11 @@ def _load(spec: str):
         return RewardJudge.load(spec)
     from cai.backends import load_backend
 
-    return load_backend(spec)
+    return load_backend(spec, dtype=dtype)
 
 
 def _agreement(path: Path, out: Path, judge_spec: str, constitution, config, *, limit, seed: int,
-               backend=None, show: bool = True) -> dict:
+               backend=None, show: bool = True, dtype: str = "auto") -> dict:
     import hashlib
     import json
 
@@ -147,7 +149,7 @@ def _agreement(path: Path, out: Path, judge_spec: str, constitution, config, *, 
     start = time.perf_counter()
     pairs, bad = agr.read_human_pairs(path, limit=limit)
     log_bad_rows(bad)
-    backend = backend or _load(judge_spec)
+    backend = backend or _load(judge_spec, dtype)
     # no check_judge probe first: judging starts at once, a vocabulary without the options fails before the
     # first forward pass, every reading is checked (NaN, no mass) chunk by chunk, and nothing is written
     # before the end. The probe cost a short run ~0.15 s (its own forward pass and first-call set-up)
@@ -178,7 +180,7 @@ def _agreement(path: Path, out: Path, judge_spec: str, constitution, config, *, 
 
 
 def _sweep(path: Path, out: Path, judge_specs: list[str], constitution, config, *, limit, seed: int,
-           loaded: dict | None = None, what: str | None = None) -> list[dict]:
+           loaded: dict | None = None, what: str | None = None, dtype: str = "auto") -> list[dict]:
     import json
 
     from cai import agreement as agr
@@ -194,7 +196,7 @@ def _sweep(path: Path, out: Path, judge_specs: list[str], constitution, config, 
     judges = []
     loaded = {} if loaded is None else loaded
     for spec in judge_specs:
-        backend = loaded[spec] = loaded.get(spec) or _load(spec)
+        backend = loaded[spec] = loaded.get(spec) or _load(spec, dtype)
         check_judge(backend, config)
         judges.append((spec, backend))
     rows = []
@@ -211,7 +213,7 @@ def _sweep(path: Path, out: Path, judge_specs: list[str], constitution, config, 
 
 
 def _probe(out: Path, policy_spec: str, judge_specs: list[str], constitution, config, *, limit, seed: int,
-           max_new_tokens: int, sweep: bool) -> None:
+           max_new_tokens: int, sweep: bool, dtype: str = "auto") -> None:
     """``cai label --probe``: build the probe pairs (``cai.probes``) with the policy, then measure the judge
     on each probe as on human labels (or every configuration, with --sweep): DIR/<probe>/, DIR/probes.json."""
     import json
@@ -229,7 +231,7 @@ def _probe(out: Path, policy_spec: str, judge_specs: list[str], constitution, co
         sets[name] = rows
     out.mkdir(parents=True, exist_ok=True)
     log_to_run_dir(out)
-    policy = load_backend(policy_spec)
+    policy = load_backend(policy_spec, dtype=dtype)
     probes = build_probes(policy, sets["redteam"], sets["helpful"], max_new_tokens=max_new_tokens, seed=seed)
     loaded = {policy_spec: policy}
     summary: dict = {"policy": policy.model_id, "seed": seed, "probes": {}}
@@ -243,11 +245,11 @@ def _probe(out: Path, policy_spec: str, judge_specs: list[str], constitution, co
         typer.echo(f"probe {name}: {len(rows)} pairs")
         if sweep:
             summary["probes"][name] = {"n": len(rows), "sweep": _sweep(
-                path, out / name, judge_specs, constitution, config, limit=None, seed=seed, loaded=loaded,
+                path, out / name, judge_specs, constitution, config, limit=None, seed=seed, loaded=loaded, dtype=dtype,
                 what=f"`{name}` probe pairs (agreement: the judge prefers the {BETTER[name]})")}
         else:
             spec = judge_specs[0]
-            loaded[spec] = loaded.get(spec) or _load(spec)
+            loaded[spec] = loaded.get(spec) or _load(spec, dtype)
             result = _agreement(path, out / name, spec, constitution, config, limit=None, seed=seed,
                                 backend=loaded[spec], show=False)
             summary["probes"][name] = {k: result.get(k) for k in (
@@ -300,7 +302,7 @@ def _print_agreement(result: dict, path: Path) -> None:
 
 
 def _label(prompts: str, out: Path, policy_spec: str, judge_spec: str, constitution, judge_config, *, limit,
-           seed: int, samples: int, max_new_tokens: int) -> None:
+           seed: int, samples: int, max_new_tokens: int, dtype: str = "auto") -> None:
     from cai.errors import ConfigError
     from cai.judge import check_judge
     from cai.logs import log_to_run_dir
@@ -316,8 +318,8 @@ def _label(prompts: str, out: Path, policy_spec: str, judge_spec: str, constitut
     out.mkdir(parents=True, exist_ok=True)
     log_to_run_dir(out)
     write_bad_rows(out / "bad_rows.jsonl", bad)
-    policy = _load(policy_spec)
-    judge_backend = policy if judge_spec == policy_spec else _load(judge_spec)
+    policy = _load(policy_spec, dtype)
+    judge_backend = policy if judge_spec == policy_spec else _load(judge_spec, dtype)
     check_judge(judge_backend, config.judge)
     summary = label_prompts(rows, policy=policy, judge_backend=judge_backend, constitution=constitution,
                             out_dir=out, config=config).as_dict()

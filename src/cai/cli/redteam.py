@@ -21,6 +21,8 @@ def redteam(
     max_new_tokens: int = typer.Option(96, "--max-new-tokens"),
     temperature: float = typer.Option(0.0, help="0: greedy replies"),
     seed: int = typer.Option(0),
+    dtype: str = typer.Option("auto", help="auto (bf16 where the CPU/GPU has it) | fp32 | bf16 | fp16; local "
+                              "models only"),
 ) -> None:
     """Wrap harmful requests in jailbreak templates and measure how often each model does not refuse."""
     from cai.backends import load_backend
@@ -44,7 +46,8 @@ def redteam(
     check_or_record(out, "redteam", {"prompts": prompts, "templates": the_templates, "limit": limit,
                                      "sampling": params.to_dict()})
     log_to_run_dir(out)
-    summary = attack_models(model, todo, out, params, templates=the_templates, prompts=prompts, load=load_backend)
+    summary = attack_models(model, todo, out, params, templates=the_templates, prompts=prompts,
+                            load=lambda spec: load_backend(spec, dtype=dtype))
     _print(summary)
     typer.echo(f"written to {out / 'redteam.json'}")
 

@@ -19,6 +19,8 @@ def refusals(
     limit: int = typer.Option(None, help="use only the first N prompts of each set"),
     max_new_tokens: int = typer.Option(96, "--max-new-tokens"),
     seed: int = typer.Option(0),
+    dtype: str = typer.Option("auto", help="auto (bf16 where the CPU/GPU has it) | fp32 | bf16 | fp16; local "
+                              "models only"),
 ) -> None:
     """Refusal rate on harmful and on safe prompts, per model, side by side (a keyword check)."""
     import json
@@ -37,7 +39,7 @@ def refusals(
         sets[name] = [r.prompt for r in rows]
     out.mkdir(parents=True, exist_ok=True)
     log_to_run_dir(out)
-    reports = refusal_comparison(((spec, load_backend(spec)) for spec in model), sets,
+    reports = refusal_comparison(((spec, load_backend(spec, dtype=dtype)) for spec in model), sets,
                                  max_new_tokens=max_new_tokens, seed=seed)
     write_atomic(out / "refusals.json", json.dumps({"harmful": harmful, "safe": safe, "models": reports},
                                                    indent=2) + "\n")

@@ -39,6 +39,10 @@ def reward(
         dtype=dtype, seed=seed,
     )
     report = train_reward(pairs, out, model=model, options=options)
-    accuracy = "n/a (no held-out pairs)" if report.eval_accuracy is None else f"{report.eval_accuracy:.3f}"
+    from cai.report import SMALL_EVAL
+
+    accuracy = "n/a (no held-out pairs)" if report.eval_accuracy is None else f"{report.eval_accuracy:.3f}" + (
+        f" (on only {report.n_eval} pairs: one pair moves it by {1 / report.n_eval:.2f}; label more prompts for a "
+        "reliable figure)" if report.n_eval < SMALL_EVAL else f" (n={report.n_eval})")
     typer.echo(f"reward model written to {report.out_dir}: {report.n_train} train / {report.n_eval} held-out "
                f"pairs, held-out accuracy {accuracy}, train loss {report.train_loss:.4f}")

@@ -3,7 +3,9 @@
 A stage trains and saves into ``out_dir/.partial``; only when everything is written are the files moved
 into ``out_dir``, ``config.json`` last. ``cai.models.resolve`` accepts a directory only once it has a
 ``config.json``, so a run that fails or is killed never leaves a half-written model that ``--model``
-would load (an older model in ``out_dir`` stays intact until the new one is complete).
+would load (an older model in ``out_dir`` stays intact until the new one is complete). Under a
+multi-process launcher (``accelerate launch``) every process trains, and only the main one prepares,
+writes and publishes the directory (``cai.distributed``).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class ModelCard(BaseModel):
     options: dict[str, Any]
     metrics: dict[str, float | int | None] = Field(default_factory=dict)
     versions: dict[str, str] = Field(default_factory=dict)
+    world_size: int = Field(default_factory=lambda: _world_size())  # processes that trained it together
     created_at: str = Field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat())
 
 
@@ -49,16 +52,23 @@ def trained_model_id(base_id: str, stage: str, data_sha256: str) -> str:
 @contextmanager
 def staging_dir(out_dir: Path) -> Iterator[Path]:
     """Yield ``out_dir/.partial`` to save into; on success publish its files into ``out_dir``."""
+    from cai.distributed import barrier, is_main
+
     out_dir = Path(out_dir)
     stage = out_dir / PARTIAL
-    shutil.rmtree(stage, ignore_errors=True)  # left by a killed run
-    stage.mkdir(parents=True)
+    if is_main():
+        shutil.rmtree(stage, ignore_errors=True)  # left by a killed run
+        stage.mkdir(parents=True)
+    barrier()
     try:
         yield stage
     except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
+        if is_main():
+            shutil.rmtree(stage, ignore_errors=True)
         raise
-    _publish(stage, out_dir)
+    barrier()  # every process is done with the stage (and with any collective save) before it is published
+    if is_main():
+        _publish(stage, out_dir)
 
 
 def _publish(stage: Path, out_dir: Path) -> None:
@@ -79,14 +89,41 @@ def merged(model):
     return model.merge_and_unload() if is_peft_model(model) else model
 
 
-def save_model_dir(model, tokenizer, dest: Path, card: ModelCard) -> Path:
-    """Write model weights (safetensors), tokenizer, README.md and cai_model.json into ``dest``."""
+def save_model_dir(model, tokenizer, dest: Path, card: ModelCard, state_dict=None) -> Path:
+    """Write model weights (safetensors), tokenizer, README.md and cai_model.json into ``dest`` (in the
+    main process only; ``state_dict``: the full weights where the model's own are sharded)."""
+    from cai.distributed import is_main
+
     dest = Path(dest)
-    model.save_pretrained(dest)
+    if not is_main():
+        return dest
+    model.save_pretrained(dest, state_dict=state_dict)
     tokenizer.save_pretrained(dest)
     (dest / "README.md").write_text(render_card(card), encoding="utf-8")
     (dest / "cai_model.json").write_text(json.dumps(card.model_dump(), indent=2) + "\n", encoding="utf-8")
     return dest
+
+
+def trained_model(trainer):
+    """``(model, state_dict)`` to save after ``trainer.train()``: LoRA merged; under DeepSpeed ZeRO-3 or
+    FSDP, where each process holds a shard, the full weights gathered by accelerate (a collective call:
+    every process must make it), else ``None`` (the model's own weights are whole)."""
+    from accelerate.utils import DistributedType
+
+    from cai.errors import ConfigError
+
+    accelerator = trainer.accelerator
+    kind = accelerator.distributed_type
+    sharded = kind == DistributedType.FSDP or (
+        kind == DistributedType.DEEPSPEED and accelerator.state.deepspeed_plugin.zero_stage == 3)
+    if not sharded:
+        return merged(trainer.model), None
+    from accelerate.utils import is_peft_model
+
+    if is_peft_model(trainer.model):
+        raise ConfigError("LoRA adapters cannot be merged from sharded (ZeRO-3 / FSDP) weights here",
+                          fix="train LoRA with DDP or ZeRO-2 (recipes/accelerate/ddp.yaml, zero2.yaml)")
+    return trainer.model, accelerator.get_state_dict(trainer.model_wrapped)
 
 
 def last_logged(trainer, key: str) -> float | None:
@@ -95,6 +132,12 @@ def last_logged(trainer, key: str) -> float | None:
         if key in entry:
             return float(entry[key])
     return None
+
+
+def _world_size() -> int:
+    from cai.distributed import world_size
+
+    return world_size()
 
 
 def library_versions() -> dict[str, str]:
@@ -125,6 +168,7 @@ def render_card(card: ModelCard) -> str:
         ("Constitution", constitution),
         ("Data", f"`{card.data}` ({card.rows} rows, sha256 `{card.data_sha256}`)"),
         ("Metrics", metrics),
+        ("Processes", f"{card.world_size} (data parallel)" if card.world_size > 1 else "1"),
         ("Libraries", ", ".join(f"{k} {v}" for k, v in card.versions.items())),
         ("Created", card.created_at),
     ]

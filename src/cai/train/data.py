@@ -72,7 +72,11 @@ def read_sft_data(path: str | Path, *, include_unusable: bool = False) -> Traini
         raise ConfigError(f"all {skipped} rows are marked unusable by the critique stage's quality filter",
                           where=str(path), fix="run more prompts or rounds, or pass --include-unusable")
     if not rows:
-        raise ConfigError("no rows", where=str(path), fix="check that `cai critique` finished and wrote rows")
+        records = path.parent / "records.jsonl"
+        raise ConfigError("no rows" + (f" (`cai critique` writes only usable revisions here; see {records} for "
+                                       "all of them)" if records.is_file() else ""), where=str(path),
+                          fix="check that `cai critique` finished; run more prompts or rounds if no revision "
+                              "passed its quality filter")
     if skipped:
         import logging
 

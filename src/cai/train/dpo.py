@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from pathlib import Path
 
 from pydantic import Field
@@ -83,13 +84,14 @@ def train_dpo(pairs: str | Path, out_dir: str | Path, model: str = "smollm2-135m
         ModelCard,
         last_logged,
         library_versions,
-        merged,
         save_model_dir,
         staging_dir,
+        trained_model,
         trained_model_id,
     )
     from cai.train.data import read_preference_pairs
     from cai.train.options import lora_config, weights_dtype
+    from cai.train.progress import show_progress
 
     options = options or DPOOptions()
     data = read_preference_pairs(pairs)  # fails fast, before any model is loaded or anything written
@@ -113,7 +115,12 @@ def train_dpo(pairs: str | Path, out_dir: str | Path, model: str = "smollm2-135m
         reference = None if options.lora else load_causal_lm(source, dtype=weights_dtype(options))
         trainer = build_dpo_trainer(policy, tokenizer, rows, stage / SCRATCH, options,
                                     ref_model=reference, peft_config=peft, label_smoothing=smoothing)
-        result = trainer.train()
+        with warnings.catch_warnings():
+            # TRL 1.16's DPOTrainer reads model.is_gradient_checkpointing, which transformers 5 deprecates
+            # (is_activation_checkpointing); the call is TRL's, so only that one warning is silenced here
+            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
+                                    category=FutureWarning)
+            result = show_progress(trainer, "dpo").train()
         metrics = {
             "train_loss": result.training_loss,
             "final_loss": last_logged(trainer, "loss"),
@@ -131,7 +138,8 @@ def train_dpo(pairs: str | Path, out_dir: str | Path, model: str = "smollm2-135m
             data=str(data.path.resolve()), data_sha256=data.sha256, rows=len(data.rows),
             options=options.model_dump(), metrics=metrics, versions=library_versions(),
         )
-        save_model_dir(merged(trainer.model), tokenizer, stage, card)
+        model, state_dict = trained_model(trainer)
+        save_model_dir(model, tokenizer, stage, card, state_dict)
     log.info("DPO done: %s (%s)", out_dir, card.metrics)
     return out_dir
 

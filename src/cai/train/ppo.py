@@ -95,7 +95,13 @@ class _Run:
     eos_ids: set[int]
     sl_rows: list[dict] | None = None
     lean_rollouts: bool = False  # options.lean_rollouts, where the lean decoder supports the policy
+    lean_prepack: bool = True  # the lean decoder's path that passed its self-check here (engine_check)
     history: dict[str, Any] = field(default_factory=lambda: {"first_len": None, "kl": []})
+    phase: Any = None  # phase(text): shows what the current step is doing (set by the progress bar)
+
+    def show(self, text: str) -> None:
+        if self.phase is not None:
+            self.phase(text)
 
 
 def train_ppo(prompts: list, reward_model: str | Path | RewardFn, out_dir: str | Path,
@@ -106,11 +112,14 @@ def train_ppo(prompts: list, reward_model: str | Path | RewardFn, out_dir: str |
     ``prompts``: chat message lists (a plain string is one user turn). ``reward_model``: a reward model
     directory (``cai reward``), or a function ``(prompts, responses) -> tensor [n]`` of scores.
     Re-running with the same ``out_dir`` resumes from ``out_dir/checkpoint``. Writes ``metrics.jsonl``
-    (one row per step), ``samples.jsonl`` (every rollout and its score) and ``cai.log``.
+    (one row per step), ``samples.jsonl`` (every rollout and its score) and ``cai.log``. Under a
+    multi-process launcher ``batch_size`` is per process and the main process writes (``ppo_dist``).
     """
+    from cai.distributed import is_main
     from cai.jsonl import append_records
     from cai.logs import log_to_run_dir
     from cai.models import default_device, resolve
+    from cai.train import ppo_dist
     from cai.train.ppo_checkpoint import save_checkpoint
 
     options = options or PPOOptions()
@@ -122,18 +131,21 @@ def train_ppo(prompts: list, reward_model: str | Path | RewardFn, out_dir: str |
     sl_rows = _read_sl_rows(sl_data, options)
 
     log_to_run_dir(out_dir)
+    ppo_dist.setup()
     run, start = _setup(source, prompts, reward_fn, sl_rows, out_dir, options, device)
     log.info("PPO on %s: %d prompts, steps %d..%d, batch %d, %d new tokens", source.model_id, len(prompts),
              start, options.steps, options.batch_size, options.max_new_tokens)
-    with _progress_bar(options.steps, start - 1) as show:
+    with _progress_bar(options.steps, start - 1) as (show, run.phase):
         for step in range(start, options.steps + 1):
             row, samples = ppo_step(run, step)
-            append_records(out_dir / "samples.jsonl", samples)
-            append_records(out_dir / "metrics.jsonl", [row])
+            samples = ppo_dist.gather(samples)
+            if is_main():
+                append_records(out_dir / "samples.jsonl", samples)
+                append_records(out_dir / "metrics.jsonl", [row])
             show(row)
             log.info("step %d: reward %.3f  kl %.3f  beta %.4f  len %.1f  %.1fs", step, row["reward"],
                      row["kl"], row["kl_coef"], row["response_len"], row["time"])
-            if step == options.steps or (options.save_every and step % options.save_every == 0):
+            if is_main() and (step == options.steps or (options.save_every and step % options.save_every == 0)):
                 save_checkpoint(out_dir, run.ac, run.optimizer, _run_state(run, step))
     return _save_policy(run, source, reward_model, out_dir)
 
@@ -142,8 +154,10 @@ def ppo_step(run: _Run, step: int) -> tuple[dict[str, Any], list[dict]]:
     """One PPO step (rollouts, scores, advantages, updates); returns its metrics row and samples."""
     import torch
 
+    from cai.distributed import world_size
+    from cai.train import ppo_dist
     from cai.train.ppo_data import batch_indices
-    from cai.train.ppo_losses import gae, kl_k3, masked_mean, masked_whiten, per_token_rewards
+    from cai.train.ppo_losses import gae, kl_k3, masked_mean, per_token_rewards
     from cai.train.ppo_policy import sample_responses, sample_responses_lean
 
     o, ac, t0, cpu0 = run.options, run.ac, time.time(), time.process_time()
@@ -151,16 +165,20 @@ def ppo_step(run: _Run, step: int) -> tuple[dict[str, Any], list[dict]]:
     torch.manual_seed(step_seed)  # each step's sampling depends on (seed, step) only
 
     # 1. a batch of prompts, and one sampled response to each
-    prompts = [run.prompts[i] for i in batch_indices(len(run.prompts), o.batch_size, step, o.seed)]
+    run.show(f"step {step}: sampling {o.batch_size} rollouts")
+    indices = batch_indices(len(run.prompts), o.batch_size * world_size(), step, o.seed)
+    prompts = [run.prompts[i] for i in ppo_dist.my_share(indices)]
     sampling = {"max_new_tokens": o.max_new_tokens, "temperature": o.temperature, "top_p": o.top_p,
                 "eos_ids": run.eos_ids}
     if run.lean_rollouts:
-        rollout = sample_responses_lean(ac.rollout_model, run.tokenizer, prompts, **sampling, seed=step_seed)
+        rollout = sample_responses_lean(ac.rollout_model, run.tokenizer, prompts, **sampling, seed=step_seed,
+                                        dtype=ac.rollout_dtype, prepack=run.lean_prepack)
     else:
         rollout = sample_responses(ac.rollout_model, run.tokenizer, prompts, **sampling)
     mask = rollout.mask
 
     # 2. the reward model's score of each response
+    run.show(f"step {step}: scoring the rollouts")
     scores = torch.as_tensor(run.reward_fn(prompts, rollout.texts), dtype=torch.float32).to(mask.device)
     _check_finite(run, step, "reward model score", scores.mean().item())
 
@@ -172,20 +190,20 @@ def ppo_step(run: _Run, step: int) -> tuple[dict[str, Any], list[dict]]:
     beta = run.kl_ctl.value
     rewards, kl = per_token_rewards(scores, old["logp"], old["ref_logp"], mask, beta)
     kl_per_seq = kl.sum(1)
-    mean_kl = kl_per_seq.mean().item()
+    mean_kl = ppo_dist.mean_over_processes(kl_per_seq.mean().item())
     _check_kl(run, step, mean_kl)
 
     # 5. advantages (GAE), whitened over the batch's response tokens
     advantages, returns = gae(rewards, old["values"], mask, o.gamma, o.lam)
     if o.whiten_advantages:
-        advantages = masked_whiten(advantages, mask)
+        advantages = ppo_dist.whiten(advantages, mask)
 
     # 6. ppo_epochs of clipped updates on shuffled minibatches
     stats = ppo_update(run, step, rollout, old, advantages, returns)
     ac.sync_rollout_model()
 
     # 7. adapt beta towards the target KL, and log
-    run.kl_ctl.update(mean_kl, o.batch_size)
+    run.kl_ctl.update(mean_kl, o.batch_size * world_size())
     lengths = mask.sum(1)
     row = {
         "step": step, "reward": scores.mean().item(),
@@ -195,6 +213,7 @@ def ppo_step(run: _Run, step: int) -> tuple[dict[str, Any], list[dict]]:
         "response_len": lengths.float().mean().item(),
         "truncated": 1.0 - rollout.ended.float().mean().item(), **stats,
     }
+    row = ppo_dist.mean_row(row)
     row.update(_hacking_signals(run, row, rollout.texts))
     row.update(time=time.time() - t0, time_rollout=t_rollout, time_update=time.time() - t0 - t_rollout,
                cpu_time=time.process_time() - cpu0, max_rss_mb=_max_rss_mb())
@@ -235,6 +254,7 @@ def ppo_update(run: _Run, step: int, rollout, old: dict, advantages, returns) ->
     import torch
 
     from cai.train.ppo_data import sl_batch, sl_loss
+    from cai.train.ppo_dist import average_gradients
     from cai.train.ppo_losses import masked_mean, policy_loss, value_loss
     from cai.train.ppo_policy import forward_response
 
@@ -246,6 +266,7 @@ def ppo_update(run: _Run, step: int, rollout, old: dict, advantages, returns) ->
         order = torch.randperm(rollout.input_ids.shape[0], generator=generator)
         for rows in _chunks(len(order), o.mini_batch_size, order):
             mask = rollout.mask[rows]
+            run.show(f"step {step}: update {n_updates + 1}/{o.ppo_epochs * -(-len(order) // o.mini_batch_size)}")
             with ac.autocast():
                 new = forward_response(ac.causal_lm, ac.value_head, rollout.input_ids[rows],
                                        rollout.attention_mask[rows], rollout.query_len, o.temperature,
@@ -265,6 +286,7 @@ def ppo_update(run: _Run, step: int, rollout, old: dict, advantages, returns) ->
             _check_finite(run, step, "loss", loss.item())
             run.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            average_gradients(ac.trainable_parameters())
             grad_norm = torch.nn.utils.clip_grad_norm_(ac.trainable_parameters(), o.max_grad_norm)
             run.optimizer.step()
             with torch.no_grad():
@@ -276,6 +298,7 @@ def ppo_update(run: _Run, step: int, rollout, old: dict, advantages, returns) ->
             for key, value in batch_stats.items():
                 sums[key] = sums.get(key, 0.0) + float(value.detach())
             n_updates += 1
+    run.optimizer.zero_grad(set_to_none=True)  # no gradients held through the next step's rollouts
     stats = {key: value / n_updates for key, value in sums.items()}
     stats.setdefault("sl_loss", None)
     return stats
@@ -406,6 +429,7 @@ def _setup(source, prompts, reward_fn, sl_rows, out_dir: Path, options: PPOOptio
     import torch
 
     from cai.backends.engine import supports
+    from cai.distributed import is_main
     from cai.models import load_causal_lm, load_tokenizer
     from cai.train.ppo_checkpoint import find_checkpoint, load_checkpoint, truncate_metrics
     from cai.train.ppo_losses import AdaptiveKLController, FixedKLController
@@ -414,28 +438,37 @@ def _setup(source, prompts, reward_fn, sl_rows, out_dir: Path, options: PPOOptio
     rollout_dtype, autocast_dtype = _dtypes(options, device)
     tokenizer = load_tokenizer(source)
     causal_lm = load_causal_lm(source, dtype=torch.float32, device=device)
+    lean = options.lean_rollouts and not options.lora and supports(causal_lm)
     ac = build_actor_critic(causal_lm, lora=options.lora, lora_r=options.lora_r, rollout_dtype=rollout_dtype,
-                            autocast_dtype=autocast_dtype, seed=options.seed)
+                            autocast_dtype=autocast_dtype, seed=options.seed, rollout_copy=not lean)
     optimizer = torch.optim.AdamW(ac.trainable_parameters(), lr=options.lr, weight_decay=0.0)
     if options.adaptive_kl:
         kl_ctl = AdaptiveKLController(options.kl_coef, options.target_kl, options.kl_horizon)
     else:
         kl_ctl = FixedKLController(options.kl_coef)
+    prepack = True
+    if lean:  # the snapshot path that passes its self-check here; none: transformers generate on the policy
+        from cai.train.ppo_policy import checked_rollout_engine
+
+        engine = checked_rollout_engine(ac.rollout_model, tokenizer, ac.rollout_dtype)
+        lean, prepack = engine is not None, engine is None or engine.prepacked
+        del engine
     run = _Run(options, out_dir, prompts, reward_fn, tokenizer, ac, optimizer, kl_ctl,
-               eos_token_ids(tokenizer, causal_lm), sl_rows,
-               lean_rollouts=options.lean_rollouts and not options.lora and supports(ac.rollout_model))
+               eos_token_ids(tokenizer, causal_lm), sl_rows, lean_rollouts=lean, lean_prepack=prepack)
     log.info("rollouts: %s", "cai's lean decoder" if run.lean_rollouts else "transformers generate")
     checkpoint = find_checkpoint(out_dir)
+    main = is_main()
     if checkpoint is None:
         for name in ("metrics.jsonl", "samples.jsonl"):
-            (out_dir / name).unlink(missing_ok=True)  # a run that died before its first checkpoint
+            if main:
+                (out_dir / name).unlink(missing_ok=True)  # a run that died before its first checkpoint
         return run, 1
     state = load_checkpoint(checkpoint, ac, optimizer)
     _warn_changed_options(state.get("options", {}), options)
     kl_ctl.value = state["kl_coef"]
     run.history = state["history"]
     for name in ("metrics.jsonl", "samples.jsonl"):
-        dropped = truncate_metrics(out_dir / name, state["step"])
+        dropped = truncate_metrics(out_dir / name, state["step"]) if main else 0
         if dropped:
             log.info("dropped %d rows of %s logged after the checkpoint", dropped, name)
     log.info("resuming from %s at step %d", checkpoint, state["step"] + 1)
@@ -483,7 +516,8 @@ def _save_policy(run: _Run, source, reward_model, out_dir: Path) -> Path:
 
 
 def _progress_bar(total: int, done: int):
-    """A rich progress bar showing the last reward and KL: ``with _progress_bar(n, k) as show: show(row)``."""
+    """A rich progress bar showing the last reward and KL and what the step is doing:
+    ``with _progress_bar(n, k) as (show, phase): phase("..."); show(row)``."""
     from contextlib import contextmanager
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -491,10 +525,11 @@ def _progress_bar(total: int, done: int):
     @contextmanager
     def bar():
         columns = (TextColumn("ppo"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
-                   TimeElapsedColumn())
+                   TextColumn("{task.fields[phase]}"), TimeElapsedColumn())
         with Progress(*columns) as progress:
-            task = progress.add_task("ppo", total=total, completed=done, stats="")
-            yield lambda row: progress.update(task, advance=1,
-                                              stats=f"reward {row['reward']:.3f}  kl {row['kl']:.3f}")
+            task = progress.add_task("ppo", total=total, completed=done, stats="", phase="")
+            yield (lambda row: progress.update(task, advance=1,
+                                               stats=f"reward {row['reward']:.3f}  kl {row['kl']:.3f}"),
+                   lambda text: progress.update(task, phase=text))
 
     return bar()

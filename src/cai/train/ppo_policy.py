@@ -6,7 +6,9 @@ forward pass through the trunk gives both the response tokens' log-probs and the
 vocabulary projection runs on the response positions only.
 
 The reference policy is a frozen copy of the initial weights, or, with LoRA, the same model with its
-adapter switched off (peft's ``disable_adapter()``), which costs no memory at all.
+adapter switched off (peft's ``disable_adapter()``), which costs no memory at all. Under bf16 autocast the
+copy keeps its decoder's linear weights in bf16, which is exact: autocast runs those matmuls in bf16 from
+fp32 weights too; the embeddings (the tied output head) and norms stay fp32.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class ActorCritic:
     ref: Any | None
     rollout_model: Any
     autocast_dtype: Any | None  # run forward passes under torch.autocast in this dtype; None: as stored
+    rollout_dtype: Any = None  # the dtype rollouts compute in (the lean decoder's snapshot is taken in it)
 
     @property
     def causal_lm(self):
@@ -78,12 +81,15 @@ def _adapter_off(peft_model):
         yield peft_model.get_base_model()
 
 
-def build_actor_critic(causal_lm, *, lora: bool, lora_r: int, rollout_dtype, autocast_dtype, seed: int):
+def build_actor_critic(causal_lm, *, lora: bool, lora_r: int, rollout_dtype, autocast_dtype, seed: int,
+                       rollout_copy: bool = True):
     """Wrap a loaded fp32 causal LM for PPO: add the value head, the reference, LoRA and a rollout copy.
 
     Trainable weights stay fp32 (optimiser updates of ~1e-6 vanish in bf16). With ``rollout_dtype``
     other than fp32 the rollouts run on a copy stored in that dtype (bf16 generation is faster on a CPU
-    with AVX512-BF16); ``autocast_dtype`` runs the scoring and training passes under autocast.
+    with AVX512-BF16), unless ``rollout_copy`` is off: the lean decoder takes its own snapshot of the
+    policy in that dtype each step, so a second copy would only hold memory. ``autocast_dtype`` runs the
+    scoring and training passes under autocast.
     """
     import torch
 
@@ -100,19 +106,27 @@ def build_actor_critic(causal_lm, *, lora: bool, lora_r: int, rollout_dtype, aut
                             task_type="CAUSAL_LM")
         model, ref = get_peft_model(causal_lm, config), None
     else:
-        model, ref = causal_lm, _frozen_copy(causal_lm)
+        model, ref = causal_lm, _frozen_copy(causal_lm, linear_dtype=autocast_dtype)
     model.eval()  # no dropout: rollout and update passes must see the same function
     base = model.get_base_model() if lora else model
     rollout = base
-    if rollout_dtype is not None and rollout_dtype != torch.float32 and not lora:
+    if rollout_copy and rollout_dtype is not None and rollout_dtype != torch.float32 and not lora:
         rollout = _frozen_copy(base).to(rollout_dtype)
-    return ActorCritic(model, value_head, ref, rollout, autocast_dtype)
+    return ActorCritic(model, value_head, ref, rollout, autocast_dtype, rollout_dtype)
 
 
-def _frozen_copy(model):
+def _frozen_copy(model, linear_dtype=None):
+    """A frozen copy of ``model``; with ``linear_dtype``, its decoder's linear weights stored in that dtype
+    (for passes under autocast to ``linear_dtype``, which computes those matmuls in it anyway)."""
+    import torch
+
     ref = copy.deepcopy(model).eval()
     for p in ref.parameters():
         p.requires_grad_(False)
+    if linear_dtype is not None:
+        for module in ref.get_decoder().modules():
+            if isinstance(module, torch.nn.Linear):
+                module.to(linear_dtype)
     return ref
 
 
@@ -222,13 +236,15 @@ def sample_responses(rollout_model, tokenizer, prompts: list[list[dict]], *, max
 
 
 def sample_responses_lean(rollout_model, tokenizer, prompts: list[list[dict]], *, max_new_tokens: int,
-                          temperature: float, top_p: float, eos_ids: set[int], seed: int) -> Rollout:
+                          temperature: float, top_p: float, eos_ids: set[int], seed: int, dtype=None,
+                          prepack: bool = True) -> Rollout:
     """``sample_responses`` through cai's lean decoder (``cai.backends.engine``) over a snapshot of the
     rollout weights: packed prefill, finished rows dropped, keyed sampling. On the 135M model's CPU
     rollouts it is several times faster than ``generate``; tokens come from the same distribution
     (temperature, exact nucleus, no top-k). ``seed`` keys the draws (with each prompt's tokens); the k-th
     repeat (k >= 1) of a prompt in one batch draws under a seed hashed from (``seed``, k), so repeats get
-    their own responses, and none shares its key with another step's seed (``seed + k`` would).
+    their own responses, and none shares its key with another step's seed (``seed + k`` would). ``dtype``:
+    the snapshot's dtype (default: the model's).
     """
     import torch
 
@@ -236,8 +252,9 @@ def sample_responses_lean(rollout_model, tokenizer, prompts: list[list[dict]], *
     from cai.backends.engine import LlamaEngine
     from cai.backends.transformers import TransformersBackend, row_seed
 
-    backend = TransformersBackend(None, tokenizer, "rollout", engine=LlamaEngine.from_model(rollout_model),
-                                  batch_size=len(prompts), eos_ids=sorted(eos_ids))
+    engine = _snapshot(LlamaEngine, rollout_model, dtype, prepack=prepack)
+    backend = TransformersBackend(None, tokenizer, "rollout", engine=engine, batch_size=len(prompts),
+                                  eos_ids=sorted(eos_ids))
     queries = [backend.encode_chat(p) for p in prompts]
     repeat: dict[tuple[int, ...], int] = {}
     by_repeat: dict[int, list[int]] = {}
@@ -263,3 +280,37 @@ def sample_responses_lean(rollout_model, tokenizer, prompts: list[list[dict]], *
     responses, mask, ended = responses.to(input_ids.device), mask.to(input_ids.device), ended.to(input_ids.device)
     full_attention = torch.cat([attention, mask.long()], dim=1)
     return Rollout(torch.cat([input_ids, responses], dim=1), full_attention, input_ids.shape[1], mask, ended, texts)
+
+
+def _snapshot(engine_cls, model, dtype, prepack: bool = True):
+    """The lean engine over ``model``'s current weights, converted to ``dtype``: ``LlamaEngine.from_model``
+    with a dtype of its own, so an fp32 policy needs no separate bf16 copy for its rollouts."""
+    if dtype is None or dtype == model.get_input_embeddings().weight.dtype:
+        return engine_cls.from_model(model, prepack=prepack)
+    params = dict(model.named_parameters())
+    if "lm_head.weight" not in params:  # tied: named_parameters lists a shared tensor once
+        params["lm_head.weight"] = model.get_output_embeddings().weight
+    rotary = model.model.rotary_emb
+    return engine_cls(model.config.to_dict(), params.__getitem__, dtype=dtype, device=str(model.device),
+                      rope=(rotary.inv_freq, float(rotary.attention_scaling)), prepack=prepack)
+
+
+def checked_rollout_engine(model, tokenizer, dtype):
+    """The rollout snapshot path (prepacked or not, in ``dtype``) that passes the engine's self-check on this
+    machine (``cai.backends.engine_check``; the reference is the fp32 policy itself), or None."""
+    import copy
+
+    import torch
+
+    from cai.backends import engine_check
+    from cai.backends.engine import LlamaEngine
+    from cai.backends.transformers import encode_chat
+
+    def reference():
+        return model if model.dtype == torch.float32 else copy.deepcopy(model).float()
+
+    engine, _ = engine_check.choose_engine(
+        model.config.to_dict(), [lambda: _snapshot(LlamaEngine, model, dtype),
+                                 lambda: _snapshot(LlamaEngine, model, dtype, prepack=False)],
+        lambda c: encode_chat(tokenizer, c), reference)
+    return engine

@@ -254,19 +254,21 @@ def load_reward_base(source, tokenizer, dtype, seed: int = 0):
 def train_reward(pairs: str | Path, out_dir: str | Path, model: str = "smollm2-135m",
                  options: RewardOptions | None = None) -> RewardReport:
     """Train a reward model on preference pairs; saves it (and metrics.json) in ``out_dir``."""
+    from cai.distributed import is_main
     from cai.logs import log_to_run_dir
     from cai.models import load_tokenizer, resolve
     from cai.train.artifacts import (
         SCRATCH,
         ModelCard,
         library_versions,
-        merged,
         save_model_dir,
         staging_dir,
+        trained_model,
         trained_model_id,
     )
     from cai.train.data import read_preference_pairs
     from cai.train.options import lora_config, weights_dtype
+    from cai.train.progress import show_progress
 
     options = options or RewardOptions()
     data = read_preference_pairs(pairs)  # fails fast, before any model is loaded or anything written
@@ -282,8 +284,9 @@ def train_reward(pairs: str | Path, out_dir: str | Path, model: str = "smollm2-1
         rm = load_reward_base(source, tokenizer, weights_dtype(options), options.seed)
         peft = lora_config(options, "SEQ_CLS") if options.lora else None
         trainer = build_reward_trainer(rm, tokenizer, train_rows, stage / SCRATCH, options, peft_config=peft)
-        result = trainer.train()
-        final = merged(trainer.model).eval()
+        result = show_progress(trainer, "reward model").train()
+        final, state_dict = trained_model(trainer)
+        final.eval()
         held_out = evaluate_pairs(final, tokenizer, eval_rows, batch_size=options.batch_size,
                                   max_length=options.max_length)
         report = RewardReport(
@@ -299,7 +302,8 @@ def train_reward(pairs: str | Path, out_dir: str | Path, model: str = "smollm2-1
             options=options.model_dump(), versions=library_versions(),
             metrics=report.model_dump(exclude={"out_dir"}),
         )
-        save_model_dir(final, tokenizer, stage, card)
-        (stage / "metrics.json").write_text(report.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        save_model_dir(final, tokenizer, stage, card, state_dict)
+        if is_main():
+            (stage / "metrics.json").write_text(report.model_dump_json(indent=2) + "\n", encoding="utf-8")
     log.info("reward model done: %s", json.dumps(report.model_dump()))
     return report

@@ -54,13 +54,14 @@ def train_sft(data: str | Path, out_dir: str | Path, model: str = "smollm2-135m"
         ModelCard,
         last_logged,
         library_versions,
-        merged,
         save_model_dir,
         staging_dir,
+        trained_model,
         trained_model_id,
     )
     from cai.train.data import read_sft_data
     from cai.train.options import lora_config, weights_dtype
+    from cai.train.progress import show_progress
 
     options = options or SFTOptions()
     dataset = read_sft_data(data)  # fails fast, before any model is loaded or anything written
@@ -74,7 +75,7 @@ def train_sft(data: str | Path, out_dir: str | Path, model: str = "smollm2-135m"
         lm = load_causal_lm(source, dtype=weights_dtype(options))
         peft = lora_config(options, "CAUSAL_LM") if options.lora else None
         trainer = build_sft_trainer(lm, tokenizer, dataset.rows, stage / SCRATCH, options, peft_config=peft)
-        result = trainer.train()
+        result = show_progress(trainer, "sft").train()
         metrics = {
             "train_loss": result.training_loss,
             "final_loss": last_logged(trainer, "loss"),
@@ -88,7 +89,8 @@ def train_sft(data: str | Path, out_dir: str | Path, model: str = "smollm2-135m"
             data=str(dataset.path.resolve()), data_sha256=dataset.sha256, rows=len(dataset.rows),
             options=options.model_dump(), metrics=metrics, versions=library_versions(),
         )
-        save_model_dir(merged(trainer.model), tokenizer, stage, card)
+        model, state_dict = trained_model(trainer)
+        save_model_dir(model, tokenizer, stage, card, state_dict)
     log.info("SFT done: %s (%s)", out_dir, card.metrics)
     return out_dir
 
