@@ -204,7 +204,7 @@ STAGE_FUNCTIONS = {"critique": stage_critique, "sft": stage_sft, "label": stage_
 # stage reads does not lock it); stages also read what the stages before them wrote, so when a stage runs
 # again, every finished stage after it runs again too.
 STAGE_SETTINGS = {
-    "critique": ("model", "dtype", "constitution", "critique_prompts", "critique"),
+    "critique": ("model", "dtype", "constitution", "critique_prompts", "helpful_prompts", "critique"),
     "sft": ("model", "sft"),
     "label": ("model", "judge_model", "dtype", "constitution", "rl_prompts", "label"),
     "reward": ("model", "reward"),
