@@ -65,11 +65,11 @@ def test_general_has_tagged_preference_principles_and_safe_few_shot():
         assert p.tags and p.preference and p.preference.startswith("Choose the response"), p.id
     assert {"harmlessness", "helpfulness", "honesty"} <= {t for p in c.principles for t in p.tags}
     assert len(c.few_shot) >= 2
-    for p in c.principles:  # the phrasing that worked best on the 135M model
+    for p in c.principles:  # the closing instructions the 135M model follows (see general.yaml)
         request = c.revision_request(p)
         assert request.startswith(p.revision)
-        assert "politely decline and suggest a safe alternative" in request
-        assert request.endswith("Reply with the rewritten answer only.")
+        assert "I'm sorry, but I can't help with that" in request and "safe alternative" in request
+        assert request.endswith("If it is harmless, reply only with a helpful answer.")
 
 
 def test_seed_customer_service_and_redteam_shapes():

@@ -33,7 +33,9 @@ def test_a_missing_path_under_a_local_folder_is_an_error_not_a_hub_id(tmp_path, 
     (tmp_path / "runs").mkdir()
     with pytest.raises(ModelError, match="runs/sft does not exist"):
         resolve("runs/sft")
-    assert resolve("HuggingFaceTB/SmolLM2-135M").path == "HuggingFaceTB/SmolLM2-135M"  # no such folder: Hub id
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no such folder: a Hub id, and offline it is not in the cache
+    with pytest.raises(ModelError, match="not a local path and not in the Hugging Face cache"):
+        resolve("HuggingFaceTB/SmolLM2-135M")
 
 
 def test_bf16_weights_are_cached_only_beside_cai_converted_models(tmp_path, monkeypatch, tiny_model_dir):
