@@ -33,9 +33,31 @@ def test_a_missing_path_under_a_local_folder_is_an_error_not_a_hub_id(tmp_path, 
     (tmp_path / "runs").mkdir()
     with pytest.raises(ModelError, match="runs/sft does not exist"):
         resolve("runs/sft")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no such folder: a Hub id, and offline it is not in the cache
-    with pytest.raises(ModelError, match="not a local path and not in the Hugging Face cache"):
-        resolve("HuggingFaceTB/SmolLM2-135M")
+    monkeypatch.setattr("cai.models._hub_cached", lambda repo: True)
+    assert resolve("HuggingFaceTB/SmolLM2-135M").path == "HuggingFaceTB/SmolLM2-135M"  # no such folder: Hub id
+
+
+def test_a_near_miss_of_the_embedded_name_or_an_unreachable_hub_id_fails_at_once(monkeypatch):
+    import time
+
+    import pytest
+
+    from cai.errors import ModelError
+    from cai.models import resolve
+
+    start = time.monotonic()
+    with pytest.raises(ModelError, match="did you mean 'smollm2-135m'"):
+        resolve("smollm2-135")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelError, match="not in the Hugging Face cache, and HF_HUB_OFFLINE is set"):
+        resolve("someone/no-such-model")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr("cai.models._hub_reachable", lambda timeout=3.0: False)
+    with pytest.raises(ModelError, match="the Hub cannot be reached"):
+        resolve("someone/no-such-model")
+    with pytest.raises(ModelError, match="is a model on a server"):
+        resolve("openai:m@http://127.0.0.1:9/v1")
+    assert time.monotonic() - start < 5
 
 
 def test_bf16_weights_are_cached_only_beside_cai_converted_models(tmp_path, monkeypatch, tiny_model_dir):

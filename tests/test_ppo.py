@@ -454,7 +454,10 @@ def test_the_rollout_snapshot_in_bf16_of_an_fp32_policy_equals_one_of_a_bf16_cop
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
     direct = _snapshot(LlamaEngine, model, torch.bfloat16)
-    via_copy = LlamaEngine.from_model(_frozen(model).to(torch.bfloat16))
+    copy = _frozen(model).to(torch.bfloat16)  # the bf16 rollout copy PPO used to keep
+    assert copy.model.rotary_emb.inv_freq.dtype == torch.bfloat16  # .to() had rounded its rotary frequencies
+    copy.model.rotary_emb.inv_freq = model.model.rotary_emb.inv_freq  # the snapshot keeps them fp32
+    via_copy = LlamaEngine.from_model(copy)
     tokens, where, pos = torch.tensor([5, 6, 7]), torch.zeros(3, dtype=torch.long), torch.arange(3)
     logits = [e.prefill(tokens, where, pos, e.new_cache(1, 4, filled=[3]).rows(0, 1)) for e in (direct, via_copy)]
     assert direct.dtype == torch.bfloat16 and torch.equal(logits[0], logits[1])
