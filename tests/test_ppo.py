@@ -450,10 +450,9 @@ def test_the_rollout_snapshot_in_bf16_of_an_fp32_policy_equals_one_of_a_bf16_cop
     from transformers import AutoModelForCausalLM
 
     from cai.backends.engine import LlamaEngine
-    from cai.train.ppo_policy import _snapshot
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
-    direct = _snapshot(LlamaEngine, model, torch.bfloat16)
+    direct = LlamaEngine.from_model(model, dtype=torch.bfloat16)
     copy = _frozen(model).to(torch.bfloat16)  # the bf16 rollout copy PPO used to keep
     assert copy.model.rotary_emb.inv_freq.dtype == torch.bfloat16  # .to() had rounded its rotary frequencies
     copy.model.rotary_emb.inv_freq = model.model.rotary_emb.inv_freq  # the snapshot keeps them fp32

@@ -177,14 +177,15 @@ class LlamaEngine:
                 ))
 
     @classmethod
-    def from_model(cls, model, *, prepack: bool = True) -> LlamaEngine:
-        """The engine over a loaded transformers Llama model's current weights."""
+    def from_model(cls, model, *, dtype=None, prepack: bool = True) -> LlamaEngine:
+        """The engine over a loaded transformers Llama model's current weights, in ``dtype`` (default: the
+        model's own), so an fp32 policy needs no separate bf16 copy for bf16 rollouts."""
         params = dict(model.named_parameters())
         if "lm_head.weight" not in params:  # tied: named_parameters lists a shared tensor once
             params["lm_head.weight"] = model.get_output_embeddings().weight
         emb = model.get_input_embeddings().weight
         rotary = model.model.rotary_emb
-        return cls(model.config.to_dict(), params.__getitem__, dtype=emb.dtype, device=str(emb.device),
+        return cls(model.config.to_dict(), params.__getitem__, dtype=dtype or emb.dtype, device=str(emb.device),
                    rope=(rotary.inv_freq, float(rotary.attention_scaling)), prepack=prepack)
 
     @classmethod

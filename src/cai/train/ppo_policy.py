@@ -252,7 +252,7 @@ def sample_responses_lean(rollout_model, tokenizer, prompts: list[list[dict]], *
     from cai.backends.engine import LlamaEngine
     from cai.backends.transformers import TransformersBackend, row_seed
 
-    engine = _snapshot(LlamaEngine, rollout_model, dtype, prepack=prepack)
+    engine = LlamaEngine.from_model(rollout_model, dtype=dtype, prepack=prepack)
     backend = TransformersBackend(None, tokenizer, "rollout", engine=engine, batch_size=len(prompts),
                                   eos_ids=sorted(eos_ids))
     queries = [backend.encode_chat(p) for p in prompts]
@@ -282,19 +282,6 @@ def sample_responses_lean(rollout_model, tokenizer, prompts: list[list[dict]], *
     return Rollout(torch.cat([input_ids, responses], dim=1), full_attention, input_ids.shape[1], mask, ended, texts)
 
 
-def _snapshot(engine_cls, model, dtype, prepack: bool = True):
-    """The lean engine over ``model``'s current weights, converted to ``dtype``: ``LlamaEngine.from_model``
-    with a dtype of its own, so an fp32 policy needs no separate bf16 copy for its rollouts."""
-    if dtype is None or dtype == model.get_input_embeddings().weight.dtype:
-        return engine_cls.from_model(model, prepack=prepack)
-    params = dict(model.named_parameters())
-    if "lm_head.weight" not in params:  # tied: named_parameters lists a shared tensor once
-        params["lm_head.weight"] = model.get_output_embeddings().weight
-    rotary = model.model.rotary_emb
-    return engine_cls(model.config.to_dict(), params.__getitem__, dtype=dtype, device=str(model.device),
-                      rope=(rotary.inv_freq, float(rotary.attention_scaling)), prepack=prepack)
-
-
 def checked_rollout_engine(model, tokenizer, dtype):
     """The rollout snapshot path (prepacked or not, in ``dtype``) that passes the engine's self-check on this
     machine (``cai.backends.engine_check``; the reference is the fp32 policy itself), or None."""
@@ -310,7 +297,7 @@ def checked_rollout_engine(model, tokenizer, dtype):
         return model if model.dtype == torch.float32 else copy.deepcopy(model).float()
 
     engine, _ = engine_check.choose_engine(
-        model.config.to_dict(), [lambda: _snapshot(LlamaEngine, model, dtype),
-                                 lambda: _snapshot(LlamaEngine, model, dtype, prepack=False)],
+        model.config.to_dict(), [lambda: LlamaEngine.from_model(model, dtype=dtype),
+                                 lambda: LlamaEngine.from_model(model, dtype=dtype, prepack=False)],
         lambda c: encode_chat(tokenizer, c), reference)
     return engine
