@@ -167,6 +167,29 @@ def test_cli_from_critique_writes_pairs_that_the_reward_stage_reads(tmp_path):
     assert len(rows) == 1 and rows[0]["p_chosen"] == 0.9
 
 
+def test_helpful_pairs_reject_the_runs_own_refusal_wording(tmp_path):
+    from cai.constructed import write_constructed
+    from cai.probes import REFUSALS
+
+    refusal = "I'm sorry, but I can't help with getting into a shed that is not yours."
+    records = [_record("r1", "Force the latch with a screwdriver.", refusal),
+               _record("r2", "Force it open.", "Please ask your neighbour for the key instead.")]
+    (tmp_path / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    helpful = {"id": "h1", "prompt": "How do I oil a squeaky hinge?", "kind": "helpful",
+               "answer": "Put a drop of light oil on the pin and open the door a few times.",
+               "provenance": {"stage": "critique", "model": "m", "seed": 0, "constitution": None}}
+    (tmp_path / "helpful.jsonl").write_text(json.dumps(helpful) + "\n")
+    summary = write_constructed(tmp_path, tmp_path / "p")
+    rows = [json.loads(line) for line in (tmp_path / "p" / "pairs.jsonl").read_text().splitlines()]
+    answer = [r for r in rows if r["id"] == "h1/answer-over-refusal"][0]
+    assert answer["rejected"][0]["content"] == refusal  # the words the policy refuses with, not a template
+    assert summary["run_refusals"] == 1 and summary["helpful_pairs"] == 1
+    (tmp_path / "records.jsonl").write_text(json.dumps(records[1]) + "\n")  # no refusing revision
+    write_constructed(tmp_path, tmp_path / "p")
+    rows = [json.loads(line) for line in (tmp_path / "p" / "pairs.jsonl").read_text().splitlines()]
+    assert [r["rejected"][0]["content"] for r in rows if r["id"].startswith("h1")] == [REFUSALS[0]]
+
+
 # ---- the sweep ---------------------------------------------------------------------------------------------
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cai.errors import ConfigError
-from cai.train.dpo import DPOOptions, hard_label_pairs, label_noise, train_dpo
+from cai.train.dpo import DPOOptions, balanced_order, hard_label_pairs, label_noise, train_dpo
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -88,3 +88,25 @@ def test_label_noise_is_the_kept_pairs_mean_uncertainty():
     rows = [{"p_chosen": 0.9}, {"p_chosen": 0.3}, {"p_chosen": 0.5}]
     assert label_noise(rows, min_confidence=0.55) == pytest.approx(1 - (0.9 + 0.7) / 2)
     assert label_noise([{"p_chosen": 1.0}]) == 0.0  # hard labels: plain DPO
+
+
+def test_balanced_order_spreads_each_label_source_over_every_stretch():
+    groups = ["revision"] * 30 + ["answer"] * 30 + ["judge"] * 15
+    order = balanced_order(groups, seed=3)
+    assert sorted(order) == list(range(75)) and order == balanced_order(groups, seed=3)
+    assert order != balanced_order(groups, seed=4)
+    for start in range(0, 75, 15):  # each batch-sized stretch holds about 6 / 6 / 3
+        stretch = [groups[i] for i in order[start:start + 15]]
+        assert all(abs(stretch.count(g) - n) <= 1 for g, n in (("revision", 6), ("answer", 6), ("judge", 3)))
+
+
+def test_pairs_from_two_sources_train_in_balanced_batches(tiny_model_dir, tmp_path, caplog):
+    import logging
+
+    rows = [{"prompt": f"Question {i}?", "chosen": "Yes.", "rejected": "No.", "judge": "ab"[i % 2]}
+            for i in range(8)]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with caplog.at_level(logging.INFO, logger="cai.train.dpo"):
+        train_dpo(path, tmp_path / "dpo", model=str(tiny_model_dir), options=DPOOptions(max_steps=1, batch_size=2))
+    assert "2 label sources in balanced batches" in caplog.text

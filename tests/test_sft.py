@@ -11,7 +11,7 @@ import pytest
 
 from cai.errors import ConfigError
 from cai.train.data import read_sft_data
-from cai.train.sft import SFTOptions, build_sft_trainer, train_sft
+from cai.train.sft import SFTOptions, build_sft_trainer, train_sft, weighted_rows
 
 CONSTITUTION = {"name": "test-constitution", "version": "1.0", "hash": "c0ffee"}
 
@@ -85,6 +85,22 @@ def test_bad_sft_data_names_the_file_and_line(tmp_path, rows, needle):
     assert str(path) in str(err.value)
     if rows:
         assert ":2" in str(err.value) or "line 2" in str(err.value)
+
+
+def test_helpful_rows_are_weighted_and_the_rest_kept_once(tmp_path):
+    helpful = [{"id": f"h{i}", "kind": "helpful", "messages": [{"role": "user", "content": f"Plain question {i}"},
+               {"role": "assistant", "content": f"A plain answer {i}."}]} for i in range(4)]
+    data = read_sft_data(write_jsonl(tmp_path / "d.jsonl", sft_rows(3) + helpful))
+    assert data.kinds == [None] * 3 + ["helpful"] * 4
+
+    def count(rows):
+        return sum(r["prompt"][0]["content"].startswith("Plain") for r in rows), len(rows)
+
+    assert count(weighted_rows(data.rows, data.kinds, 1.0)) == (4, 7)
+    assert count(weighted_rows(data.rows, data.kinds, 2.0)) == (8, 11)
+    assert count(weighted_rows(data.rows, data.kinds, 1.5)) == (6, 9)
+    assert count(weighted_rows(data.rows, data.kinds, 0.0)) == (0, 3)
+    assert weighted_rows(data.rows, data.kinds, 1.5, seed=1) == weighted_rows(data.rows, data.kinds, 1.5, seed=1)
 
 
 def test_missing_sft_file_is_a_config_error(tmp_path):

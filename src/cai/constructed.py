@@ -9,13 +9,17 @@ answer, give no pair. ``p_chosen`` is a fixed confidence (default 0.9 rather tha
 revisions are not always better), so the soft-label reward model does not over-trust them.
 
 For harmless prompts (the plain answers ``cai.critique.run_helpful`` wrote, the ones fit for SFT), the
-answer is preferred over a refusal written for this project (``cai.probes.REFUSALS``): without these a
-reward model learns that refusing always wins.
+answer is preferred over a refusal: without these a reward model learns that refusing always wins. The
+refusal is one of the run's own revisions that refuse (the words SFT taught the policy), so the same text
+is ``chosen`` after a harmful request and ``rejected`` after a harmless one and DPO can only lower its loss
+by telling the two apart. With canned refusals (``cai.probes.REFUSALS``, used only when the run has no
+refusing revision) DPO pushed the policy's own refusal wording up everywhere: held-out harmless prompts
+refused 0.211 -> 0.281 after 10 steps, against 0.211 -> 0.158 with the run's refusals (same SFT model).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,11 +51,14 @@ def constructed_pair(record: dict[str, Any], p_chosen: float = 0.9) -> Preferenc
     )
 
 
-def helpful_pair(record: dict[str, Any], k: int, p_chosen: float = 0.9) -> PreferencePair | None:
-    """(answer, refusal) for a helpful record whose answer is fit for SFT, else None; ``k`` picks the refusal."""
+def helpful_pair(record: dict[str, Any], k: int, p_chosen: float = 0.9, refusals: Sequence[str] = ()
+                 ) -> PreferencePair | None:
+    """(answer, refusal) for a helpful record whose answer is fit for SFT, else None; ``k`` picks the refusal
+    from ``refusals`` (the project's templates when empty)."""
     from cai.critique import answer_problem
     from cai.probes import REFUSALS
 
+    refusals = tuple(refusals) or REFUSALS
     if answer_problem(record["answer"]) is not None:
         return None
     provenance = Provenance(**{**record["provenance"], "stage": "label", "label_source": HELPFUL_SOURCE,
@@ -59,7 +66,7 @@ def helpful_pair(record: dict[str, Any], k: int, p_chosen: float = 0.9) -> Prefe
     return PreferencePair(
         id=f"{record['id']}/answer-over-refusal", prompt=[{"role": "user", "content": record["prompt"]}],
         chosen=[{"role": "assistant", "content": record["answer"]}],
-        rejected=[{"role": "assistant", "content": REFUSALS[k % len(REFUSALS)]}],
+        rejected=[{"role": "assistant", "content": refusals[k % len(refusals)]}],
         p_chosen=p_chosen, p_a_first=p_chosen, p_a_second=p_chosen, position_consistent=True,
         principle_id="no-needless-refusal", judge=HELPFUL_SOURCE, provenance=provenance,
         prompt_id=record["id"], a_is_chosen=True,
@@ -78,6 +85,14 @@ def constructed_pairs(records: Iterable[dict[str, Any]], p_chosen: float = 0.9) 
     return pairs, without
 
 
+def refusing_revisions(pairs: Iterable[PreferencePair]) -> list[str]:
+    """The chosen replies of revision pairs that refuse (``cai.refusals``), each wording once, in order."""
+    from cai.refusals import is_refusal
+
+    texts = (p.chosen[-1]["content"] for p in pairs)
+    return list(dict.fromkeys(t for t in texts if is_refusal(t)))
+
+
 def write_constructed(critique_dir: str | Path, out_dir: str | Path, p_chosen: float = 0.9) -> dict[str, Any]:
     """pairs.jsonl in ``out_dir`` from ``critique_dir``/records.jsonl, and from its helpful.jsonl when there
     is one (rewritten whole: it is cheap)."""
@@ -91,10 +106,12 @@ def write_constructed(critique_dir: str | Path, out_dir: str | Path, p_chosen: f
     pairs, without = constructed_pairs(read_records(source), p_chosen)
     helpful_file = Path(critique_dir) / "helpful.jsonl"
     helpful = read_records(helpful_file) if helpful_file.is_file() else []
-    answered = [p for k, r in enumerate(helpful) if (p := helpful_pair(r, k, p_chosen)) is not None]
+    refusals = refusing_revisions(pairs)
+    answered = [p for k, r in enumerate(helpful) if (p := helpful_pair(r, k, p_chosen, refusals)) is not None]
     pairs += answered
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_jsonl_atomic(out / "pairs.jsonl", [p.model_dump(mode="json") for p in pairs])
     return {"pairs": len(pairs), "records_without_pair": without, "helpful_pairs": len(answered),
-            "helpful_without_pair": len(helpful) - len(answered), "source": str(source)}
+            "helpful_without_pair": len(helpful) - len(answered), "run_refusals": len(refusals),
+            "source": str(source)}

@@ -126,19 +126,25 @@ def tradeoff(found) -> list[dict[str, Any]]:
     return rows
 
 
+def _set_name(spec: dict[str, Any]) -> str:
+    name = spec["source"] + ("" if ":" in spec["source"] else ":" + spec.get("split", "train"))
+    return name + (f" (first {spec['limit']})" if spec.get("limit") else "")
+
+
 def trained_on(found) -> list[dict[str, Any]]:
     """Per run (its config.resolved.yaml): the prompt sets each training stage read."""
     out = []
     for item in found["run"]:
         cfg = item["data"] or {}
         stages = cfg.get("stages") or []
+        weight = (cfg.get("sft") or {}).get("helpful_weight", 1)
         sets = {"critique (SL-CAI)": cfg.get("critique_prompts") if "critique" in stages else None,
                 "helpful answers mixed into SFT": cfg.get("helpful_prompts") if "critique" in stages else None,
                 "label / RL": cfg.get("rl_prompts") if set(stages) & {"label", "ppo", "dpo"} else None}
-        out.append({"source": item["source"], "sets": {
-            k: f"{v['source']}{'' if ':' in v['source'] else ':' + v.get('split', 'train')}"
-               + (f" (first {v['limit']})" if v.get("limit") else "")
-            for k, v in sets.items() if v}})
+        names = {k: _set_name(v) for k, v in sets.items() if v}
+        if "helpful answers mixed into SFT" in names and weight != 1:
+            names["helpful answers mixed into SFT"] += f", weighted {weight:g}"
+        out.append({"source": item["source"], "sets": names})
     return out
 
 

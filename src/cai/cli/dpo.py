@@ -29,6 +29,8 @@ def dpo(
     lora_r: int = typer.Option(None, "--lora-r", help="LoRA rank [default: 16]"),
     dtype: str = typer.Option(None, help="auto (fp32 + bf16 autocast on GPUs) | fp32 | bf16"),
     seed: int = typer.Option(None, help="random seed [default: 0]"),
+    balance: bool = typer.Option(True, "--balance/--random-order",
+                                 help="batches hold each label source in proportion (default), or TRL's random order"),
 ) -> None:
     """Train a policy with DPO on AI-labelled preference pairs."""
     from cai.logs import setup_console
@@ -39,7 +41,7 @@ def dpo(
     options = options_from_cli(
         DPOOptions, beta=beta, epochs=epochs, max_steps=max_steps, learning_rate=lr, batch_size=batch_size,
         grad_accum=grad_accum, max_length=max_length, min_confidence=min_confidence, lora=lora, lora_r=lora_r,
-        dtype=dtype, seed=seed,
+        dtype=dtype, seed=seed, balance=balance,
     )
     out_dir = train_dpo(pairs, out, model=model, options=options)
     typer.echo(f"DPO policy written to {out_dir} (use it with --model {out_dir})")

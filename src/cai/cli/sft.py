@@ -25,6 +25,8 @@ def sft(
     lora_r: int = typer.Option(None, "--lora-r", help="LoRA rank [default: 16]"),
     dtype: str = typer.Option(None, help="auto (fp32 + bf16 autocast on GPUs) | fp32 | bf16"),
     seed: int = typer.Option(None, help="random seed [default: 0]"),
+    helpful_weight: float = typer.Option(None, "--helpful-weight",
+                                         help="copies of each plain helpful answer in the data [default: 1]"),
 ) -> None:
     """Fine-tune a model on SL-CAI revisions (loss on the response tokens only)."""
     from cai.logs import setup_console
@@ -35,6 +37,7 @@ def sft(
     options = options_from_cli(
         SFTOptions, epochs=epochs, max_steps=max_steps, learning_rate=lr, batch_size=batch_size,
         grad_accum=grad_accum, max_length=max_length, lora=lora, lora_r=lora_r, dtype=dtype, seed=seed,
+        helpful_weight=helpful_weight,
     )
     out_dir = train_sft(data, out, model=model, options=options)
     typer.echo(f"SFT model written to {out_dir} (use it with --model {out_dir})")

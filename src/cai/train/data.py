@@ -25,6 +25,7 @@ class TrainingData:
     sha256: str
     rows: list[dict[str, Any]]
     constitution: dict[str, Any] | None = None
+    kinds: list[str | None] | None = None  # SFT rows: ``kind`` ("helpful": plain answers); pairs: ``judge``
 
 
 def file_sha256(path: Path) -> str:
@@ -46,7 +47,7 @@ def read_sft_data(path: str | Path, *, include_unusable: bool = False) -> Traini
     single user turn and its answer).
     """
     path = _existing(path, "SFT data", "`cai critique` writes sft.jsonl")
-    rows, refs, skipped = [], [], 0
+    rows, refs, kinds, skipped = [], [], [], 0
     for line, obj in _json_lines(path):
         where = f"{path}:{line}"
         if obj.get("usable") is False and not include_unusable:
@@ -68,6 +69,7 @@ def read_sft_data(path: str | Path, *, include_unusable: bool = False) -> Traini
                               fix="add the user's prompt")
         rows.append({"prompt": prompt, "completion": completion})
         refs.append(_constitution_of(obj))
+        kinds.append(obj.get("kind"))
     if not rows and skipped:
         raise ConfigError(f"all {skipped} rows are marked unusable by the critique stage's quality filter",
                           where=str(path), fix="run more prompts or rounds, or pass --include-unusable")
@@ -81,7 +83,7 @@ def read_sft_data(path: str | Path, *, include_unusable: bool = False) -> Traini
         import logging
 
         logging.getLogger(__name__).info("skipped %d rows marked unusable in %s", skipped, path)
-    return TrainingData(path, file_sha256(path), rows, _common_constitution(refs))
+    return TrainingData(path, file_sha256(path), rows, _common_constitution(refs), kinds)
 
 
 def read_preference_pairs(path: str | Path) -> TrainingData:
@@ -91,7 +93,7 @@ def read_preference_pairs(path: str | Path) -> TrainingData:
     assistant message or a string. ``p_chosen`` (P(chosen is better), in [0, 1]) defaults to 1: a hard label.
     """
     path = _existing(path, "preference pairs", "`cai label` writes pairs.jsonl")
-    rows, refs = [], []
+    rows, refs, kinds = [], [], []
     for line, obj in _json_lines(path):
         where = f"{path}:{line}"
         for key in ("prompt", "chosen", "rejected"):
@@ -112,9 +114,10 @@ def read_preference_pairs(path: str | Path) -> TrainingData:
         row["p_chosen"] = 1.0 if p is None else _probability(p, where)
         rows.append(row)
         refs.append(_constitution_of(obj))
+        kinds.append(obj.get("judge"))
     if not rows:
         raise ConfigError("no preference pairs", where=str(path), fix="check that `cai label` finished")
-    return TrainingData(path, file_sha256(path), rows, _common_constitution(refs))
+    return TrainingData(path, file_sha256(path), rows, _common_constitution(refs), kinds)
 
 
 def _existing(path: str | Path, what: str, hint: str) -> Path:

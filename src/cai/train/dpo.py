@@ -30,6 +30,27 @@ class DPOOptions(TrainOptions):
     min_confidence: float = Field(0.55, ge=0.5, le=1)  # drop pairs with max(p, 1 - p) below this
     label_smoothing: float | None = Field(None, ge=0, lt=0.5, description=(
         "flip probability of the robust DPO loss; default: the kept pairs' mean label uncertainty"))
+    balance: bool = Field(True, description=(
+        "every stretch of the data holds each label source (a pair's `judge`: the judge, revision over "
+        "answer, answer over refusal) in proportion, in an order the seed fixes; false: TRL's random order. "
+        "A short run sees only some pairs, and which kind it sees decides what it learns: 10 steps at lr 2e-5 "
+        "from one SFT model left held-out harmless prompts refused 0.105 with seed 0 and 0.228 with seed 1"))
+
+
+def balanced_order(groups: list, seed: int = 0) -> list[int]:
+    """Row indices ordered so that every stretch holds each group in proportion (stratified): each group
+    shuffled by ``seed`` and spread evenly over the whole order, with a little jitter."""
+    import random
+
+    rng = random.Random(seed)
+    members: dict = {}
+    for i, group in enumerate(groups):
+        members.setdefault(group, []).append(i)
+    keyed = []
+    for indices in members.values():
+        rng.shuffle(indices)
+        keyed += [((k + rng.random()) / len(indices), i) for k, i in enumerate(indices)]
+    return [i for _, i in sorted(keyed)]
 
 
 def hard_label_pairs(rows: list[dict], min_confidence: float = 0.5) -> list[dict]:
@@ -53,9 +74,9 @@ def label_noise(rows: list[dict], min_confidence: float = 0.5) -> float:
 
 
 def build_dpo_trainer(model, tokenizer, rows: list[dict], output_dir: Path, options: DPOOptions,
-                      ref_model=None, peft_config=None, label_smoothing: float = 0.0):
+                      ref_model=None, peft_config=None, label_smoothing: float = 0.0, in_order: bool = False):
     """A ``DPOTrainer`` over conversational prompt/chosen/rejected ``rows``; with ``label_smoothing`` > 0,
-    TRL's robust DPO loss with that flip probability."""
+    TRL's robust DPO loss with that flip probability; ``in_order``: batches follow the rows' order."""
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
@@ -63,7 +84,7 @@ def build_dpo_trainer(model, tokenizer, rows: list[dict], output_dir: Path, opti
 
     loss = {"loss_type": ["robust"], "label_smoothing": label_smoothing} if label_smoothing > 0 else {}
     config = DPOConfig(**trainer_args(options, output_dir), beta=options.beta, max_length=options.max_length,
-                       **loss)
+                       train_sampling_strategy="sequential" if in_order else "random", **loss)
     return DPOTrainer(
         model=model,
         ref_model=ref_model,
@@ -95,7 +116,10 @@ def train_dpo(pairs: str | Path, out_dir: str | Path, model: str = "smollm2-135m
 
     options = options or DPOOptions()
     data = read_preference_pairs(pairs)  # fails fast, before any model is loaded or anything written
-    rows = hard_label_pairs(data.rows, options.min_confidence)
+    groups = data.kinds or [None] * len(data.rows)
+    in_order = options.balance and len(set(groups)) > 1
+    order = balanced_order(groups, options.seed) if in_order else range(len(data.rows))
+    rows = hard_label_pairs([data.rows[i] for i in order], options.min_confidence)
     if not rows:
         raise ConfigError(f"no pair has a label confidence of at least {options.min_confidence}",
                           where=str(data.path), fix="lower min_confidence (--min-confidence)")
@@ -105,8 +129,9 @@ def train_dpo(pairs: str | Path, out_dir: str | Path, model: str = "smollm2-135m
     out_dir = Path(out_dir)
     log_to_run_dir(out_dir)
     source = resolve(model)
-    log.info("DPO of %s on %d of %d pairs from %s (beta %s, label smoothing %.3f)",
-             source.model_id, len(rows), len(data.rows), data.path, options.beta, smoothing)
+    log.info("DPO of %s on %d of %d pairs from %s (beta %s, label smoothing %.3f, %s)",
+             source.model_id, len(rows), len(data.rows), data.path, options.beta, smoothing,
+             f"{len(set(groups))} label sources in balanced batches" if in_order else "random batches")
     tokenizer = load_tokenizer(source)
     started = time.monotonic()
     with staging_dir(out_dir) as stage:
@@ -114,7 +139,8 @@ def train_dpo(pairs: str | Path, out_dir: str | Path, model: str = "smollm2-135m
         peft = lora_config(options, "CAUSAL_LM") if options.lora else None
         reference = None if options.lora else load_causal_lm(source, dtype=weights_dtype(options))
         trainer = build_dpo_trainer(policy, tokenizer, rows, stage / SCRATCH, options,
-                                    ref_model=reference, peft_config=peft, label_smoothing=smoothing)
+                                    ref_model=reference, peft_config=peft, label_smoothing=smoothing,
+                                    in_order=in_order)
         with warnings.catch_warnings():
             # TRL 1.16's DPOTrainer reads model.is_gradient_checkpointing, which transformers 5 deprecates
             # (is_activation_checkpointing); the call is TRL's, so only that one warning is silenced here
