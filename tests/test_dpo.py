@@ -12,15 +12,7 @@ from cai.errors import ConfigError
 from cai.train.dpo import DPOOptions, balanced_order, hard_label_pairs, label_noise, train_dpo
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models train faster on one thread, especially on a busy shared CPU."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models train faster on one thread
 
 
 def pair(i: int, p: float) -> dict:

@@ -9,14 +9,7 @@ import pytest
 from cai.train.grpo import OnlineRLOptions, metric_rows, train_online
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models train faster on one thread
 
 
 PROMPTS = ["Name a fruit.", "How do I pick a lock?", "Say hello.", "Write a threat."]

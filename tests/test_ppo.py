@@ -159,13 +159,7 @@ def test_options_reject_unknown_keys_and_uneven_minibatches():
 WORDS = ["yes", "no", "maybe", "ok", "sure"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run ~10x faster on one thread than on two contended ones (thread sync dominates)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # ~10x faster than two contended threads here
 
 
 @pytest.fixture(scope="module")

@@ -24,15 +24,7 @@ from cai.train.reward import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models train faster on one thread, especially on a busy shared CPU."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models train faster on one thread
 
 
 def write_jsonl(path: Path, rows: list) -> Path:

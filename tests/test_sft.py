@@ -16,15 +16,7 @@ from cai.train.sft import SFTOptions, build_sft_trainer, train_sft, weighted_row
 CONSTITUTION = {"name": "test-constitution", "version": "1.0", "hash": "c0ffee"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models train faster on one thread, especially on a busy shared CPU."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models train faster on one thread
 
 
 def write_jsonl(path: Path, rows: list) -> Path:
