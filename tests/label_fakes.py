@@ -86,6 +86,6 @@ def tiny_constitution():
 
 def paper_judge(**overrides):
     """The paper's judge (pairwise multiple choice, no length control), which FakeJudge answers."""
-    from cai.judge import JudgeConfig
+    from cai.feedback.judge import JudgeConfig
 
     return JudgeConfig(**{"mode": "pairwise", "length_control": False, **overrides})

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from cai.agreement import (
+from cai.errors import ConfigError
+from cai.feedback.agreement import (
     agreement_metrics,
     chosen_longer,
     judge_human_pairs,
     parse_hh_transcript,
     read_human_pairs,
 )
-from cai.errors import ConfigError
-from cai.judge import Judgement
+from cai.feedback.judge import Judgement
 from label_fakes import FakeJudge, paper_judge
 
 FIX = Path(__file__).parent / "fixtures" / "pairs"

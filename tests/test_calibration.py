@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from cai.agreement import length_baseline, read_human_pairs, run_sweep, sweep_table
-from cai.calibration import length_log_ratio, length_slope, logit, sigmoid, swap_slot_prior
-from cai.constructed import constructed_pair, constructed_pairs
-from cai.judge import Comparison, JudgeConfig, judge
+from cai.feedback.agreement import length_baseline, read_human_pairs, run_sweep, sweep_table
+from cai.feedback.calibration import length_log_ratio, length_slope, logit, sigmoid, swap_slot_prior
+from cai.feedback.constructed import constructed_pair, constructed_pairs
+from cai.feedback.judge import Comparison, JudgeConfig, judge
 from label_fakes import FakeJudge, paper_judge, tiny_constitution
 
 FIX = Path(__file__).parent / "fixtures" / "pairs"
@@ -168,8 +168,8 @@ def test_cli_from_critique_writes_pairs_that_the_reward_stage_reads(tmp_path):
 
 
 def test_helpful_pairs_reject_the_runs_own_refusal_wording(tmp_path):
-    from cai.constructed import write_constructed
-    from cai.probes import REFUSALS
+    from cai.feedback.constructed import write_constructed
+    from cai.feedback.probes import REFUSALS
 
     refusal = "I'm sorry, but I can't help with getting into a shed that is not yours."
     records = [_record("r1", "Force the latch with a screwdriver.", refusal),

@@ -11,7 +11,6 @@ import pytest
 from cai.errors import ConfigError
 from cai.train.dpo import DPOOptions, balanced_order, hard_label_pairs, label_noise, train_dpo
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models train faster on one thread
 
 

@@ -8,7 +8,6 @@ import pytest
 
 from cai.train.grpo import OnlineRLOptions, metric_rows, train_online
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models train faster on one thread
 
 

@@ -8,8 +8,8 @@ import subprocess
 
 import pytest
 
-from cai.report import build_report
-from cai.report_blocks import SideBySide, Table, Transcript, page
+from cai.evaluation.report import build_report
+from cai.evaluation.report_blocks import SideBySide, Table, Transcript, page
 
 ATTACK = "<script>document.title='pwned'</script><img src=x onerror=\"document.title='pwned'\">"
 

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from cai.errors import ConfigError, ModelError
-from cai.judge import (
+from cai.feedback.judge import (
     ANSWER_PREFIX,
     COT_ANSWER,
     Comparison,

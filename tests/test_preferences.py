@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from cai.feedback.judge import stable_seed
+from cai.feedback.preferences import LabelConfig, all_pairs, label_prompts, usable_responses
 from cai.jsonl import read_records
-from cai.judge import stable_seed
-from cai.preferences import LabelConfig, all_pairs, label_prompts, usable_responses
 from cai.prompts import PromptRow
 from label_fakes import FakeJudge, FakePolicy, paper_judge, tiny_constitution
 
@@ -138,7 +138,7 @@ _KILL_SCRIPT = """
 import sys, time
 sys.path.insert(0, {tests!r})
 from label_fakes import FakeJudge, FakePolicy, paper_judge, tiny_constitution
-from cai.preferences import LabelConfig, label_prompts
+from cai.feedback.preferences import LabelConfig, label_prompts
 from cai.prompts import PromptRow
 
 class Slow(FakePolicy):

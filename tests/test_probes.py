@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 
-from cai.agreement import judge_human_pairs, measure, read_human_pairs
-from cai.judge import JudgeConfig
-from cai.probes import REFUSALS, build_probes, relevance_rows
+from cai.evaluation.refusals import is_refusal
+from cai.feedback.agreement import judge_human_pairs, measure, read_human_pairs
+from cai.feedback.judge import JudgeConfig
+from cai.feedback.probes import REFUSALS, build_probes, relevance_rows
 from cai.prompts import PromptRow
-from cai.refusals import is_refusal
 from label_fakes import FakeJudge, FakePolicy, tiny_constitution
 
 
@@ -107,7 +107,7 @@ def test_cli_probe_is_one_of_the_label_sources(tmp_path):
 
 
 def _probe_rows():
-    from cai.probes import over_refusal_rows, refusal_rows
+    from cai.feedback.probes import over_refusal_rows, refusal_rows
     from cai.prompts import PromptRow
 
     harmful = [PromptRow(id=f"h{i}", prompt=f"harmful request {i}") for i in range(6)]
@@ -118,8 +118,8 @@ def _probe_rows():
 
 
 def test_auto_label_source_picks_constructed_pairs_for_a_judge_that_fails_the_probes():
-    from cai.judge import JudgeConfig
-    from cai.probes import choose_label_source, judge_on_probes
+    from cai.feedback.judge import JudgeConfig
+    from cai.feedback.probes import choose_label_source, judge_on_probes
     from label_fakes import FakeJudge, tiny_constitution
 
     longer_wins = FakeJudge(score=lambda text: len(text) / 20)  # passes over-refusal, fails refusal
@@ -131,8 +131,8 @@ def test_auto_label_source_picks_constructed_pairs_for_a_judge_that_fails_the_pr
 
 
 def test_auto_label_source_keeps_a_judge_that_passes_the_probes():
-    from cai.judge import JudgeConfig
-    from cai.probes import choose_label_source, judge_on_probes
+    from cai.feedback.judge import JudgeConfig
+    from cai.feedback.probes import choose_label_source, judge_on_probes
     from label_fakes import FakeJudge, options_in, tiny_constitution
 
     class Sensible(FakeJudge):

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from cai.refusals import check_accuracy, is_refusal, labelled_replies, refusal_rate, refusal_report
+from cai.evaluation.refusals import check_accuracy, is_refusal, labelled_replies, refusal_rate, refusal_report
 from label_fakes import FakePolicy
 
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from cai.errors import ConfigError
-from cai.report import build_report, collect
+from cai.evaluation.report import build_report, collect
 
 
 def _write(path, data):
@@ -106,7 +106,7 @@ def test_label_summaries_and_dpo_runs_are_reported_and_small_held_out_sets_get_a
 
 
 def test_tradeoff_points_that_coincide_share_a_label_and_runs_tell_a_model_apart():
-    from cai.report import _points
+    from cai.evaluation.report import _points
 
     rows = [{"model": "smollm2-135m", "source": "/r/a/evaluate/refusals.json", "safe_refusal": 0.1,
              "harmful_refusal": 0.2},

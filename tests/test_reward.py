@@ -23,7 +23,6 @@ from cai.train.reward import (
     train_reward,
 )
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models train faster on one thread
 
 

@@ -15,7 +15,7 @@ import urllib.request
 
 import pytest
 
-from cai.queries import split_query
+from cai.feedback.queries import split_query
 
 CONV = [{"role": "user", "content": "How do I pick a lock?"}]
 
@@ -74,7 +74,7 @@ def test_what_cannot_be_split_is_reported_not_guessed(text, prompt):
 
 
 def test_request_checks_name_the_field():
-    from cai.serve import RequestError, parse_reward_request
+    from cai.feedback.serve import RequestError, parse_reward_request
 
     assert parse_reward_request({"query": ["a"], "prompts": ["p"], "labels": [None], "metas": [{}]}).prompts == ["p"]
     for bad, needle in [({"nope": 1}, "missing field `query`"), ([1], "JSON object"),
@@ -104,8 +104,8 @@ class YesIfRefusal:
 
 def test_judge_scorer_rewards_what_the_judge_approves_under_one_set_of_principles_per_prompt():
     from cai.constitution import load_constitution
-    from cai.judge import JudgeConfig
-    from cai.rewards import JudgeScorer
+    from cai.feedback.judge import JudgeConfig
+    from cai.feedback.rewards import JudgeScorer
 
     backend = YesIfRefusal()
     scorer = JudgeScorer(backend, load_constitution("general"), JudgeConfig(principles="single"))
@@ -116,7 +116,7 @@ def test_judge_scorer_rewards_what_the_judge_approves_under_one_set_of_principle
 
 
 def test_trl_reward_function_takes_conversational_and_standard_forms():
-    from cai.rewards import trl_reward_function
+    from cai.feedback.rewards import trl_reward_function
 
     class Lengths:
         model_id = "lengths"
@@ -156,7 +156,7 @@ def free_port() -> int:
 
 
 def test_cai_serve_reward_answers_the_openrlhf_protocol_over_http(tiny_reward_dir, tokenizer):
-    from cai.reward_judge import RewardJudge
+    from cai.feedback.reward_judge import RewardJudge
 
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "cai", "serve", "reward", str(tiny_reward_dir), "--port",
@@ -196,7 +196,7 @@ def test_cai_serve_reward_answers_the_openrlhf_protocol_over_http(tiny_reward_di
 
 
 def test_concurrent_requests_are_scored_together_and_each_gets_its_own_answers():
-    from cai.serve import RewardService, make_server
+    from cai.feedback.serve import RewardService, make_server
 
     class Recording:
         model_id = "recording"

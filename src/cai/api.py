@@ -63,7 +63,7 @@ def label(prompts, out: str | Path, *, policy="smollm2-135m", judge=None, consti
           **options: Any) -> dict:
     """RLAIF preference labels into ``out/pairs.jsonl`` (the judge defaults to the policy); returns the
     summary (pairs, mean p_chosen, position consistency)."""
-    from cai.preferences import LabelConfig, label_prompts
+    from cai.feedback.preferences import LabelConfig, label_prompts
 
     backend = _backend(policy)
     summary = label_prompts(_rows(prompts), policy=backend, judge_backend=_backend(judge) if judge else backend,
@@ -99,7 +99,7 @@ def train_dpo(pairs: str | Path, out: str | Path, *, model: str = "smollm2-135m"
 def refusal_rates(models: Sequence[str], *, harmful="redteam", safe="helpful", limit: int | None = 32,
                   max_new_tokens: int = 64, seed: int = 0) -> dict[str, dict[str, float]]:
     """Evaluation: per model spec, the share of harmful and of safe prompts it refuses (greedy replies)."""
-    from cai.refusals import refusal_comparison
+    from cai.evaluation.refusals import refusal_comparison
 
     sets = {name: [r.prompt for r in _rows(source, limit)] for name, source in (("harmful", harmful),
                                                                                ("safe", safe))}

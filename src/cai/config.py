@@ -13,9 +13,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from cai.critique import CritiqueOptions
-from cai.evaluate import EvaluateOptions
-from cai.preferences import LabelConfig
-from cai.study_stage import StudyOptions
+from cai.evaluation.evaluate import EvaluateOptions
+from cai.evaluation.study_stage import StudyOptions
+from cai.feedback.preferences import LabelConfig
 from cai.train.dpo import DPOOptions
 from cai.train.grpo import OnlineRLOptions
 from cai.train.ppo import PPOOptions

@@ -265,7 +265,7 @@ def run_critique(prompts: Sequence[tuple[str, str]], out_dir: Path, *, backend: 
 
 def answer_problem(answer: str) -> str | None:
     """Why a plain answer to a harmless prompt should not be mixed into the SFT data, or None."""
-    from cai.refusals import is_refusal
+    from cai.evaluation.refusals import is_refusal
 
     if len(answer.split()) < 2:
         return "empty"

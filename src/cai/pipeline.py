@@ -91,10 +91,10 @@ def stage_sft(ctx: Context) -> dict:
 
 def stage_label(ctx: Context) -> dict:
     """Preference pairs from the source the recipe names, or, with ``auto``, from the judge only if it passes
-    the label-free probes (``cai.probes``) on a sample of training prompts; else by construction. The choice
+    the label-free probes (``cai.feedback.probes``) on a sample of training prompts; else by construction. The choice
     and its reasons are logged and written to preferences/label_source.json (the report shows them)."""
+    from cai.feedback.preferences import label_prompts
     from cai.jsonl import write_atomic
-    from cai.preferences import label_prompts
 
     config = ctx.config.label
     source, why, probed, judge = config.source, "named in the recipe", None, None
@@ -115,8 +115,8 @@ def stage_label(ctx: Context) -> dict:
     write_atomic(ctx.out / "preferences" / "label_source.json", json.dumps(info, indent=2) + "\n")
     pairs_file = str(ctx.out / "preferences" / "pairs.jsonl")
     if source == "constructed":
-        from cai.constructed import write_constructed
         from cai.errors import ConfigError
+        from cai.feedback.constructed import write_constructed
 
         if not (ctx.out / "critique" / "records.jsonl").exists():
             raise ConfigError("constructed labels need the critique stage's records", where="recipe label.source",
@@ -131,7 +131,7 @@ def stage_label(ctx: Context) -> dict:
 def _probe_judge(ctx: Context, policy, judge) -> tuple[str, str, dict]:
     """(source, why, per-probe figures): the judge measured on probe pairs built from the policy's replies
     to the first training prompts of the shipped sets."""
-    from cai.probes import build_probes, choose_label_source, judge_on_probes
+    from cai.feedback.probes import build_probes, choose_label_source, judge_on_probes
     from cai.prompts import load_prompts
 
     config = ctx.config.label
@@ -186,10 +186,10 @@ def stage_dpo(ctx: Context) -> dict:
 
 def stage_evaluate(ctx: Context) -> dict:
     """Refusal rates of the base and of every model the run trained, in order (SFT, then PPO or DPO; the
-    last is the final model), on held-out prompts (``cai.evaluate``), then the report of the whole run."""
-    from cai.evaluate import evaluate
+    last is the final model), on held-out prompts (``cai.evaluation.evaluate``), then the report of the whole run."""
+    from cai.evaluation.evaluate import evaluate
+    from cai.evaluation.report import build_report
     from cai.models import is_served_spec, resolve
-    from cai.report import build_report
 
     base = ctx.config.model if is_served_spec(ctx.config.model) else str(resolve(ctx.config.model).spec)
     models = list(dict.fromkeys([base, *ctx.trained.values(), ctx.policy]))
@@ -203,8 +203,8 @@ def stage_evaluate(ctx: Context) -> dict:
 
 
 def stage_studies(ctx: Context) -> dict:
-    """The studies the recipe's ``studies`` key asks for (``cai.study_stage``)."""
-    from cai.study_stage import run_studies
+    """The studies the recipe's ``studies`` key asks for (``cai.evaluation.study_stage``)."""
+    from cai.evaluation.study_stage import run_studies
 
     return {"studies": run_studies(ctx)}
 
@@ -295,7 +295,7 @@ def run_pipeline(config: RunConfig, out: Path, *, redo: tuple[str, ...] = ()) ->
     manifest["final_model"] = ctx.policy
     save()
     if "evaluate" in config.stages and "evaluate" in plan and main:  # the report's cost ledger holds evaluate too
-        from cai.report import build_report
+        from cai.evaluation.report import build_report
 
         build_report([out], out / "report")
     return manifest

@@ -1,4 +1,4 @@
-"""``cai compare``: two or more constitutions on the same prompts, model and seed (``cai.compare``)."""
+"""``cai compare``: two or more constitutions on the same prompts, model and seed (``cai.evaluation.compare``)."""
 
 from __future__ import annotations
 
@@ -28,9 +28,9 @@ def compare(
 ) -> None:
     """Revisions, refusal and over-refusal rates and round curves side by side, with the constitutions' diff."""
     from cai.cli.study import critique_options, finish, loader, prompt_pairs, start
-    from cai.compare import compare as run
     from cai.constitution import load_constitution
     from cai.errors import ConfigError
+    from cai.evaluation.compare import compare as run
 
     if len(constitutions) < 2:
         raise ConfigError("give at least two constitutions", fix="e.g. cai compare general customer-service --out DIR")

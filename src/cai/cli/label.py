@@ -33,7 +33,7 @@ def label(
     cot: bool = typer.Option(False, "--cot", help="judge reasons first; probabilities clamped to [0.4, 0.6]"),
     few_shot: bool = typer.Option(False, "--few-shot", help="show the judge two worked examples first"),
     mode: str = typer.Option(None, help="pairwise (multiple choice, both orders) or pointwise (each response "
-                                        "scored alone); default: the measured best, see `cai.judge`"),
+                                        "scored alone); default: the measured best, see `cai.feedback.judge`"),
     calibrate: str = typer.Option(None, help="slot-prior calibration: none, content-free or swap"),
     length_control: bool = typer.Option(None, "--length-control/--no-length-control",
                                         help="take the judge's preference for longer answers out"),
@@ -48,7 +48,7 @@ def label(
                                             "measure (model or reward-model directory); repeatable"),
     probe: bool = typer.Option(False, "--probe", help="measure the judge on label-free probe pairs built from "
                                "the policy's replies to the shipped prompts: refusal, over-refusal, "
-                               "relevance (see cai.probes)"),
+                               "relevance (see cai.feedback.probes)"),
     dtype: str = typer.Option("auto", help="auto (bf16 where the CPU/GPU has it) | fp32 | bf16 | fp16; local "
                               "models only"),
 ) -> None:
@@ -65,7 +65,7 @@ def label(
                               "`cai label --probe --out DIR` scores it on label-free probe pairs; "
                               "`cai label --from-critique DIR --out DIR` builds pairs from revisions")
     if from_critique is not None:
-        from cai.constructed import write_constructed
+        from cai.feedback.constructed import write_constructed
 
         if not 0.5 <= p_constructed <= 1.0:
             raise ConfigError(f"--p-constructed must be in [0.5, 1], got {p_constructed}", where="cai label",
@@ -74,7 +74,7 @@ def label(
         typer.echo(f"{summary['pairs']} constructed pairs written to {out / 'pairs.jsonl'} "
                    f"({summary['records_without_pair']} records without a usable revision)")
         return
-    from cai.judge import JudgeConfig
+    from cai.feedback.judge import JudgeConfig
 
     given = {"mode": mode, "calibrate": calibrate, "length_control": length_control}
     judge_config = _validated(JudgeConfig, principles=principles, ensemble_size=ensemble_size, cot=cot,
@@ -115,7 +115,7 @@ def _validated(model, **values):
 
 def _constitution(name: str):
     from cai.constitution import load_constitution
-    from cai.judge import check_template, judging_principles
+    from cai.feedback.judge import check_template, judging_principles
 
     c = load_constitution(name)
     judging_principles(c)  # fail before any model loads
@@ -126,7 +126,7 @@ def _constitution(name: str):
 
 def _load(spec: str, dtype: str = "auto"):
     """A generation backend, or a reward-model scorer when ``spec`` is a saved reward model."""
-    from cai.reward_judge import RewardJudge, is_reward_model_dir
+    from cai.feedback.reward_judge import RewardJudge, is_reward_model_dir
 
     if is_reward_model_dir(spec):
         return RewardJudge.load(spec)
@@ -140,9 +140,9 @@ def _agreement(path: Path, out: Path, judge_spec: str, constitution, config, *, 
     import hashlib
     import json
 
-    from cai import agreement as agr
+    from cai.feedback import agreement as agr
+    from cai.feedback.judge import order_free
     from cai.jsonl import write_atomic, write_jsonl_atomic
-    from cai.judge import order_free
     from cai.logs import log_to_run_dir
     from cai.prompts import log_bad_rows
 
@@ -183,9 +183,9 @@ def _sweep(path: Path, out: Path, judge_specs: list[str], constitution, config, 
            loaded: dict | None = None, what: str | None = None, dtype: str = "auto") -> list[dict]:
     import json
 
-    from cai import agreement as agr
+    from cai.feedback import agreement as agr
+    from cai.feedback.judge import check_judge
     from cai.jsonl import write_atomic
-    from cai.judge import check_judge
     from cai.logs import log_to_run_dir
     from cai.prompts import log_bad_rows
 
@@ -214,14 +214,14 @@ def _sweep(path: Path, out: Path, judge_specs: list[str], constitution, config, 
 
 def _probe(out: Path, policy_spec: str, judge_specs: list[str], constitution, config, *, limit, seed: int,
            max_new_tokens: int, sweep: bool, dtype: str = "auto") -> None:
-    """``cai label --probe``: build the probe pairs (``cai.probes``) with the policy, then measure the judge
+    """``cai label --probe``: build the probe pairs (``cai.feedback.probes``) with the policy, then measure the judge
     on each probe as on human labels (or every configuration, with --sweep): DIR/<probe>/, DIR/probes.json."""
     import json
 
     from cai.backends import load_backend
+    from cai.feedback.probes import BETTER, build_probes
     from cai.jsonl import write_atomic, write_jsonl_atomic
     from cai.logs import log_to_run_dir
-    from cai.probes import BETTER, build_probes
     from cai.prompts import load_prompts, log_bad_rows
 
     sets = {}
@@ -265,7 +265,7 @@ def _print_probes(summary: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from cai.probes import BETTER
+    from cai.feedback.probes import BETTER
 
     table = Table(title=f"judge {summary.get('judge', {}).get('model', '-')} on probe pairs "
                         f"(replies by {summary['policy']})")
@@ -304,9 +304,9 @@ def _print_agreement(result: dict, path: Path) -> None:
 def _label(prompts: str, out: Path, policy_spec: str, judge_spec: str, constitution, judge_config, *, limit,
            seed: int, samples: int, max_new_tokens: int, dtype: str = "auto") -> None:
     from cai.errors import ConfigError
-    from cai.judge import check_judge
+    from cai.feedback.judge import check_judge
+    from cai.feedback.preferences import LabelConfig, label_prompts
     from cai.logs import log_to_run_dir
-    from cai.preferences import LabelConfig, label_prompts
     from cai.prompts import load_prompts, log_bad_rows, write_bad_rows
 
     config = _validated(LabelConfig, samples=samples, max_new_tokens=max_new_tokens, seed=seed,

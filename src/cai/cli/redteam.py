@@ -16,7 +16,7 @@ def redteam(
     out: Path = typer.Option(..., "--out", "-o", help="run directory (redteam.json, <model>/replies.jsonl)"),
     prompts: str = typer.Option("redteam:eval", help="harmful requests: a shipped set and split, or a prompt file"),
     templates: Path = typer.Option(None, "--templates", help="jailbreak templates: a YAML/JSON mapping of id "
-                                   "to text with {request} (default: the shipped ones, see cai.redteam)"),
+                                   "to text with {request} (default: the shipped ones, see cai.evaluation.redteam)"),
     limit: int = typer.Option(None, help="use only the first N prompts of the set"),
     max_new_tokens: int = typer.Option(96, "--max-new-tokens"),
     temperature: float = typer.Option(0.0, help="0: greedy replies"),
@@ -28,9 +28,9 @@ def redteam(
     from cai.backends import load_backend
     from cai.backends.base import SamplingParams
     from cai.errors import ConfigError
+    from cai.evaluation.redteam import attack_models, attacks, load_templates
     from cai.logs import log_to_run_dir, setup_console
     from cai.prompts import load_prompts, log_bad_rows
-    from cai.redteam import attack_models, attacks, load_templates
     from cai.runs import check_or_record
 
     setup_console()

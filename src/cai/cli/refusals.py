@@ -26,10 +26,10 @@ def refusals(
     import json
 
     from cai.backends import load_backend
+    from cai.evaluation.refusals import refusal_comparison
     from cai.jsonl import write_atomic
     from cai.logs import log_to_run_dir, setup_console
     from cai.prompts import load_prompts, log_bad_rows
-    from cai.refusals import refusal_comparison
 
     setup_console()
     sets = {}

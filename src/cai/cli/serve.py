@@ -22,7 +22,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Serve a reward model: each query's score is the model's scalar output."""
         from cai.errors import ModelError
-        from cai.reward_judge import RewardJudge, is_reward_model_dir
+        from cai.feedback.reward_judge import RewardJudge, is_reward_model_dir
 
         if not is_reward_model_dir(model_dir):
             raise ModelError(f"{model_dir} is not a reward model directory (no sequence-classification config.json)",
@@ -46,7 +46,7 @@ def register(app: typer.Typer) -> None:
         """Serve the constitution's pointwise judge: each query's score is the log-odds that its response
         is good by the constitution's principles."""
         from cai.errors import ConfigError
-        from cai.rewards import load_scorer
+        from cai.feedback.rewards import load_scorer
 
         if principles not in ("single", "ensemble"):
             raise ConfigError(f"--principles {principles!r} is not single or ensemble", where="command line",
@@ -62,11 +62,11 @@ def _serve(scorer, host: str, port: int, batch_size: int, kind: str) -> None:
     import logging
 
     from cai.errors import ConfigError
+    from cai.feedback.serve import RewardService, make_server
     from cai.logs import setup_console
-    from cai.serve import RewardService, make_server
 
     setup_console()
-    log = logging.getLogger("cai.serve")
+    log = logging.getLogger("cai.feedback.serve")
     try:
         server = make_server(RewardService(scorer, batch_size=batch_size, kind=kind), host, port)
     except OSError as e:

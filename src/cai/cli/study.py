@@ -28,13 +28,13 @@ def register(app: typer.Typer) -> None:
 
 def prompt_pairs(source: str, limit: int | None, offset: int = 0) -> list[tuple[str, str]]:
     """(id, prompt) of prompts ``offset`` .. ``offset + limit`` of a prompt source."""
-    from cai.study_stage import _pairs
+    from cai.evaluation.study_stage import _pairs
 
     return _pairs(source, limit, offset)
 
 
 def prompt_rows(source: str, limit: int | None, offset: int = 0) -> list:
-    from cai.study_stage import prompt_rows as rows
+    from cai.evaluation.study_stage import prompt_rows as rows
 
     return rows(source, limit, offset)
 
@@ -66,8 +66,8 @@ def loader(dtype: str):
 
 def finish(out: Path, name: str, data: dict) -> None:
     """Write ``out/<name>.json`` and the report of ``out``."""
-    from cai.report import build_report
-    from cai.round_quality import write_json
+    from cai.evaluation.report import build_report
+    from cai.evaluation.round_quality import write_json
 
     path = write_json(out / f"{name}.json", data)
     build_report([out], out / "report")
@@ -136,7 +136,7 @@ def rounds_cmd(
 ) -> None:
     """Quality per critique-revision round on harmful and safe prompts: rounds.json."""
     from cai.constitution import load_constitution
-    from cai.round_quality import evidence_from, rounds_study, run_sets
+    from cai.evaluation.round_quality import evidence_from, rounds_study, run_sets
 
     options = critique_options(rounds=rounds, seed=seed, max_new_tokens=max_new_tokens, temperature=temperature)
     const = load_constitution(constitution)
@@ -160,7 +160,7 @@ def principles_cmd(
     """What each principle did when drawn: changes, refusals, score moves; dead principles: principles.json."""
     from cai.constitution import load_constitution
     from cai.errors import ConfigError
-    from cai.principle_effect import study
+    from cai.evaluation.principle_effect import study
 
     found = read_critique_records(records)
     names = {(r["provenance"].get("constitution") or {}).get("name") for recs in found.values() for r in recs}
@@ -191,7 +191,7 @@ def cai_vs_sft_cmd(
     dtype: str = DTYPE,
 ) -> None:
     """SFT on the revisions (CAI) against SFT on the first answers, same prompts, evaluated alike."""
-    from cai.cai_vs_sft import run
+    from cai.evaluation.cai_vs_sft import run
     from cai.train.sft import SFTOptions
 
     found = read_critique_records(records)
@@ -222,7 +222,7 @@ def jailbreaks_cmd(
 ) -> None:
     """Attack success per template, obfuscation and model, and after one round of each principle."""
     from cai.constitution import load_constitution
-    from cai.jailbreak_study import run
+    from cai.evaluation.jailbreak_study import run
 
     const = load_constitution(constitution)
     rows = prompt_rows(harmful, limit)
@@ -251,8 +251,8 @@ def helpfulness_cmd(
     """Win rate against the base (raw and length-controlled) and Elo with intervals: helpfulness.json."""
     from cai.backends.base import SamplingParams
     from cai.errors import ConfigError
-    from cai.helpfulness import study
-    from cai.round_quality import evidence_from
+    from cai.evaluation.helpfulness import study
+    from cai.evaluation.round_quality import evidence_from
 
     if len(model) < 2:
         raise ConfigError("give at least two models: the base first, then the ones to compare with it",

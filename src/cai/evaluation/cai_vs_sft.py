@@ -4,7 +4,7 @@ the model's own first answers?
 From one critique run's records, two SFT data sets with the same prompts (those whose revision is usable,
 ``cai.critique.sft_rows``), the same options and seed: the revisions (SL-CAI) and the first answers (plain
 SFT). Both are trained from the same base (``cai.train.sft.train_sft``), then the base and both models
-answer the same held-out harmful and safe prompts (``cai.refusals.refusal_comparison``). The files are
+answer the same held-out harmful and safe prompts (``cai.evaluation.refusals.refusal_comparison``). The files are
 ``DIR/cai/``, ``DIR/plain/`` (models), ``DIR/refusals.json`` (read by the report's trade-off plot) and
 ``DIR/cai_vs_sft.json``.
 """
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cai.report_blocks import Block, Heading, Para, Table
+from cai.evaluation.report_blocks import Block, Heading, Para, Table
 
 
 def training_sets(records: Sequence[dict[str, Any]], system_prompt: str | None = None
@@ -41,8 +41,8 @@ def run(records: Sequence[dict[str, Any]], out_dir: Path, *, base: str, sft_opti
     import json
 
     from cai.errors import ConfigError
+    from cai.evaluation.refusals import refusal_comparison
     from cai.jsonl import write_atomic, write_jsonl_atomic
-    from cai.refusals import refusal_comparison
     from cai.train.sft import train_sft
 
     out_dir = Path(out_dir)

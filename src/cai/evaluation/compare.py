@@ -1,7 +1,7 @@
 """``cai compare``: two or more constitutions (or two versions of one) on the same prompts, model and seed.
 
 Each constitution runs the critique-revision loop on the same harmful and safe prompts with the same
-options and seed (``cai.round_quality.run_sets``, into ``DIR/<name>/``). ``compare.json`` holds, side by
+options and seed (``cai.evaluation.round_quality.run_sets``, into ``DIR/<name>/``). ``compare.json`` holds, side by
 side: the refusal rate of the final revisions on harmful prompts and the over-refusal rate on safe ones,
 the round curve of each, the share of rounds that changed nothing, each constitution against the first
 (``cai.constitution.diff``), and example revisions of the same prompts.
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cai.report_blocks import Block, Heading, Para, Plot, SideBySide, Table, plot_name
+from cai.evaluation.report_blocks import Block, Heading, Para, Plot, SideBySide, Table, plot_name
 
 EXAMPLES = 6  # prompts of each set shown side by side
 
@@ -30,7 +30,7 @@ def label(constitution, taken: set[str]) -> str:
 
 def summary(records: dict[str, list[dict[str, Any]]], rounds: int) -> dict[str, Any]:
     """Refusal rate of the final revision per set (harmful: refusal, safe: over-refusal), and the curve."""
-    from cai.round_quality import curve
+    from cai.evaluation.round_quality import curve
 
     curves = {name: curve(recs, rounds) for name, recs in records.items()}
     return {"final_refusal": {name: c[-1]["refusal_rate"] for name, c in curves.items()},
@@ -63,7 +63,7 @@ def compare(constitutions: Sequence, sets: dict[str, Sequence[tuple[str, str]]],
             options) -> dict[str, Any]:
     """Run every constitution on ``sets`` ({"harmful": [(id, prompt)], "safe": [...]}) into ``out_dir``."""
     from cai.constitution import diff
-    from cai.round_quality import run_sets
+    from cai.evaluation.round_quality import run_sets
 
     taken: set[str] = set()
     by_label: dict[str, dict[str, list[dict[str, Any]]]] = {}
@@ -85,7 +85,7 @@ def compare(constitutions: Sequence, sets: dict[str, Sequence[tuple[str, str]]],
 
 
 def report_blocks(data: dict[str, Any], source: str, out_dir: Path) -> list[Block]:
-    from cai.round_quality import CURVE_CAPTION, CURVE_TITLE, curve_table, draw_curves
+    from cai.evaluation.round_quality import CURVE_CAPTION, CURVE_TITLE, curve_table, draw_curves
 
     labels = list(data["constitutions"])
     sets = list(next(iter(data["constitutions"].values()))["final_refusal"])

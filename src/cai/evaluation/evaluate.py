@@ -2,8 +2,8 @@
 
 Both models answer the same harmful prompts (refusals should rise) and safe prompts (they should not: that
 is over-refusal), by default the held-out ``eval`` splits of the shipped sets, which no stage trains on,
-greedy and seeded, checked by ``cai.refusals``; optionally every harmful request is
-also sent in each jailbreak template (``cai.redteam``). The files are the ones ``cai refusals`` and
+greedy and seeded, checked by ``cai.evaluation.refusals``; optionally every harmful request is
+also sent in each jailbreak template (``cai.evaluation.redteam``). The files are the ones ``cai refusals`` and
 ``cai redteam`` write, so ``cai report`` (run by the pipeline after this stage) reads them the same way.
 """
 
@@ -34,10 +34,10 @@ def evaluate(models: Sequence[str], out_dir: Path, options: EvaluateOptions, loa
              ) -> dict[str, Any]:
     """Refusal rates (and jailbreak rates) of each model spec into ``out_dir``; ``load`` gives a backend."""
     from cai.backends.base import SamplingParams
+    from cai.evaluation.redteam import TEMPLATES, attack_models, attacks
+    from cai.evaluation.refusals import refusal_comparison
     from cai.jsonl import write_atomic
     from cai.prompts import load_prompts, log_bad_rows
-    from cai.redteam import TEMPLATES, attack_models, attacks
-    from cai.refusals import refusal_comparison
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

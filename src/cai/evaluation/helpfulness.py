@@ -2,11 +2,11 @@
 
 Every model answers the same helpful prompts (greedy, seeded; ``DIR/replies/<model>.jsonl``, reused on a
 re-run). Each pair of models is judged on every prompt under one helpfulness statement, in both orders
-and averaged (``cai.judge``, pairwise: position-debiased); the judge's own length correction is off, since
-length is controlled here by regression (``cai.win_rate``). Reported:
+and averaged (``cai.feedback.judge``, pairwise: position-debiased); the judge's own length correction is off, since
+length is controlled here by regression (``cai.evaluation.win_rate``). Reported:
 
 * win rate of each model against the base, raw and length-controlled, with bootstrap intervals;
-* Bradley-Terry / Elo over all models (``cai.elo``), the base at 1000, with bootstrap intervals over prompts;
+* Bradley-Terry / Elo over all models (``cai.evaluation.elo``), the base at 1000, with bootstrap intervals over prompts;
 * next to them, the judge's measured agreement with human labels and its probe results, when given: the
   embedded judge is at chance, and then these figures say nothing (use ``--judge openai:...``).
 """
@@ -18,7 +18,7 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
-from cai.report_blocks import Block, Heading, Para, Table
+from cai.evaluation.report_blocks import Block, Heading, Para, Table
 
 PRINCIPLE = ("helpful", "Choose the response that answers the user's request more helpfully, accurately and "
                         "completely.")
@@ -26,8 +26,8 @@ PRINCIPLE = ("helpful", "Choose the response that answers the user's request mor
 
 def replies(spec: str, backend, prompts: Sequence[tuple[str, str]], out_dir: Path, params) -> dict[str, dict]:
     """{prompt id: {"reply", "tokens"}} of a model, generated once and kept in ``out_dir``."""
+    from cai.evaluation.redteam import model_dir_name
     from cai.jsonl import read_records, write_jsonl_atomic
-    from cai.redteam import model_dir_name
 
     path = Path(out_dir) / f"{model_dir_name(spec)}.jsonl"
     done = {r["id"]: r for r in read_records(path)} if path.exists() else {}
@@ -45,7 +45,7 @@ def replies(spec: str, backend, prompts: Sequence[tuple[str, str]], out_dir: Pat
 def pairwise_outcomes(judge_backend, specs: Sequence[str], answers: dict[str, dict[str, dict]],
                       prompts: Sequence[tuple[str, str]], config=None) -> list[dict[str, Any]]:
     """One row per (prompt, pair of models): P(first model's reply is better), both orders averaged."""
-    from cai.judge import Comparison, JudgeConfig, judge
+    from cai.feedback.judge import Comparison, JudgeConfig, judge
 
     config = config or JudgeConfig(mode="pairwise", length_control=False)
     comparisons, keys = [], []
@@ -64,8 +64,8 @@ def pairwise_outcomes(judge_backend, specs: Sequence[str], answers: dict[str, di
 def summarise(specs: Sequence[str], rows: Sequence[dict[str, Any]], *, samples: int = 1000, seed: int = 0
               ) -> dict[str, Any]:
     """Win rates against ``specs[0]`` (raw and length-controlled) and Elo of all, with bootstrap intervals."""
-    from cai.elo import bootstrap_elo, mean_interval
-    from cai.win_rate import length_controlled
+    from cai.evaluation.elo import bootstrap_elo, mean_interval
+    from cai.evaluation.win_rate import length_controlled
 
     out: dict[str, Any] = {"vs_base": {}, "elo": {}}
     for m in range(1, len(specs)):
@@ -100,7 +100,7 @@ def study(specs: Sequence[str], prompts: Sequence[tuple[str, str]], out_dir: Pat
 
 
 def report_blocks(data: dict[str, Any], source: str, out_dir: Path) -> list[Block]:
-    from cai.round_quality import judge_note
+    from cai.evaluation.round_quality import judge_note
 
     blocks: list[Block] = [
         Heading("Helpfulness"),

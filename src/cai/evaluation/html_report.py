@@ -1,9 +1,9 @@
 """``report.html``: the evaluation report as one self-contained page, beside ``report.md``.
 
-The page holds the same figures as the Markdown report (built from ``cai.report``'s figure functions),
+The page holds the same figures as the Markdown report (built from ``cai.evaluation.report``'s figure functions),
 the studies, the cost ledger and browsable example transcripts. Plots are embedded as base64 PNG and the
 style is inline, so the file opens anywhere with no network; every text, model output above all, is
-escaped (``cai.report_blocks``), and the page's content security policy allows no script at all.
+escaped (``cai.evaluation.report_blocks``), and the page's content security policy allows no script at all.
 """
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from cai.report_blocks import Block, Heading, Para, Plot, Table, page
+from cai.evaluation.report_blocks import Block, Heading, Para, Plot, Table, page
 
 
 def core_blocks(found: dict[str, list[dict[str, Any]]], plots: dict[str, str]) -> list[Block]:
-    """The sections of ``cai.report.render``, as blocks."""
-    from cai.report import attack_rates, ppo_summary, tradeoff
+    """The sections of ``cai.evaluation.report.render``, as blocks."""
+    from cai.evaluation.report import attack_rates, ppo_summary, tradeoff
 
     blocks: list[Block] = []
     if found["refusals"]:

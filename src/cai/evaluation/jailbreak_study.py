@@ -1,12 +1,12 @@
 """Jailbreaks per principle: which attacks get through, and which principle stops them.
 
-The attacks are the harmful base requests in every jailbreak template (``cai.redteam.TEMPLATES``), in every
-obfuscation (``cai.obfuscation``) and, when given, red-team prompts an attacker model wrote
-(``cai.attacker``, sent as written). Two measurements:
+The attacks are the harmful base requests in every jailbreak template (``cai.evaluation.redteam.TEMPLATES``), in every
+obfuscation (``cai.evaluation.obfuscation``) and, when given, red-team prompts an attacker model wrote
+(``cai.evaluation.attacker``, sent as written). Two measurements:
 
 1. **Per model**: attack success rate by template of each model given (for instance the base, a model
    trained with the ``general`` constitution and one trained with ``redteam``), via
-   ``cai.redteam.attack_models``; that writes ``DIR/models/redteam.json``, which the report's jailbreak
+   ``cai.evaluation.redteam.attack_models``; that writes ``DIR/models/redteam.json``, which the report's jailbreak
    table and plot read.
 2. **Per principle**: the first model's answers to the attacks go through one critique-revision round
    under each principle alone (greedy, same seed, batched over all principles), and the attack succeeds
@@ -23,13 +23,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cai.report_blocks import Block, Heading, Para, Table
+from cai.evaluation.report_blocks import Block, Heading, Para, Table
 
 
 def all_attacks(rows: Sequence, generated: Sequence[dict[str, Any]] = ()) -> tuple[list, dict[str, str]]:
     """(attacks, {template or transform name: description}) for the base requests and generated prompts."""
-    from cai.obfuscation import DESCRIPTIONS, obfuscated
-    from cai.redteam import TEMPLATES, Attack, attacks
+    from cai.evaluation.obfuscation import DESCRIPTIONS, obfuscated
+    from cai.evaluation.redteam import TEMPLATES, Attack, attacks
 
     todo = attacks(rows, TEMPLATES) + obfuscated(rows)
     todo += [Attack(f"generated/{g['id']}", g["id"], "generated", "generated", g["prompt"], g["prompt"])
@@ -43,7 +43,7 @@ def all_attacks(rows: Sequence, generated: Sequence[dict[str, Any]] = ()) -> tup
 def success_by_template(records: Sequence[dict[str, Any]], attack_template: dict[str, str]
                         ) -> dict[str, dict[str, Any]]:
     """Per template: n, attack success before critique (first answer) and after (final revision)."""
-    from cai.refusals import is_refusal
+    from cai.evaluation.refusals import is_refusal
 
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in records:
@@ -138,9 +138,9 @@ def attacker_prompts(out_dir: Path, backend, seeds: Sequence[str], *, per_princi
     (read back on a re-run, so the attacks stay the same)."""
     import json
 
-    from cai.attacker import generate
     from cai.constitution import load_constitution
-    from cai.round_quality import write_json
+    from cai.evaluation.attacker import generate
+    from cai.evaluation.round_quality import write_json
 
     path = Path(out_dir) / "generated.json"
     if path.exists():
@@ -155,8 +155,8 @@ def run(models: Sequence[str], rows: Sequence, out_dir: Path, *, load, constitut
     """The whole study into ``out_dir``: the ``jailbreaks.json`` content (``models/redteam.json`` too)."""
     from cai.backends.base import SamplingParams
     from cai.critique import CritiqueOptions
+    from cai.evaluation.redteam import attack_models
     from cai.jsonl import read_records
-    from cai.redteam import attack_models
 
     out_dir = Path(out_dir)
     generated = attacker_prompts(out_dir, load(attacker or models[0]), [r.prompt for r in rows],

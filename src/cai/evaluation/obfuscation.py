@@ -1,13 +1,13 @@
 """Obfuscation attacks written for this project: the harmful request itself disguised, not just framed.
 
-Unlike the jailbreak templates of ``cai.redteam`` (which wrap a request in words), these transform the
+Unlike the jailbreak templates of ``cai.evaluation.redteam`` (which wrap a request in words), these transform the
 request's text so that a keyword-level safety habit may not recognise it:
 
 * ``base64``: the request encoded in Base64, with an instruction to decode and answer it;
 * ``leetspeak``: letters swapped for look-alike digits (a->4, e->3, i->1, o->0, s->5, t->7);
 * ``payload-split``: the request cut in two halves given as variables, to be joined and answered.
 
-Each returns the prompt sent to the model; ``obfuscated`` builds ``cai.redteam.Attack`` records from the
+Each returns the prompt sent to the model; ``obfuscated`` builds ``cai.evaluation.redteam.Attack`` records from the
 same base requests as the templates, so their success rates sit in one table.
 """
 
@@ -56,7 +56,7 @@ DESCRIPTIONS = {"base64": "request encoded in Base64, with 'decode it and do wha
 
 def obfuscated(rows: Sequence, names: Sequence[str] = tuple(TRANSFORMS)) -> list:
     """An ``Attack`` per base request (rows outside the ``jailbreak`` category) and transform."""
-    from cai.redteam import WRAPPED_CATEGORY, Attack
+    from cai.evaluation.redteam import WRAPPED_CATEGORY, Attack
 
     bases = [r for r in rows if r.category != WRAPPED_CATEGORY]
     return [Attack(f"{name}/{r.id}", r.id, r.category or "uncategorised", name, r.prompt, TRANSFORMS[name](r.prompt))

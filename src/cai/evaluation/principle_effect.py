@@ -4,7 +4,7 @@ From critique records (any run: ``cai run``, ``cai critique``, ``cai study round
 each round the principle drawn is credited with what that round did to the text it revised:
 
 * ``drawn``: rounds it was drawn for;
-* ``changed``: rounds whose revision is materially different (``cai.round_quality.changed``);
+* ``changed``: rounds whose revision is materially different (``cai.evaluation.round_quality.changed``);
 * ``refusal_on``: rounds that turned an answer into a refusal; ``refusal_off``: the reverse;
 * ``score_move``: mean change of the refusal check (0/1) on the text, or of a reward model's score when
   one is given.
@@ -20,15 +20,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cai.report_blocks import Block, Heading, Para, Table
+from cai.evaluation.report_blocks import Block, Heading, Para, Table
 
 
 def effects(records: Sequence[dict[str, Any]], principle_ids: Sequence[str] = (),
             scores: dict[str, list[float]] | None = None) -> dict[str, dict[str, Any]]:
     """Per principle id: drawn, changed, refusal_on, refusal_off, score_move (mean), rates. ``principle_ids``
     lists the constitution's principles, so never-drawn ones show with ``drawn`` 0."""
-    from cai.refusals import is_refusal
-    from cai.round_quality import changed
+    from cai.evaluation.refusals import is_refusal
+    from cai.evaluation.round_quality import changed
 
     acc: dict[str, dict[str, Any]] = {p: {"drawn": 0, "changed": 0, "refusal_on": 0, "refusal_off": 0, "moves": []}
                                       for p in principle_ids}

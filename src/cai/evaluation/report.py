@@ -297,15 +297,15 @@ def render(found, plots: dict[str, str], note: str | None = None) -> str:
                         [[k, v.get("n"), v.get("agreement"), v.get("longer_wins_rate")]
                          for k, v in item["data"].get("probes", {}).items()])
     for item in found["sweep"]:
-        from cai.agreement import sweep_table
+        from cai.feedback.agreement import sweep_table
 
         lines += [f"Sweep (`{item['source']}`):", "", sweep_table(item["data"]["rows"], item["data"]["n"])]
     return "\n".join(lines).rstrip() + "\n"
 
 
 def _refusal_check_lines() -> list[str]:
-    """The refusal check's precision and recall on the shipped labelled replies (``cai.refusals``)."""
-    from cai.refusals import check_accuracy
+    """The refusal check's precision and recall on the shipped labelled replies (``cai.evaluation.refusals``)."""
+    from cai.evaluation.refusals import check_accuracy
 
     a = check_accuracy()
     return [f"The refusal check (a keyword check) on {a['n']} labelled replies written for this project "
@@ -383,7 +383,7 @@ def _points(rows: list[dict[str, Any]]) -> dict[tuple[float, float], list[str]]:
 
 
 def _check_accuracy() -> dict[str, Any]:
-    from cai.refusals import check_accuracy
+    from cai.evaluation.refusals import check_accuracy
 
     return check_accuracy()
 
@@ -405,10 +405,10 @@ def _save(fig, path: Path) -> str:
 
 def build_report(paths: Sequence[str | Path], out_dir: str | Path) -> dict[str, Any]:
     """Collect, draw and write ``report.md``, ``report.html``, ``report.json`` and the PNGs into ``out_dir``."""
-    from cai.html_report import write_html
+    from cai.evaluation.html_report import write_html
+    from cai.evaluation.report_blocks import to_markdown
+    from cai.evaluation.report_extras import collect_extras, ledger_blocks, study_blocks, transcript_blocks
     from cai.jsonl import write_atomic
-    from cai.report_blocks import to_markdown
-    from cai.report_extras import collect_extras, ledger_blocks, study_blocks, transcript_blocks
 
     extras = collect_extras(paths)  # studies, cost ledger, transcripts
     found = collect(paths, required=not extras.any())

@@ -1,4 +1,4 @@
-"""What the report shows beyond the result files of ``cai.report.collect``: the cost ledger of each run
+"""What the report shows beyond the result files of ``cai.evaluation.report.collect``: the cost ledger of each run
 (``manifest.json``), example SL-CAI transcripts (``critique/records.jsonl``) and the studies (JSON files
 with a ``"study"`` key, written by ``cai compare`` and ``cai study ...``).
 
@@ -15,12 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cai.report_blocks import Block, Heading, Para, Table, Transcript
+from cai.evaluation.report_blocks import Block, Heading, Para, Table, Transcript
 
 log = logging.getLogger(__name__)
 
-STUDIES = {"compare": "cai.compare", "rounds": "cai.round_quality", "principles": "cai.principle_effect",
-           "cai_vs_sft": "cai.cai_vs_sft", "jailbreaks": "cai.jailbreak_study", "helpfulness": "cai.helpfulness"}
+STUDIES = {"compare": "cai.evaluation.compare", "rounds": "cai.evaluation.round_quality",
+           "principles": "cai.evaluation.principle_effect", "cai_vs_sft": "cai.evaluation.cai_vs_sft",
+           "jailbreaks": "cai.evaluation.jailbreak_study", "helpfulness": "cai.evaluation.helpfulness"}
 TRANSCRIPTS_SHOWN = 12  # per critique run
 
 

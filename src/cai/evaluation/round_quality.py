@@ -3,7 +3,7 @@
 The critique stage runs on harmful prompts and on safe ones alike; then every round's revision (round 0 is
 the first answer) is scored the same way:
 
-* the refusal check (``cai.refusals.is_refusal``): on harmful prompts a rising rate is the point, on safe
+* the refusal check (``cai.evaluation.refusals.is_refusal``): on harmful prompts a rising rate is the point, on safe
   prompts it is over-refusal;
 * a reward model's score, when one is given (``cai.train.reward.score_responses``);
 * an AI judge, when one is given: the probability that round k's revision is better than the first answer,
@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from cai.report_blocks import Block, Heading, Para, Plot, Table, plot_name
+from cai.evaluation.report_blocks import Block, Heading, Para, Plot, Table, plot_name
 
 log = logging.getLogger(__name__)
 SAME = 0.9  # word-level similarity at or above which a revision "changes nothing"
@@ -50,7 +50,7 @@ def curve(records: Sequence[dict[str, Any]], rounds: int,
           judged: dict[str, list[float]] | None = None) -> list[dict[str, Any]]:
     """Per round k = 0..rounds: refusal rate, share of revisions that changed nothing (k >= 1), and the mean
     reward-model score and judge preference over the first answer where given (keyed by record id)."""
-    from cai.refusals import is_refusal
+    from cai.evaluation.refusals import is_refusal
 
     texts = [texts_by_round(r, rounds) for r in records]
     out = []
@@ -90,7 +90,7 @@ def judge_scores(judge_backend, constitution, records: Sequence[dict[str, Any]],
     """The judge's probability that round k's revision beats the first answer (k = 1..rounds), averaged over
     both presentation orders, per record id. Judged under the constitution's first principle with a
     preference statement."""
-    from cai.judge import Comparison, JudgeConfig, judge, judging_principles
+    from cai.feedback.judge import Comparison, JudgeConfig, judge, judging_principles
 
     config = config or JudgeConfig(mode="pairwise", length_control=False)
     principle = judging_principles(constitution)[0]

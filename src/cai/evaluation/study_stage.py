@@ -30,8 +30,8 @@ class StudyOptions(BaseModel):
 
 def run_studies(ctx) -> dict[str, Any]:
     """Run the studies the recipe asks for; returns {study: json path}."""
+    from cai.evaluation.round_quality import evidence_from, write_json
     from cai.jsonl import read_records
-    from cai.round_quality import evidence_from, write_json
 
     opts: StudyOptions = ctx.config.studies
     out = ctx.out / "studies"
@@ -45,23 +45,23 @@ def run_studies(ctx) -> dict[str, Any]:
         written[name] = str(write_json(out / f"{name}.json", data))
 
     if records and opts.principles:
-        from cai.principle_effect import study
+        from cai.evaluation.principle_effect import study
 
         save("principles", study({"harmful": records}, const, sources=[str(records_path)]))
     if records and opts.rounds:
-        from cai.round_quality import rounds_study
+        from cai.evaluation.round_quality import rounds_study
 
         save("rounds", rounds_study({"harmful": records}, ctx.config.critique.rounds, constitution=const))
     if opts.compare:
-        from cai.compare import compare
         from cai.constitution import load_constitution
+        from cai.evaluation.compare import compare
 
         sets = {"harmful": [(r.id, r.prompt) for r in ctx.prompts("critique_prompts")][: opts.limit],
                 "safe": _pairs(ctx.config.evaluate.safe, opts.limit)}
         save("compare", compare([const, *map(load_constitution, opts.compare)], sets, out / "compare",
                                 backend=ctx.backend(base), options=ctx.config.critique))
     if records and opts.cai_vs_sft:
-        from cai.cai_vs_sft import run
+        from cai.evaluation.cai_vs_sft import run
 
         offset = len(records)
         eval_sets = {"harmful": [p for _, p in _pairs(ctx.config.evaluate.harmful, opts.limit, offset)],
@@ -71,14 +71,14 @@ def run_studies(ctx) -> dict[str, Any]:
                                seed=ctx.config.evaluate.seed, sources=[str(records_path)]))
     if opts.jailbreaks:
         from cai.constitution import load_constitution
-        from cai.jailbreak_study import run as attack
+        from cai.evaluation.jailbreak_study import run as attack
         rows = prompt_rows(ctx.config.evaluate.harmful, opts.limit)
         save("jailbreaks", attack(list(dict.fromkeys([base, ctx.policy])), rows, out / "jailbreaks", load=ctx.backend,
                                   constitution=load_constitution("redteam"), prompts=ctx.config.evaluate.harmful,
                                   max_new_tokens=opts.max_new_tokens, seed=ctx.config.evaluate.seed))
     if opts.helpfulness:
         from cai.backends.base import SamplingParams
-        from cai.helpfulness import study as helpful
+        from cai.evaluation.helpfulness import study as helpful
 
         sft = [str(ctx.out / "sft")] if (ctx.out / "sft" / "config.json").exists() else []
         models = list(dict.fromkeys([base, *sft, ctx.policy]))

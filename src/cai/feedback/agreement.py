@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from cai.errors import ConfigError
-from cai.judge import Comparison, JudgeConfig, Judgement, choose_principles, first_slot_wins, judge, order_free
+from cai.feedback.judge import Comparison, JudgeConfig, Judgement, choose_principles, first_slot_wins, judge, order_free
 from cai.prompts import BadRow
 
 log = logging.getLogger(__name__)

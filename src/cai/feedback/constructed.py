@@ -12,7 +12,7 @@ For harmless prompts (the plain answers ``cai.critique.run_helpful`` wrote, the 
 answer is preferred over a refusal: without these a reward model learns that refusing always wins. The
 refusal is one of the run's own revisions that refuse (the words SFT taught the policy), so the same text
 is ``chosen`` after a harmful request and ``rejected`` after a harmless one and DPO can only lower its loss
-by telling the two apart. With canned refusals (``cai.probes.REFUSALS``, used only when the run has no
+by telling the two apart. With canned refusals (``cai.feedback.probes.REFUSALS``, used only when the run has no
 refusing revision) DPO pushed the policy's own refusal wording up everywhere: held-out harmless prompts
 refused 0.211 -> 0.281 after 10 steps, against 0.211 -> 0.158 with the run's refusals (same SFT model).
 """
@@ -56,7 +56,7 @@ def helpful_pair(record: dict[str, Any], k: int, p_chosen: float = 0.9, refusals
     """(answer, refusal) for a helpful record whose answer is fit for SFT, else None; ``k`` picks the refusal
     from ``refusals`` (the project's templates when empty)."""
     from cai.critique import answer_problem
-    from cai.probes import REFUSALS
+    from cai.feedback.probes import REFUSALS
 
     refusals = tuple(refusals) or REFUSALS
     if answer_problem(record["answer"]) is not None:
@@ -86,8 +86,8 @@ def constructed_pairs(records: Iterable[dict[str, Any]], p_chosen: float = 0.9) 
 
 
 def refusing_revisions(pairs: Iterable[PreferencePair]) -> list[str]:
-    """The chosen replies of revision pairs that refuse (``cai.refusals``), each wording once, in order."""
-    from cai.refusals import is_refusal
+    """The chosen replies of revision pairs that refuse (``cai.evaluation.refusals``), each wording once, in order."""
+    from cai.evaluation.refusals import is_refusal
 
     texts = (p.chosen[-1]["content"] for p in pairs)
     return list(dict.fromkeys(t for t in texts if is_refusal(t)))

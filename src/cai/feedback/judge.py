@@ -32,7 +32,7 @@ the first 200 pairs the two forms score 0.490 and 0.585, a gap the full set show
 rounding alone moves the 200-pair figure by about 0.03). The current form encodes 35% fewer tokens per
 pair (the question is shared by both replies, the context cut to 64 tokens), so it labels ~1.4x faster.
 ``cai label --agreement FILE --sweep`` measures every configuration. ``cai label --probe`` checks a judge
-without human labels (``cai.probes``): with its length preference removed, this one cannot tell a refusal
+without human labels (``cai.feedback.probes``): with its length preference removed, this one cannot tell a refusal
 from an answer to a harmful request, nor the answer to the question asked from an answer to another.
 Asking for chain of thought, few-shot examples or slot calibration selects the pairwise judge.
 
@@ -54,8 +54,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from cai.calibration import length_log_ratio, length_slope, logit, sigmoid, swap_slot_prior
 from cai.errors import ConfigError, ModelError
+from cai.feedback.calibration import length_log_ratio, length_slope, logit, sigmoid, swap_slot_prior
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ class JudgeConfig(BaseModel):
                                 "scored alone (P(Yes) that it meets the principle), the better score wins")
     calibrate: Literal["none", "content-free", "swap"] = Field(
         "none", description="remove the judge's slot prior: read from a content-free question per pair, or "
-                            "from the swapped orders over the batch (see cai.calibration)")
+                            "from the swapped orders over the batch (see cai.feedback.calibration)")
     length_control: bool = Field(True, description=(
         "take the judge's length preference out, as measured on content-neutral pairs (see judge())"))
     few_shot: bool = False
@@ -379,8 +379,8 @@ def judge(backend, comparisons: Sequence[Comparison], config: JudgeConfig) -> li
     """Judge every comparison under each of its principles (in both orders, when pairwise).
 
     ``backend``: a generation Backend (the judge is asked questions), or a reward model scorer
-    (``cai.reward_judge.RewardJudge``, pointwise by nature: the higher reward wins). The readings are
-    corrected as ``config`` asks (slot prior, length preference; see ``cai.calibration``).
+    (``cai.feedback.reward_judge.RewardJudge``, pointwise by nature: the higher reward wins). The readings are
+    corrected as ``config`` asks (slot prior, length preference; see ``cai.feedback.calibration``).
     """
     if not comparisons:
         return []

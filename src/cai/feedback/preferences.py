@@ -3,7 +3,7 @@
 The stage, as in the CAI paper (sec. 4): for each prompt, sample K >= 2 responses from the policy;
 drop empty and duplicate ones; form *all* pairs of what is left (K=2: one pair; K=3: three), since
 generation is the expensive part and every extra comparison is cheap; judge every pair in both
-orders under a principle from the constitution (``cai.judge``); write each pair, chosen side first,
+orders under a principle from the constitution (``cai.feedback.judge``); write each pair, chosen side first,
 as a TRL conversational preference row (``cai.records.PreferencePair``) with its soft label and
 provenance.
 
@@ -30,8 +30,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from cai.feedback.judge import Comparison, JudgeConfig, Judgement, choose_principles, judge, stable_seed
 from cai.jsonl import append_records, read_records, repair
-from cai.judge import Comparison, JudgeConfig, Judgement, choose_principles, judge, stable_seed
 from cai.records import PreferencePair, Provenance
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ class LabelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     source: Literal["judge", "constructed", "auto"] = Field("auto", description=(
         "judge: the AI judge labels sampled pairs; constructed: pairs by construction from the critique "
-        "stage (cai.constructed); auto: the judge only if it passes label-free probes (cai.probes)"))
+        "stage (cai.feedback.constructed); auto: the judge only if it passes label-free probes (cai.feedback.probes)"))
     probe_prompts: int = Field(12, ge=1, description="auto: harmful and safe prompts each to probe the judge on")
     probe_threshold: float = Field(0.6, ge=0.5, le=1, description="auto: probe agreement the judge needs")
     p_constructed: float = Field(0.9, ge=0.5, le=1, description="p_chosen of constructed pairs")

@@ -48,7 +48,7 @@ def _row(probe: str, prompt, chosen: str, rejected: str, provenance: dict[str, A
 
 def _answers(prompts: Sequence, replies: Sequence[str]) -> list[tuple[int, Any, str]]:
     """(position, prompt, reply) for each reply that is not empty and does not refuse."""
-    from cai.refusals import is_refusal
+    from cai.evaluation.refusals import is_refusal
 
     return [(k, p, r) for k, (p, r) in enumerate(zip(prompts, replies, strict=True))
             if r.strip() and not is_refusal(r)]
@@ -111,7 +111,7 @@ GATE_PROBES = ("refusal", "over-refusal")  # a judge must pass both: a length pr
 def judge_on_probes(judge_backend, probes: dict[str, list[dict[str, Any]]], constitution, config, *,
                     seed: int = 0) -> dict[str, dict[str, Any]]:
     """Per probe: pairs and the share where the judge prefers the better reply (p > 0.5)."""
-    from cai.judge import Comparison, choose_principles, judge
+    from cai.feedback.judge import Comparison, choose_principles, judge
 
     out: dict[str, dict[str, Any]] = {}
     for name, rows in probes.items():

@@ -4,7 +4,7 @@
 head with one output). It scores each response with the conversation before it; for a pair (a, b) the
 Bradley-Terry log-odds that a is better is ``reward(a) - reward(b)``. This is how "models the pipeline
 trains from it" judge: e.g. a reward model trained on preferences by construction (revisions over the
-answers they revised, ``cai.constructed``) labels new pairs without asking the chat model anything.
+answers they revised, ``cai.feedback.constructed``) labels new pairs without asking the chat model anything.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Two scorers, one method (``score(conversations, responses) -> list[float]``):
 
-* a reward model saved by ``cai reward`` (``cai.reward_judge.RewardJudge``): its scalar output;
+* a reward model saved by ``cai reward`` (``cai.feedback.reward_judge.RewardJudge``): its scalar output;
 * the judge (``JudgeScorer``): the pointwise judge's log-odds that the response is good by the
   constitution's preference principles, averaged over the principles that judge it. Every response to
   one conversation is judged under the same principles (drawn from the conversation's text and the seed),
@@ -31,10 +31,10 @@ class Scorer(Protocol):
 
 
 class JudgeScorer:
-    """The pointwise judge of ``cai.judge`` as a reward (see the module docstring)."""
+    """The pointwise judge of ``cai.feedback.judge`` as a reward (see the module docstring)."""
 
     def __init__(self, backend, constitution, config=None, *, seed: int = 0):
-        from cai.judge import JudgeConfig, judging_principles
+        from cai.feedback.judge import JudgeConfig, judging_principles
 
         self.backend, self.constitution, self.seed = backend, constitution, seed
         self.config = (config or JudgeConfig()).model_copy(update={"mode": "pointwise"})
@@ -43,7 +43,7 @@ class JudgeScorer:
         self.tokenizer = getattr(backend, "tokenizer", None)
 
     def score(self, conversations: Sequence[Conversation], responses: Sequence[str]) -> list[float]:
-        from cai.judge import choose_principles, pointwise_scores
+        from cai.feedback.judge import choose_principles, pointwise_scores
 
         items = [(list(c), r, choose_principles(self.constitution, json.dumps(c), self.config, seed=self.seed))
                  for c, r in zip(conversations, responses, strict=True)]
@@ -53,16 +53,16 @@ class JudgeScorer:
 def load_scorer(spec: str | Path, *, kind: str = "auto", constitution: str = "general", principles: str = "ensemble",
                 dtype: str = "auto", seed: int = 0, batch_size: int = 16) -> Scorer:
     """A reward model directory (``cai reward``) -> its scores; any other model spec -> the judge on that
-    model under ``constitution`` (``principles``: ``single`` or ``ensemble``, see ``cai.judge``).
+    model under ``constitution`` (``principles``: ``single`` or ``ensemble``, see ``cai.feedback.judge``).
     ``kind``: ``reward_model`` or ``judge`` to insist on one (a missing reward model is then reported as
     such), ``auto`` to tell by the directory."""
-    from cai.reward_judge import RewardJudge, is_reward_model_dir
+    from cai.feedback.reward_judge import RewardJudge, is_reward_model_dir
 
     if kind == "reward_model" or (kind == "auto" and is_reward_model_dir(spec)):
         return RewardJudge.load(spec, batch_size=batch_size)
     from cai.backends import load_backend
     from cai.constitution import load_constitution
-    from cai.judge import JudgeConfig
+    from cai.feedback.judge import JudgeConfig
 
     backend = load_backend(str(spec), dtype=dtype)
     return JudgeScorer(backend, load_constitution(constitution), JudgeConfig(principles=principles), seed=seed)

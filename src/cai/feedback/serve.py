@@ -5,7 +5,7 @@
     GET  /health   -> {"status": "ok", "model": ..., "kind": "reward_model" | "judge"}
 
 ``prompts`` and ``labels`` (sent by newer OpenRLHF versions) are optional; ``prompts`` helps split a
-query whose template is not recognised (``cai.queries``); ``labels`` (reference answers for rule-based
+query whose template is not recognised (``cai.feedback.queries``); ``labels`` (reference answers for rule-based
 rewards) and other extra keys are accepted and unused. ``scores`` repeats ``rewards`` (OpenRLHF reads it
 for dynamic filtering). A malformed request gets 400 (or 422 for a query that cannot be split into
 prompt and response) with ``{"error": "..."}`` saying which field or query is wrong.
@@ -83,7 +83,7 @@ class RewardService:
         return {"status": "ok", "model": self.scorer.model_id, "kind": self.kind}
 
     def rewards(self, request: RewardRequest) -> dict:
-        from cai.queries import split_query
+        from cai.feedback.queries import split_query
 
         items = []
         for i, text in enumerate(request.queries):

@@ -1,7 +1,7 @@
 """RLAIF with TRL's online trainers (GRPO, RLOO), the constitution as the reward.
 
 The policy samples ``num_generations`` completions per prompt; each is scored by a ``cai`` scorer (a
-reward model from ``cai reward``, or the constitution's pointwise judge, ``cai.rewards``) through TRL's
+reward model from ``cai reward``, or the constitution's pointwise judge, ``cai.feedback.rewards``) through TRL's
 ``reward_funcs`` signature; TRL's ``GRPOTrainer`` (group-normalised advantages, clipped objective, KL
 to the reference weighted by ``beta``) or ``RLOOTrainer`` (leave-one-out baseline) does the rest. So
 TRL's own scale-out applies unchanged: ``accelerate launch`` with DDP, DeepSpeed or FSDP, and vLLM
@@ -110,10 +110,10 @@ def train_online(prompts: list, out_dir: str | Path, reward: str | Path, *, poli
     import json
 
     from cai.distributed import is_main
+    from cai.feedback.rewards import load_scorer, trl_reward_function
     from cai.jsonl import write_atomic
     from cai.logs import log_to_run_dir
     from cai.models import load_causal_lm, load_tokenizer, resolve
-    from cai.rewards import load_scorer, trl_reward_function
     from cai.train import artifacts
     from cai.train.options import lora_config, weights_dtype
     from cai.train.ppo_data import as_messages
