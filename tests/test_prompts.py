@@ -12,10 +12,12 @@ from cai.errors import ConfigError
 from cai.prompts import (
     SHIPPED_SETS,
     BadRow,
+    PromptRow,
     load_prompts,
     log_bad_rows,
     prompt_id,
     shipped_path,
+    split_of,
     write_bad_rows,
 )
 
@@ -173,7 +175,18 @@ def test_shipped_sets_are_clean(name):
     assert all(r.id == f"{prefix}-{r.category}-{r.id[-3:]}" for r in rows)
     assert len({r.category for r in rows}) >= 12
     raw = [json.loads(line) for line in shipped_path(name).read_text(encoding="utf-8").splitlines()]
-    assert all(set(obj) == {"id", "prompt", "category"} for obj in raw)
+    assert all(set(obj) - {"split"} == {"id", "prompt", "category"} for obj in raw)
+    assert all(obj.get("split", "train") == "train" for obj in raw)  # only training-only rows name a split
+
+
+def test_a_row_naming_its_split_keeps_it_and_leaves_the_every_third_rule_alone():
+    def row(i, category, **meta):
+        return PromptRow(id=str(i), prompt=f"p{i}", category=category, meta=meta)
+
+    plain = [row(i, "a") for i in range(6)]
+    assert split_of(plain) == ["train", "eval", "train", "train", "eval", "train"]
+    named = [plain[0], row(10, "a", split="train"), *plain[1:], row(11, "a", split="eval")]
+    assert split_of(named) == ["train", "train", "eval", "train", "train", "eval", "train", "eval"]
 
 
 def test_redteam_first_16_rows_span_many_categories():
@@ -194,7 +207,7 @@ def test_shipped_train_and_eval_splits_are_disjoint_and_cover_the_set(name):
     assert {r.id for r in train}.isdisjoint({r.id for r in held_out})
     assert {r.prompt for r in train}.isdisjoint({r.prompt for r in held_out})
     assert len(train) + len(held_out) == len(everything)
-    assert 0.25 < len(held_out) / len(everything) < 0.4
+    assert 0.25 < len(held_out) / sum("split" not in r.meta for r in everything) < 0.4
     assert [r.id for r in load_prompts(name, split="eval")[0]] == [r.id for r in held_out]
 
 

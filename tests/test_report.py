@@ -116,3 +116,26 @@ def test_tradeoff_points_that_coincide_share_a_label_and_runs_tell_a_model_apart
              "harmful_refusal": 0.5}]
     assert _points(rows) == {(0.1, 0.2): ["smollm2-135m (a/evaluate)", "smollm2-135m (b/evaluate)"],
                              (0.3, 0.5): ["sft"]}
+
+
+@pytest.mark.parametrize(("label_source", "shown"), [
+    ("constructed", "constructed pairs from the two sets above (no judge)"),
+    ("judge", "mixed:train"),
+])
+def test_trained_on_names_the_label_source_the_run_used(tmp_path, label_source, shown):
+    import yaml
+
+    from cai.evaluation.report import trained_on
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.resolved.yaml").write_text(yaml.safe_dump({
+        "stages": ["critique", "sft", "label", "dpo"], "sft": {"helpful_weight": 2},
+        "critique_prompts": {"source": "redteam", "split": "train"},
+        "helpful_prompts": {"source": "helpful", "split": "train"},
+        "rl_prompts": {"source": "mixed", "split": "train"}}))
+    _write(run / "preferences" / "label_source.json", {"label_source": label_source, "label_source_why": "probes"})
+    sets = trained_on(collect([tmp_path], required=False))[0]["sets"]
+    assert sets["critique (SL-CAI)"] == "redteam:train"
+    assert sets["helpful answers mixed into SFT"] == "helpful:train, weighted 2"
+    assert sets["label / RL"] == shown

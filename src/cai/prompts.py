@@ -8,7 +8,9 @@ and skipped; it never stops a run. A missing file, an unknown format, or a colum
 The shipped sets have fixed, disjoint ``train`` and ``eval`` splits (``all`` is both): within each
 category, in file order, every third prompt (the 2nd, 5th, 8th, ...) is held out for evaluation. The
 training stages read ``train`` and the evaluations ``eval``, so a model is measured on prompts it never
-trained on. New prompts are appended to a file, which leaves every earlier prompt's split as it was.
+trained on. New prompts are appended to a file, which leaves every earlier prompt's split as it was; a
+row may name its own split (``"split": "train"``), as the training-only helpful prompts at the end of
+``helpful.jsonl`` do, and then it is left out of the every-third count.
 
 Ids come from the ``id`` column when a row has one, else from the prompt text itself (``prompt_id``),
 so a re-run or a resume sees the same ids for the same prompts.
@@ -225,10 +227,14 @@ def _shipped_split(source: str, split: str) -> str:
 
 
 def split_of(rows: Sequence[PromptRow]) -> list[str]:
-    """``train`` or ``eval`` for each row of a whole shipped file, in file order (see the module docstring)."""
+    """``train`` or ``eval`` for each row of a whole shipped file, in file order (see the module docstring).
+    A row with its own ``split`` field keeps it and is not counted in its category's every-third rule."""
     seen: dict[str | None, int] = {}
     out = []
     for row in rows:
+        if row.meta.get("split") in ("train", "eval"):
+            out.append(row.meta["split"])
+            continue
         k = seen[row.category] = seen.get(row.category, -1) + 1
         out.append("eval" if k % EVAL_EVERY == 1 else "train")
     return out

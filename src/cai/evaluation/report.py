@@ -132,7 +132,11 @@ def _set_name(spec: dict[str, Any]) -> str:
 
 
 def trained_on(found) -> list[dict[str, Any]]:
-    """Per run (its config.resolved.yaml): the prompt sets each training stage read."""
+    """Per run (its config.resolved.yaml): the prompt sets each training stage read. Where the run's label
+    stage built constructed pairs (its preferences/label_source.json says so), the pairs come from the
+    critique and helpful records, not from the recipe's ``rl_prompts``, and the entry says that."""
+    constructed = {str(Path(i["source"]).parent.parent) for i in found["label_source"]
+                   if (i["data"] or {}).get("label_source") == "constructed"}
     out = []
     for item in found["run"]:
         cfg = item["data"] or {}
@@ -144,6 +148,8 @@ def trained_on(found) -> list[dict[str, Any]]:
         names = {k: _set_name(v) for k, v in sets.items() if v}
         if "helpful answers mixed into SFT" in names and weight != 1:
             names["helpful answers mixed into SFT"] += f", weighted {weight:g}"
+        if "label / RL" in names and str(Path(item["source"]).parent) in constructed:
+            names["label / RL"] = "constructed pairs from the two sets above (no judge)"
         out.append({"source": item["source"], "sets": names})
     return out
 
