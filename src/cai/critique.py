@@ -241,9 +241,11 @@ def run_critique(prompts: Sequence[tuple[str, str]], out_dir: Path, *, backend: 
                  constitution: Constitution, options: CritiqueOptions) -> dict:
     """Run (or resume) the stage into ``out_dir``: records.jsonl, sft.jsonl, sft_prompt_completion.jsonl.
 
-    Returns a summary with counts. Prompts whose id already has a record are skipped.
+    Returns a summary with counts. Prompts whose id already has a record are skipped. ``backend`` may be
+    ``cai.fanout.Workers``: the chunks then run on Ray workers.
     """
     from cai import jsonl
+    from cai.fanout import map_chunks
     from cai.logs import progress
 
     out_dir = Path(out_dir)
@@ -256,9 +258,9 @@ def run_critique(prompts: Sequence[tuple[str, str]], out_dir: Path, *, backend: 
     if done:
         log.info("resuming: %d of %d prompts already done", len(prompts) - len(todo), len(prompts))
     with progress(len(todo), "critique-revision (prompts)") as advance:
-        for start in range(0, len(todo), options.chunk_size):
-            chunk = todo[start:start + options.chunk_size]
-            jsonl.append_records(records_path, run_chunk(backend, constitution, chunk, options))
+        for chunk, records in map_chunks(backend, lambda b, c: run_chunk(b, constitution, c, options), todo,
+                                         options.chunk_size):
+            jsonl.append_records(records_path, records)
             advance(len(chunk))
     return write_sft_files(out_dir, options.system_prompt)
 

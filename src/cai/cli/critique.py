@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from cai.cli.workers import RAY, WORKERS
+
 
 def register(app: typer.Typer) -> None:
     app.command("critique")(critique)
@@ -31,6 +33,8 @@ def critique(
     split: str = typer.Option("train", help="dataset split for Hugging Face datasets"),
     dtype: str = typer.Option("auto", help="auto (bf16 where the CPU/GPU has it) | fp32 | bf16 | fp16"),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="allow model code from the Hub"),
+    workers: int = WORKERS,
+    ray: str = RAY,
 ) -> None:
     """Answer, critique against sampled principles, revise; write records.jsonl and sft.jsonl."""
     import logging
@@ -39,6 +43,7 @@ def critique(
     from cai.constitution import load_constitution
     from cai.critique import CritiqueOptions, run_critique
     from cai.errors import ConfigError
+    from cai.fanout import Fanout
     from cai.logs import setup_console
     from cai.prompts import prompts_for_run
     from cai.runs import check_or_record
@@ -52,13 +57,13 @@ def critique(
         raise ConfigError(f"invalid option: {e}", fix="see `cai critique --help`") from None
     const = load_constitution(constitution)
     rows = prompts_for_run(prompts, out, column=column, split=split, limit=limit, logger=log)
-    from cai.backends import load_backend, model_identity
+    from cai.backends import model_identity
 
     check_or_record(out, "critique", {"model": model_identity(model), "constitution": const.ref().model_dump(),
                                       "prompts": prompts, "options": options.model_dump(exclude={"chunk_size"})},
                     started=(out / "records.jsonl").is_file() and (out / "records.jsonl").stat().st_size > 0)
     t0 = time.time()
-    backend = load_backend(model, dtype=dtype, batch_size=batch_size, trust_remote_code=trust_remote_code)
+    backend = Fanout(workers, ray).load(model, dtype=dtype, batch_size=batch_size, trust_remote_code=trust_remote_code)
     summary = run_critique([(r.id, r.prompt) for r in rows], out, backend=backend, constitution=const,
                            options=options)
     wall = time.time() - t0

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import typer
 
+from cai.cli.workers import RAY, WORKERS
+
 EMBEDDED = "smollm2-135m"
 PROBE_MAX_NEW_TOKENS = 96  # probe replies: long enough to show whether the policy complies
 
@@ -51,6 +53,8 @@ def label(
                                "relevance (see cai.feedback.probes)"),
     dtype: str = typer.Option("auto", help="auto (bf16 where the CPU/GPU has it) | fp32 | bf16 | fp16; local "
                               "models only"),
+    workers: int = WORKERS,
+    ray: str = RAY,
 ) -> None:
     """Sample response pairs and label them with the AI judge in both orders (or measure agreement)."""
     from cai.errors import ConfigError
@@ -64,6 +68,9 @@ def label(
                               "`cai label --agreement FILE --out DIR` scores the judge on human pairs; "
                               "`cai label --probe --out DIR` scores it on label-free probe pairs; "
                               "`cai label --from-critique DIR --out DIR` builds pairs from revisions")
+    if (workers or ray) and prompts is None:
+        raise ConfigError("--workers and --ray fan out the labelling of PROMPTS only", where="cai label",
+                          fix="leave them out with --agreement, --probe or --from-critique")
     if from_critique is not None:
         from cai.feedback.constructed import write_constructed
 
@@ -95,7 +102,7 @@ def label(
         _agreement(agreement, out, judge, the_constitution, judge_config, limit=limit, seed=seed, dtype=dtype)
     else:
         _label(prompts, out, policy, judge, the_constitution, judge_config, limit=limit, seed=seed,
-               samples=samples, max_new_tokens=max_new_tokens, dtype=dtype)
+               samples=samples, max_new_tokens=max_new_tokens, dtype=dtype, workers=workers, ray=ray)
 
 
 def _validated(model, **values):
@@ -301,9 +308,19 @@ def _print_agreement(result: dict, path: Path) -> None:
     console.print(f"written to {path}")
 
 
+def _load_pair(policy_spec: str, judge_spec: str, dtype: str = "auto") -> tuple:
+    """(policy, judge) backends; one object when the specs are equal."""
+    policy = _load(policy_spec, dtype)
+    return policy, policy if judge_spec == policy_spec else _load(judge_spec, dtype)
+
+
 def _label(prompts: str, out: Path, policy_spec: str, judge_spec: str, constitution, judge_config, *, limit,
-           seed: int, samples: int, max_new_tokens: int, dtype: str = "auto") -> None:
+           seed: int, samples: int, max_new_tokens: int, dtype: str = "auto", workers: int = 0,
+           ray: str | None = None) -> None:
+    from functools import partial
+
     from cai.errors import ConfigError
+    from cai.fanout import Fanout
     from cai.feedback.judge import check_judge
     from cai.feedback.preferences import LabelConfig, label_prompts
     from cai.logs import log_to_run_dir
@@ -318,9 +335,12 @@ def _label(prompts: str, out: Path, policy_spec: str, judge_spec: str, constitut
     out.mkdir(parents=True, exist_ok=True)
     log_to_run_dir(out)
     write_bad_rows(out / "bad_rows.jsonl", bad)
-    policy = _load(policy_spec, dtype)
-    judge_backend = policy if judge_spec == policy_spec else _load(judge_spec, dtype)
-    check_judge(judge_backend, config.judge)
+    if workers or ray:
+        policy = judge_backend = Fanout(workers, ray).start(partial(_load_pair, policy_spec, judge_spec, dtype))
+        policy.ask(lambda pair: check_judge(pair[1], config.judge))
+    else:
+        policy, judge_backend = _load_pair(policy_spec, judge_spec, dtype)
+        check_judge(judge_backend, config.judge)
     summary = label_prompts(rows, policy=policy, judge_backend=judge_backend, constitution=constitution,
                             out_dir=out, config=config).as_dict()
     mean = summary["mean_p_chosen"]

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from cai.cli.workers import RAY, WORKERS
+
 
 def register(app: typer.Typer) -> None:
     app.command("redteam")(redteam)
@@ -23,12 +25,14 @@ def redteam(
     seed: int = typer.Option(0),
     dtype: str = typer.Option("auto", help="auto (bf16 where the CPU/GPU has it) | fp32 | bf16 | fp16; local "
                               "models only"),
+    workers: int = WORKERS,
+    ray: str = RAY,
 ) -> None:
     """Wrap harmful requests in jailbreak templates and measure how often each model does not refuse."""
-    from cai.backends import load_backend
     from cai.backends.base import SamplingParams
     from cai.errors import ConfigError
     from cai.evaluation.redteam import attack_models, attacks, load_templates
+    from cai.fanout import Fanout
     from cai.logs import log_to_run_dir, setup_console
     from cai.prompts import load_prompts, log_bad_rows
     from cai.runs import check_or_record
@@ -46,8 +50,9 @@ def redteam(
     check_or_record(out, "redteam", {"prompts": prompts, "templates": the_templates, "limit": limit,
                                      "sampling": params.to_dict()})
     log_to_run_dir(out)
+    fanout = Fanout(workers, ray)
     summary = attack_models(model, todo, out, params, templates=the_templates, prompts=prompts,
-                            load=lambda spec: load_backend(spec, dtype=dtype))
+                            load=lambda spec: fanout.load(spec, dtype=dtype))
     _print(summary)
     typer.echo(f"written to {out / 'redteam.json'}")
 

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from cai.cli.workers import RAY, WORKERS
+
 
 def register(app: typer.Typer) -> None:
     app.command("refusals")(refusals)
@@ -21,12 +23,14 @@ def refusals(
     seed: int = typer.Option(0),
     dtype: str = typer.Option("auto", help="auto (bf16 where the CPU/GPU has it) | fp32 | bf16 | fp16; local "
                               "models only"),
+    workers: int = WORKERS,
+    ray: str = RAY,
 ) -> None:
     """Refusal rate on harmful and on safe prompts, per model, side by side (a keyword check)."""
     import json
 
-    from cai.backends import load_backend
     from cai.evaluation.refusals import refusal_comparison
+    from cai.fanout import Fanout
     from cai.jsonl import write_atomic
     from cai.logs import log_to_run_dir, setup_console
     from cai.prompts import load_prompts, log_bad_rows
@@ -39,7 +43,8 @@ def refusals(
         sets[name] = [r.prompt for r in rows]
     out.mkdir(parents=True, exist_ok=True)
     log_to_run_dir(out)
-    reports = refusal_comparison(((spec, load_backend(spec, dtype=dtype)) for spec in model), sets,
+    fanout = Fanout(workers, ray)
+    reports = refusal_comparison(((spec, fanout.load(spec, dtype=dtype)) for spec in model), sets,
                                  max_new_tokens=max_new_tokens, seed=seed)
     write_atomic(out / "refusals.json", json.dumps({"harmful": harmful, "safe": safe, "models": reports},
                                                    indent=2) + "\n")

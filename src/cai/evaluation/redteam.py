@@ -116,34 +116,41 @@ def model_dir_name(spec: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", spec).strip("_.")[-80:] or "model"
 
 
-def run_attacks(backend, todo: Sequence[Attack], replies_path: Path, params, *, templates: dict[str, str],
-                chunk_size: int = 64) -> int:
-    """Answer the attacks not yet in ``replies_path``, appending each chunk's records; returns how many ran."""
-    from cai import jsonl
+def attack_records(backend, chunk: Sequence[Attack], params, templates: dict[str, str]) -> list[dict[str, Any]]:
+    """The backend's replies to a chunk of attacks, as records with provenance."""
     from cai.evaluation.refusals import is_refusal
     from cai.evaluation.replies import degenerate_reason
-    from cai.logs import progress
     from cai.records import Provenance
+
+    out = backend.generate([[{"role": "user", "content": a.prompt}] for a in chunk], params, desc="replies")
+    records = []
+    for a, c in zip(chunk, out, strict=True):
+        refused, degenerate = is_refusal(c.text), degenerate_reason(c.text)
+        records.append({
+            "id": a.id, "base_id": a.base_id, "category": a.category, "template": a.template,
+            "prompt": a.prompt, "reply": c.text, "refused": refused, "degenerate": degenerate,
+            "attack_succeeded": not refused and degenerate is None,
+            "provenance": Provenance(stage="redteam", model=backend.model_id,
+                                     templates={"jailbreak": templates[a.template]},
+                                     sampling=params.to_dict(), seed=params.seed).model_dump(),
+        })
+    return records
+
+
+def run_attacks(backend, todo: Sequence[Attack], replies_path: Path, params, *, templates: dict[str, str],
+                chunk_size: int = 64) -> int:
+    """Answer the attacks not yet in ``replies_path``, appending each chunk's records; returns how many ran.
+    ``backend`` may be ``cai.fanout.Workers``: the chunks then run on Ray workers."""
+    from cai import jsonl
+    from cai.fanout import map_chunks
+    from cai.logs import progress
 
     jsonl.repair(replies_path)
     done = {r["id"] for r in jsonl.read_records(replies_path)} if replies_path.exists() else set()
     left = [a for a in todo if a.id not in done]
     with progress(len(left), f"attacks on {backend.model_id}") as advance:
-        for start in range(0, len(left), chunk_size):
-            chunk = left[start:start + chunk_size]
-            out = backend.generate([[{"role": "user", "content": a.prompt}] for a in chunk], params,
-                                   desc="replies")
-            records = []
-            for a, c in zip(chunk, out, strict=True):
-                refused, degenerate = is_refusal(c.text), degenerate_reason(c.text)
-                records.append({
-                    "id": a.id, "base_id": a.base_id, "category": a.category, "template": a.template,
-                    "prompt": a.prompt, "reply": c.text, "refused": refused, "degenerate": degenerate,
-                    "attack_succeeded": not refused and degenerate is None,
-                    "provenance": Provenance(stage="redteam", model=backend.model_id,
-                                             templates={"jailbreak": templates[a.template]},
-                                             sampling=params.to_dict(), seed=params.seed).model_dump(),
-                })
+        for chunk, records in map_chunks(backend, lambda b, c: attack_records(b, c, params, templates), left,
+                                         chunk_size):
             jsonl.append_records(replies_path, records)
             advance(len(chunk))
     return len(left)

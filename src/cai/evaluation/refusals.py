@@ -73,15 +73,20 @@ def refusal_rate(texts: Sequence[str]) -> float | None:
 
 def refusal_report(backend, sets: dict[str, Sequence[str]], *, max_new_tokens: int = 96, seed: int = 0,
                    temperature: float = 0.0) -> dict[str, Any]:
-    """Per prompt set: n, refusal rate and every (prompt, reply, refused) row. Greedy by default."""
+    """Per prompt set: n, refusal rate and every (prompt, reply, refused) row. Greedy by default. ``backend``
+    may be ``cai.fanout.Workers``: the prompts are then split over Ray workers."""
     from cai.backends.base import SamplingParams
+    from cai.fanout import gather
 
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, do_sample=temperature > 0,
                             seed=seed)
     out: dict[str, Any] = {"model": backend.model_id, "sampling": params.to_dict(), "sets": {}}
     for name, prompts in sets.items():
-        replies = [c.text for c in backend.generate([[{"role": "user", "content": p}] for p in prompts], params,
-                                                     desc=f"replies ({name})")]
+        def replies_to(b, chunk, name=name):
+            return [c.text for c in b.generate([[{"role": "user", "content": p}] for p in chunk], params,
+                                               desc=f"replies ({name})")]
+
+        replies = gather(backend, replies_to, list(prompts), max(1, len(prompts)))
         out["sets"][name] = {
             "n": len(prompts), "refusal_rate": refusal_rate(replies),
             "rows": [{"prompt": p, "reply": r, "refused": is_refusal(r)} for p, r in zip(prompts, replies,

@@ -166,9 +166,10 @@ def sample_responses(policy, prompts: Sequence[str], sampling, k: int) -> list[l
     return [[by_sample[s][n] for s in range(k)] for n in range(len(prompts))]
 
 
-def kept_or_sampled(rows: Sequence[Any], policy, sampling, k: int, path: Path) -> list[list[str]]:
+def kept_or_sampled(rows: Sequence[Any], policy, sampling, k: int, path: Path, sample=None) -> list[list[str]]:
     """``sample_responses`` for the rows whose responses ``path`` does not hold yet (same policy, sampling
-    and k), appended there at once: a run that fails while judging does not sample them again."""
+    and k), appended there at once: a run that fails while judging does not sample them again. ``sample``:
+    how to sample a list of rows (default: ``sample_responses`` with ``policy``)."""
     import json
 
     key = json.loads(json.dumps({"model": policy.model_id, "sampling": sampling.to_dict(), "samples": k}))
@@ -176,7 +177,7 @@ def kept_or_sampled(rows: Sequence[Any], policy, sampling, k: int, path: Path) -
     kept = {r["prompt_id"]: r["responses"] for r in read_records(path) if r.get("key") == key}
     todo = [r for r in rows if r.id not in kept]
     if todo:
-        fresh = sample_responses(policy, [r.prompt for r in todo], sampling, k)
+        fresh = (sample or (lambda rows: sample_responses(policy, [r.prompt for r in rows], sampling, k)))(todo)
         append_records(path, [{"prompt_id": r.id, "key": key, "responses": texts}
                               for r, texts in zip(todo, fresh, strict=True)])
         kept.update({r.id: texts for r, texts in zip(todo, fresh, strict=True)})
@@ -202,9 +203,11 @@ def label_prompts(rows: Sequence[Any], *, policy, judge_backend, constitution, o
                   config: LabelConfig | None = None) -> LabelSummary:
     """Sample, pair, judge and append preference rows for ``rows`` (objects with ``.id``, ``.prompt``).
 
-    ``policy`` and ``judge_backend`` are Backends (the same object when one model does both).
+    ``policy`` and ``judge_backend`` are Backends (the same object when one model does both), or both the
+    same ``cai.fanout.Workers`` holding (policy, judge) pairs: the chunks then run on Ray workers.
     """
     from cai.backends.base import SamplingParams
+    from cai.fanout import Workers
     from cai.logs import progress
 
     config = config or LabelConfig()
@@ -218,13 +221,19 @@ def label_prompts(rows: Sequence[Any], *, policy, judge_backend, constitution, o
         log.info("resuming: %d of %d prompts already labelled in %s", summary.resumed, len(rows), out_dir)
     sampling = SamplingParams(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
                               top_p=config.top_p, do_sample=True, seed=config.seed)
+    on_workers = isinstance(policy, Workers)
+    policy_id, judge_id = (policy.ask(lambda b: (b[0].model_id, b[1].model_id)) if on_workers
+                           else (policy.model_id, judge_backend.model_id))
     provenance = Provenance(
-        stage="label", constitution=constitution.ref(), model=policy.model_id,
+        stage="label", constitution=constitution.ref(), model=policy_id,
         templates=config.judge.templates(), sampling=sampling.to_dict(), seed=config.seed,
-        judge_model=judge_backend.model_id,
+        judge_model=judge_id,
         judge_config=config.judge.model_dump(mode="json", exclude={"system", "template", "answer_prefix"}),
         samples=config.samples,
     )
+    if on_workers:
+        _label_on_workers(todo, policy, constitution, out_dir, config, sampling, provenance, summary)
+        return summary
     with progress(len(todo), "labelling prompts") as advance:
         for start in range(0, len(todo), config.chunk_size):
             chunk = todo[start:start + config.chunk_size]
@@ -232,6 +241,29 @@ def label_prompts(rows: Sequence[Any], *, policy, judge_backend, constitution, o
                          summary)
             advance(len(chunk))
     return summary
+
+
+def _label_on_workers(todo, workers, constitution, out_dir: Path, config: LabelConfig, sampling,
+                      provenance: Provenance, summary: LabelSummary) -> None:
+    """The stage on Ray workers, each holding (policy, judge): first the responses of every prompt that has
+    none kept (appended as chunks finish), then the pairs, judged chunk by chunk."""
+    from cai.fanout import gather, map_chunks
+
+    path = out_dir / "responses.jsonl"
+    kept = kept_or_sampled(todo, workers, sampling, config.samples, path, sample=lambda rows: gather(
+        workers, lambda b, c: sample_responses(b[0], [r.prompt for r in c], sampling, config.samples), rows,
+        config.chunk_size)) if todo else []
+    by_id = {r.id: texts for r, texts in zip(todo, kept, strict=True)}
+
+    def judged(backends, chunk):
+        comparisons, owners, skipped, dropped = plan_comparisons(chunk, [by_id[r.id] for r in chunk],
+                                                                 constitution, config)
+        judgements = judge(backends[1], comparisons, config.judge)
+        return [preference_row(o, j, provenance, backends[1].model_id)
+                for o, j in zip(owners, judgements, strict=True)], skipped, dropped
+
+    for _, (records, skipped, dropped) in map_chunks(workers, judged, todo, config.chunk_size):
+        _write_chunk(out_dir, records, skipped, dropped, summary)
 
 
 def _label_chunk(chunk, policy, judge_backend, constitution, out_dir: Path, config: LabelConfig,
@@ -245,7 +277,12 @@ def _label_chunk(chunk, policy, judge_backend, constitution, out_dir: Path, conf
     judgements = judge(judge_backend, comparisons, config.judge)
     records = [preference_row(o, j, provenance, judge_backend.model_id)
                for o, j in zip(owners, judgements, strict=True)]
-    # 4. append this chunk's finished rows (whole lines, fsynced): a resume skips these prompts
+    _write_chunk(out_dir, records, skipped, dropped, summary)
+
+
+def _write_chunk(out_dir: Path, records: list[PreferencePair], skipped: list[dict[str, str]], dropped: int,
+                 summary: LabelSummary) -> None:
+    """Append a chunk's finished rows (whole lines, fsynced: a resume skips these prompts) and count them."""
     append_records(out_dir / "pairs.jsonl", records)
     append_records(out_dir / "skipped.jsonl", skipped)
     for s in skipped:
