@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -15,40 +13,7 @@ from cai.backends import load_backend
 from cai.backends.base import SamplingParams
 from cai.backends.served import ServedBackend, option_reading, parse_spec
 from cai.errors import ModelError
-
-
-class FakeServer:
-    """/v1/chat/completions answered by ``self.respond(body) -> (status, reply)``; requests kept in order."""
-
-    def __init__(self, respond):
-        self.respond = respond
-        self.bodies: list[dict] = []
-        self.headers: list[dict] = []
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 (the http.server name)
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                fake.bodies.append(body)
-                fake.headers.append(dict(self.headers))
-                status, reply = fake.respond(body) if self.path == "/v1/chat/completions" else (404, {"error": "?"})
-                data = json.dumps(reply).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+from http_fakes import FakeServer
 
 
 @pytest.fixture
@@ -121,6 +86,29 @@ def test_option_logprobs_continue_the_answer_prefix_and_merge_spellings(server):
     assert body["messages"][-1] == {"role": "assistant", "content": "The better response is ("}
     assert body["continue_final_message"] is True and body["add_generation_prompt"] is False
     assert body["max_tokens"] == 1 and body["logprobs"] is True and body["top_logprobs"] == served.TOP_LOGPROBS
+
+
+class ByteTokenizer:
+    """A stand-in for the model's tokenizer: a plain chat template."""
+
+    def apply_chat_template(self, messages, add_generation_prompt=False, tokenize=False):
+        return "".join(f"<{m['role']}>{m['content']}" for m in messages) + ("<assistant>" * add_generation_prompt)
+
+
+
+def test_with_the_model_s_tokenizer_the_prefix_is_rendered_here_and_read_from_completions(server):
+    """llama-cpp-python's server ignores continue_final_message; /completions with the prompt rendered here
+    continues the prefix on any server."""
+    top = {" A": math.log(0.3), "B": math.log(0.1), "x": math.log(0.6)}
+    s = server(lambda body: (200, {"choices": [{"text": "x", "logprobs": {"tokens": ["x"], "top_logprobs": [top]}}]}))
+    backend = ServedBackend("j", s.url, tokenizer=ByteTokenizer())
+    (lp,) = backend.option_logprobs([[{"role": "user", "content": "Which?"}]], "The better response is (", ["A", "B"])
+    assert [math.exp(x) for x in lp] == pytest.approx([0.75, 0.25])
+    assert s.paths == ["/v1/completions"]
+    body = s.bodies[0]
+    assert body["prompt"] == "<user>Which?<assistant>The better response is ("
+    assert body["max_tokens"] == 1 and body["logprobs"] == served.TOP_LOGPROBS and body["temperature"] == 0.0
+    assert served.local_tokenizer("Qwen/Qwen2.5-7B-Instruct") is None  # a Hub id is not looked up
 
 
 def test_option_outside_the_top_gets_the_floor_and_none_is_an_error():

@@ -5,62 +5,13 @@ record exactly once."""
 from __future__ import annotations
 
 import json
-import random
-import threading
-import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 import cai.backends.served as served
 from cai.errors import ModelError
-from test_served import FakeServer, _chat
-
-
-class FaultyProxy:
-    """Forwards POSTs to ``upstream``; request k fails (seeded) with 429 (15%), 500 (15%) or a dropped
-    connection (10%). Counts what it did."""
-
-    def __init__(self, upstream: str, seed: int = 0):
-        self.counts = {"requests": 0, "429": 0, "500": 0, "dropped": 0, "forwarded": 0}
-        self.lock = threading.Lock()
-        proxy = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 (the http.server name)
-                data = self.rfile.read(int(self.headers["Content-Length"]))
-                with proxy.lock:
-                    proxy.counts["requests"] += 1
-                    draw = random.Random(seed * 1_000_003 + proxy.counts["requests"]).random()
-                fault = "429" if draw < 0.15 else "500" if draw < 0.30 else "dropped" if draw < 0.40 else None
-                with proxy.lock:
-                    proxy.counts[fault or "forwarded"] += 1
-                if fault == "dropped":
-                    self.close_connection = True  # no answer at all: the client sees the connection closed
-                    return
-                if fault:
-                    status, body = int(fault), json.dumps({"error": "injected"}).encode()
-                else:
-                    req = urllib.request.Request(upstream + self.path[len("/v1"):], data=data,
-                                                 headers={"Content-Type": "application/json"}, method="POST")
-                    with urllib.request.urlopen(req, timeout=30) as r:
-                        status, body = r.status, r.read()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+from http_fakes import FakeServer, FaultyProxy
+from test_served import _chat
 
 
 def test_every_record_arrives_exactly_once_through_a_faulty_proxy(tmp_path, monkeypatch):
