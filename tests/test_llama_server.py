@@ -183,7 +183,7 @@ def test_served_judge_reads_as_the_local_one(llama_server):
     from cai import agreement as agr
     from cai.backends import load_backend
     from cai.constitution import load_constitution
-    from cai.judge import JudgeConfig
+    from cai.feedback.judge import JudgeConfig
 
     pairs, _ = agr.read_human_pairs(PAIRS)
     constitution = load_constitution("seed")
