@@ -180,9 +180,9 @@ def test_served_judge_reads_as_the_local_one(llama_server):
     fp32, the reference), pointwise and pairwise in both orders: each option probability within TOLERANCE
     of the reference and twice that of the default engine, and the same decisions as the reference wherever
     it is not within TOLERANCE of a tie."""
-    from cai import agreement as agr
     from cai.backends import load_backend
     from cai.constitution import load_constitution
+    from cai.feedback import agreement as agr
     from cai.feedback.judge import JudgeConfig
 
     pairs, _ = agr.read_human_pairs(PAIRS)
