@@ -259,3 +259,38 @@ def test_round_curve_counts_refusals_and_rounds_that_change_nothing():
     assert [r["refusal_rate"] for r in rows] == [0.0, 0.5, 1.0]
     assert [r["unchanged_rate"] for r in rows] == [None, 0.5, 0.5]  # a's echo, then b's carried-over text
     assert [r["reward_mean"] for r in rows] == [0.0, 1.0, 1.5]
+
+
+def test_cai_vs_sft_names_its_held_out_sets_and_refuses_trained_prompts(tmp_path, monkeypatch):
+    from cai.errors import ConfigError
+    from cai.evaluation import cai_vs_sft
+    from cai.evaluation.report import build_report
+    from cai.train import sft
+    from cai.train.sft import SFTOptions
+
+    def fake_train(data, target, *, model, options):  # no training: a model directory is all run() checks
+        target.mkdir(parents=True)
+        (target / "config.json").write_text("{}")
+
+    monkeypatch.setattr(sft, "train_sft", fake_train)
+    records = [{"id": "h1", "prompt": "hack a bank", "initial": "Sure, step one.",
+                "final": "I can't help with hacking, but I can explain how banks keep accounts safe.",
+                "rounds": [{"principle_id": "harm", "critique": "It helps with a crime.",
+                            "revision": "I can't help with hacking, but I can explain how banks keep accounts safe."}],
+                "usable": True, "provenance": {"constitution": {"name": "t"}}}]
+    policies = {"base": FakePolicy(lambda p, s: "Sure."), str(tmp_path / "plain"): FakePolicy(lambda p, s: "Sure."),
+                str(tmp_path / "cai"): FakePolicy(lambda p, s: "I can't help with that.")}
+    data = cai_vs_sft.run(records, tmp_path, base="base", sft_options=SFTOptions(), load=policies.__getitem__,
+                          eval_sets={"harmful": ["steal a car"], "safe": ["bake bread"]}, max_new_tokens=8,
+                          set_names={"harmful": "redteam:eval [0:1]", "safe": "helpful:eval [0:1]"})
+    assert data["models"]["cai"]["harmful"] == 1.0 and data["eval_sets"]["safe"] == "helpful:eval [0:1]"
+    refusals = json.loads((tmp_path / "refusals.json").read_text())
+    assert (refusals["harmful"], refusals["safe"]) == ("redteam:eval [0:1]", "helpful:eval [0:1]")
+    (tmp_path / "cai_vs_sft.json").write_text(json.dumps(data))
+    build_report([tmp_path], tmp_path / "report")
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "`None`" not in md and "harmful prompts `redteam:eval [0:1]`" in md and "harmful: 1 of redteam:eval" in md
+
+    with pytest.raises(ConfigError, match="trained on them"):  # a held-out prompt the models were trained on
+        cai_vs_sft.run(records, tmp_path / "leak", base="base", sft_options=SFTOptions(), load=policies.__getitem__,
+                       eval_sets={"harmful": ["hack a bank"], "safe": ["bake bread"]})

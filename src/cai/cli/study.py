@@ -202,7 +202,14 @@ def cai_vs_sft_cmd(
     start(out, "study-cai-vs-sft", {"records": sorted(found), "model": model, "sft": sft.model_dump(),
                                     "harmful": harmful, "safe": safe, "offset": offset, "limit": limit})
     finish(out, "cai_vs_sft", run(recs, out, base=model, sft_options=sft, eval_sets=eval_sets, load=loader(dtype),
-                                  max_new_tokens=max_new_tokens, seed=seed, sources=list(found)))
+                                  max_new_tokens=max_new_tokens, seed=seed, sources=list(found),
+                                  set_names={"harmful": _held_out(harmful, offset, limit),
+                                             "safe": _held_out(safe, offset, limit)}))
+
+
+def _held_out(source: str, offset: int, limit: int) -> str:
+    """A prompt source with the rows taken from it, e.g. ``redteam:eval [0:32]``."""
+    return f"{source} [{offset}:{offset + limit}]"
 
 
 @group.command("jailbreaks")

@@ -36,8 +36,13 @@ def training_sets(records: Sequence[dict[str, Any]], system_prompt: str | None =
 
 
 def run(records: Sequence[dict[str, Any]], out_dir: Path, *, base: str, sft_options, eval_sets: dict[str, list[str]],
-        load, max_new_tokens: int = 64, seed: int = 0, sources: Sequence[str] = ()) -> dict[str, Any]:
-    """Train both models (skipped when already trained in ``out_dir``), evaluate all three alike."""
+        load, max_new_tokens: int = 64, seed: int = 0, sources: Sequence[str] = (),
+        set_names: dict[str, str] | None = None) -> dict[str, Any]:
+    """Train both models (skipped when already trained in ``out_dir``), evaluate all three alike.
+
+    ``set_names`` names each evaluation set (e.g. ``{"harmful": "redteam:eval"}``) in ``refusals.json`` and the
+    study's JSON, so the report says what was measured. A held-out prompt that is also a prompt of the
+    records is an error: the models were trained on it."""
     import json
 
     from cai.errors import ConfigError
@@ -45,6 +50,15 @@ def run(records: Sequence[dict[str, Any]], out_dir: Path, *, base: str, sft_opti
     from cai.jsonl import write_atomic, write_jsonl_atomic
     from cai.train.sft import train_sft
 
+    trained = {rec.get("prompt") for rec in records}
+    seen = sorted({p for prompts in eval_sets.values() for p in prompts if p in trained})
+    if seen:
+        raise ConfigError(f"{len(seen)} held-out prompt(s) are also prompts of the critique records, so both "
+                          f"models were trained on them (first: {seen[0][:80]!r})",
+                          where=", ".join(sources) or str(out_dir),
+                          fix="evaluate on the shipped sets' eval splits (--harmful redteam:eval --safe "
+                              "helpful:eval --offset 0), or raise --offset past the prompts the critique run used")
+    names = {k: (set_names or {}).get(k) for k in eval_sets}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cai_rows, plain_rows = training_sets(records)
@@ -64,16 +78,18 @@ def run(records: Sequence[dict[str, Any]], out_dir: Path, *, base: str, sft_opti
                                  max_new_tokens=max_new_tokens, seed=seed)
     for (name, _), r in zip(specs.items(), reports, strict=True):
         r["model_spec"] = f"{name}: {r['model_spec']}"
-    write_atomic(out_dir / "refusals.json", json.dumps({"models": reports}, indent=2) + "\n")
+    write_atomic(out_dir / "refusals.json", json.dumps({**names, "models": reports}, indent=2) + "\n")
     return {"study": "cai_vs_sft", "base": base, "sources": list(sources), "train_prompts": len(cai_rows),
             "sft": sft_options.model_dump(mode="json"), "eval": {k: len(v) for k, v in eval_sets.items()},
+            "eval_sets": names,
             "seed": seed, "models": {name: {"spec": spec, **{s: r["sets"][s]["refusal_rate"] for s in eval_sets}}
                                      for (name, spec), r in zip(specs.items(), reports, strict=True)}}
 
 
 def report_blocks(data: dict[str, Any], source: str, out_dir: Path) -> list[Block]:
     sets = list(data["eval"])
-    held_out = ", ".join(f"{k}: {v}" for k, v in data["eval"].items())
+    names = data.get("eval_sets") or {}
+    held_out = ", ".join(f"{k}: {v}" + (f" of {names[k]}" if names.get(k) else "") for k, v in data["eval"].items())
     return [Heading("CAI against plain SFT"),
             Para(f"Both fine-tuned from {data['base']} on the same {data['train_prompts']} prompts with the same "
                  "options: on the critique-revision loop's revisions (cai) or on the model's first answers "

@@ -63,12 +63,16 @@ def run_studies(ctx) -> dict[str, Any]:
     if records and opts.cai_vs_sft:
         from cai.evaluation.cai_vs_sft import run
 
-        offset = len(records)
-        eval_sets = {"harmful": [p for _, p in _pairs(ctx.config.evaluate.harmful, opts.limit, offset)],
-                     "safe": [p for _, p in _pairs(ctx.config.evaluate.safe, opts.limit, offset)]}
+        def offset(source: str) -> int:  # an eval split is disjoint from the training prompts already
+            return 0 if source.endswith(":eval") else len(records)
+
+        sources = {"harmful": ctx.config.evaluate.harmful, "safe": ctx.config.evaluate.safe}
+        eval_sets = {k: [p for _, p in _pairs(src, opts.limit, offset(src))] for k, src in sources.items()}
         save("cai_vs_sft", run(records, out / "cai_vs_sft", base=base, sft_options=ctx.config.sft,
                                eval_sets=eval_sets, load=ctx.backend, max_new_tokens=opts.max_new_tokens,
-                               seed=ctx.config.evaluate.seed, sources=[str(records_path)]))
+                               seed=ctx.config.evaluate.seed, sources=[str(records_path)],
+                               set_names={k: f"{src} [{offset(src)}:{offset(src) + opts.limit}]"
+                                          for k, src in sources.items()}))
     if opts.jailbreaks:
         from cai.constitution import load_constitution
         from cai.evaluation.jailbreak_study import run as attack
