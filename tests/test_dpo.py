@@ -91,6 +91,17 @@ def test_balanced_order_spreads_each_label_source_over_every_stretch():
         assert all(abs(stretch.count(g) - n) <= 1 for g, n in (("revision", 6), ("answer", 6), ("judge", 3)))
 
 
+def test_equal_shares_give_every_label_source_the_same_count_until_the_smaller_runs_out():
+    groups = ["answer"] * 40 + ["revision"] * 10
+    order = balanced_order(groups, seed=1, equal=True)
+    assert sorted(order) == list(range(50)) and order == balanced_order(groups, seed=1, equal=True)
+    for start in range(0, 20, 4):  # while both last: 2 and 2 in every 4 (one straddling pair at most)
+        stretch = [groups[i] for i in order[start:start + 4]]
+        assert abs(stretch.count("revision") - 2) <= 1
+    assert [groups[i] for i in order[:20]].count("revision") == 10
+    assert all(groups[i] == "answer" for i in order[20:])
+
+
 def test_pairs_from_two_sources_train_in_balanced_batches(tiny_model_dir, tmp_path, caplog):
     import logging
 

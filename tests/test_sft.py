@@ -11,7 +11,7 @@ import pytest
 
 from cai.errors import ConfigError
 from cai.train.data import read_sft_data
-from cai.train.sft import SFTOptions, build_sft_trainer, train_sft, weighted_rows
+from cai.train.sft import SFTOptions, build_sft_trainer, capped_openings, opening, train_sft, weighted_rows
 
 CONSTITUTION = {"name": "test-constitution", "version": "1.0", "hash": "c0ffee"}
 
@@ -93,6 +93,22 @@ def test_helpful_rows_are_weighted_and_the_rest_kept_once(tmp_path):
     assert count(weighted_rows(data.rows, data.kinds, 1.5)) == (6, 9)
     assert count(weighted_rows(data.rows, data.kinds, 0.0)) == (0, 3)
     assert weighted_rows(data.rows, data.kinds, 1.5, seed=1) == weighted_rows(data.rows, data.kinds, 1.5, seed=1)
+
+
+def test_revisions_sharing_an_opening_sentence_are_capped_and_helpful_rows_kept(tmp_path):
+    def row(i, answer, kind=None):
+        return {"id": f"r{i}", **({"kind": kind} if kind else {}),
+                "messages": [{"role": "user", "content": f"Request {i}"}, {"role": "assistant", "content": answer}]}
+
+    stock = "I'm sorry, but I can't help with that."
+    rows = [row(0, stock + " Try a locksmith."), row(1, "i'm  SORRY, but I can't help with that. Ask a doctor."),
+            row(2, stock), row(3, "Here is a safer way to do it."), row(4, stock, kind="helpful"),
+            row(5, stock, kind="helpful")]
+    data = read_sft_data(write_jsonl(tmp_path / "d.jsonl", rows))
+    assert opening(rows[1]["messages"][1]["content"]) == opening(stock)
+    assert capped_openings(data.rows, data.kinds, 2) == [0, 1, 3, 4, 5]
+    assert capped_openings(data.rows, data.kinds, 1) == [0, 3, 4, 5]
+    assert capped_openings(data.rows, data.kinds, None) == [0, 1, 2, 3, 4, 5]
 
 
 def test_missing_sft_file_is_a_config_error(tmp_path):

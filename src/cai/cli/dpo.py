@@ -31,6 +31,8 @@ def dpo(
     seed: int = typer.Option(None, help="random seed [default: 0]"),
     balance: bool = typer.Option(True, "--balance/--random-order",
                                  help="batches hold each label source in proportion (default), or TRL's random order"),
+    equal_shares: bool = typer.Option(False, "--equal-shares",
+                                      help="balanced batches hold every label source in equal numbers"),
 ) -> None:
     """Train a policy with DPO on AI-labelled preference pairs."""
     from cai.logs import setup_console
@@ -41,7 +43,7 @@ def dpo(
     options = options_from_cli(
         DPOOptions, beta=beta, epochs=epochs, max_steps=max_steps, learning_rate=lr, batch_size=batch_size,
         grad_accum=grad_accum, max_length=max_length, min_confidence=min_confidence, lora=lora, lora_r=lora_r,
-        dtype=dtype, seed=seed, balance=balance,
+        dtype=dtype, seed=seed, balance=balance, equal_shares=equal_shares,
     )
     out_dir = train_dpo(pairs, out, model=model, options=options)
     typer.echo(f"DPO policy written to {out_dir} (use it with --model {out_dir})")

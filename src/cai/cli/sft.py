@@ -27,6 +27,8 @@ def sft(
     seed: int = typer.Option(None, help="random seed [default: 0]"),
     helpful_weight: float = typer.Option(None, "--helpful-weight",
                                          help="copies of each plain helpful answer in the data [default: 1]"),
+    max_same_opening: int = typer.Option(None, "--max-same-opening",
+                                         help="at most this many revisions opening with the same sentence"),
 ) -> None:
     """Fine-tune a model on SL-CAI revisions (loss on the response tokens only)."""
     from cai.logs import setup_console
@@ -37,7 +39,7 @@ def sft(
     options = options_from_cli(
         SFTOptions, epochs=epochs, max_steps=max_steps, learning_rate=lr, batch_size=batch_size,
         grad_accum=grad_accum, max_length=max_length, lora=lora, lora_r=lora_r, dtype=dtype, seed=seed,
-        helpful_weight=helpful_weight,
+        helpful_weight=helpful_weight, max_same_opening=max_same_opening,
     )
     out_dir = train_sft(data, out, model=model, options=options)
     typer.echo(f"SFT model written to {out_dir} (use it with --model {out_dir})")

@@ -35,11 +35,18 @@ class DPOOptions(TrainOptions):
         "answer, answer over refusal) in proportion, in an order the seed fixes; false: TRL's random order. "
         "A short run sees only some pairs, and which kind it sees decides what it learns: 10 steps at lr 2e-5 "
         "from one SFT model left held-out harmless prompts refused 0.105 with seed 0 and 0.228 with seed 1"))
+    equal_shares: bool = Field(False, description=(
+        "with balance: each label source takes the same share of every stretch, until the smaller ones run "
+        "out (their surplus comes last), instead of a share in proportion to its size. A short run then "
+        "learns as much from revision-over-answer pairs as from answer-over-refusal ones however many "
+        "harmless prompts there are: with 278 of the latter to 112, proportional batches undid the refusals "
+        "SFT had taught (held-out harmful prompts refused 0.349 -> 0.048)"))
 
 
-def balanced_order(groups: list, seed: int = 0) -> list[int]:
+def balanced_order(groups: list, seed: int = 0, equal: bool = False) -> list[int]:
     """Row indices ordered so that every stretch holds each group in proportion (stratified): each group
-    shuffled by ``seed`` and spread evenly over the whole order, with a little jitter."""
+    shuffled by ``seed`` and spread evenly over the whole order, with a little jitter. With ``equal``, every
+    group in equal numbers (round-robin) until the smaller groups run out."""
     import random
 
     rng = random.Random(seed)
@@ -49,7 +56,7 @@ def balanced_order(groups: list, seed: int = 0) -> list[int]:
     keyed = []
     for indices in members.values():
         rng.shuffle(indices)
-        keyed += [((k + rng.random()) / len(indices), i) for k, i in enumerate(indices)]
+        keyed += [((k + rng.random()) / (1 if equal else len(indices)), i) for k, i in enumerate(indices)]
     return [i for _, i in sorted(keyed)]
 
 
@@ -118,7 +125,7 @@ def train_dpo(pairs: str | Path, out_dir: str | Path, model: str = "smollm2-135m
     data = read_preference_pairs(pairs)  # fails fast, before any model is loaded or anything written
     groups = data.kinds or [None] * len(data.rows)
     in_order = options.balance and len(set(groups)) > 1
-    order = balanced_order(groups, options.seed) if in_order else range(len(data.rows))
+    order = balanced_order(groups, options.seed, options.equal_shares) if in_order else range(len(data.rows))
     rows = hard_label_pairs([data.rows[i] for i in order], options.min_confidence)
     if not rows:
         raise ConfigError(f"no pair has a label confidence of at least {options.min_confidence}",
@@ -131,7 +138,8 @@ def train_dpo(pairs: str | Path, out_dir: str | Path, model: str = "smollm2-135m
     source = resolve(model)
     log.info("DPO of %s on %d of %d pairs from %s (beta %s, label smoothing %.3f, %s)",
              source.model_id, len(rows), len(data.rows), data.path, options.beta, smoothing,
-             f"{len(set(groups))} label sources in balanced batches" if in_order else "random batches")
+             f"{len(set(groups))} label sources in balanced batches"
+             + (" (equal shares)" if options.equal_shares else "") if in_order else "random batches")
     tokenizer = load_tokenizer(source)
     started = time.monotonic()
     with staging_dir(out_dir) as stage:
