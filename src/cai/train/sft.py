@@ -120,7 +120,8 @@ def train_sft(data: str | Path, out_dir: str | Path, model: str = "smollm2-135m"
     if len(kept) < len(dataset.rows):
         log.info("dropped %d revision rows past %d with the same opening sentence (max_same_opening)",
                  len(dataset.rows) - len(kept), options.max_same_opening)
-    kinds = [(dataset.kinds or [None] * len(dataset.rows))[i] for i in kept]
+    all_kinds = dataset.kinds or [None] * len(dataset.rows)
+    kinds = [all_kinds[i] for i in kept]
     rows = weighted_rows([dataset.rows[i] for i in kept], kinds, options.helpful_weight, options.seed)
     log.info("SFT of %s on %d rows from %s (%d helpful rows weighted %g)", source.model_id, len(rows),
              dataset.path, kinds.count("helpful"), options.helpful_weight)
