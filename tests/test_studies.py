@@ -261,6 +261,29 @@ def test_round_curve_counts_refusals_and_rounds_that_change_nothing():
     assert [r["reward_mean"] for r in rows] == [0.0, 1.0, 1.5]
 
 
+def test_the_round_curve_legend_covers_no_data():
+    """The compare plot's legend once sat on the round-1 peaks; it now stands beside the axes."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    from cai.evaluation.round_quality import curve_figure
+
+    def rows(peak):
+        return [{"round": 0, "refusal_rate": 0.0, "unchanged_rate": None},
+                {"round": 1, "refusal_rate": peak, "unchanged_rate": 0.0},
+                {"round": 2, "refusal_rate": peak - 0.1, "unchanged_rate": 0.3}]
+
+    series = {f"{c} / {s}": rows(0.6 if s == "safe" else 0.5) for c in ("general", "customer-service")
+              for s in ("harmful", "safe")}
+    fig = curve_figure(series, "t")
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    legend, plot_area = ax.get_legend().get_window_extent(), ax.get_window_extent()
+    assert not legend.overlaps(plot_area)
+    assert fig.bbox.contains(legend.x1 - 1, legend.y0 + 1)  # and it is inside the figure, not cut off
+    plt.close(fig)
+
+
 def test_cai_vs_sft_names_its_held_out_sets_and_refuses_trained_prompts(tmp_path, monkeypatch):
     from cai.errors import ConfigError
     from cai.evaluation import cai_vs_sft
