@@ -22,8 +22,9 @@ def _run_dir(root):
         {"model": "tuned", "model_spec": "runs/ppo/policy", "sets": {"harmful": {"n": 10, "refusal_rate": 0.7},
                                                                    "safe": {"n": 10, "refusal_rate": 0.2}}}]})
     _write(root / "rt" / "redteam.json", {"models": {"smollm2-135m": {
-        "overall": {"n": 4, "asr": 0.75}, "templates": {"direct": {"n": 2, "asr": 0.5, "lift": 0.0},
-                                                         "override": {"n": 2, "asr": 1.0, "lift": 0.5}}}}})
+        "overall": {"n": 5, "asr": 0.75, "degenerate": 1},
+        "templates": {"direct": {"n": 2, "asr": 0.5, "lift": 0.0},
+                      "override": {"n": 3, "asr": 1.0, "lift": 0.5, "degenerate": 1}}}}})
     _write(root / "ppo" / "metrics.jsonl", [{"step": 1, "reward": -0.5, "kl": 0.0},
                                             {"step": 2, "reward": 0.25, "kl": 1.5}])
     _write(root / "reward" / "metrics.json", {"eval_accuracy": 0.625, "n_eval": 8, "n_train": 72})
@@ -119,7 +120,7 @@ def test_tradeoff_points_that_coincide_share_a_label_and_runs_tell_a_model_apart
 
 
 @pytest.mark.parametrize(("label_source", "shown"), [
-    ("constructed", "constructed pairs from the two sets above (no judge)"),
+    ("constructed", "constructed pairs from the critique and helpful sets (no judge)"),
     ("judge", "mixed:train"),
 ])
 def test_trained_on_names_the_label_source_the_run_used(tmp_path, label_source, shown):
@@ -139,3 +140,43 @@ def test_trained_on_names_the_label_source_the_run_used(tmp_path, label_source, 
     assert sets["critique (SL-CAI)"] == "redteam:train"
     assert sets["helpful answers mixed into SFT"] == "helpful:train, weighted 2"
     assert sets["label / RL"] == shown
+
+
+def _tables(md: str, html: str) -> tuple[list[int], list[int]]:
+    """Rows per table in report.md and in report.html, in order."""
+    from itertools import groupby
+
+    md_tables = [len(list(lines)) - 2 for is_table, lines in groupby(md.splitlines(), lambda x: x.startswith("|"))
+                 if is_table]
+    return md_tables, [t.count("<tr>") - 1 for t in html.split("<table>")[1:]]
+
+
+def test_markdown_and_html_show_the_same_tables_and_rows(tmp_path):
+    """Both reports render one list of blocks: the jailbreak table's degenerate-replies row, once in the
+    Markdown only, is in the page too, and so is every other row."""
+    _run_dir(tmp_path / "runs")
+    build_report([tmp_path / "runs"], tmp_path / "report")
+    md = (tmp_path / "report" / "report.md").read_text()
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert "| degenerate replies | 1 |" in md and "<tr><td>degenerate replies</td><td>1</td></tr>" in html
+    md_rows, html_rows = _tables(md, html)
+    assert md_rows == html_rows and len(md_rows) >= 5
+
+
+def test_each_runs_training_sets_are_in_a_titled_runs_table_not_above_an_unrelated_one(tmp_path):
+    import yaml
+
+    _run_dir(tmp_path / "runs")
+    for name in ("general", "redteam"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.resolved.yaml").write_text(yaml.safe_dump({
+            "model": "smollm2-135m", "constitution": name, "stages": ["critique", "sft"],
+            "critique_prompts": {"source": "redteam", "split": "train"},
+            "helpful_prompts": {"source": "helpful", "split": "train"}}))
+    build_report([tmp_path / "runs", tmp_path / "general", tmp_path / "redteam"], tmp_path / "report")
+    md = (tmp_path / "report" / "report.md").read_text()
+    runs = md.index("## Training runs")
+    assert "Trained on" not in md
+    assert f"| {tmp_path / 'general'} | smollm2-135m | general | redteam:train | helpful:train | - |" in md
+    assert runs < md.index(f"| {tmp_path / 'redteam'} | smollm2-135m | redteam |") < md.index("## Harmlessness")
+    assert "Measured on" not in md  # the refusal file names no prompt sets: no "None" line

@@ -5,5 +5,5 @@ answer), red-teaming in jailbreak templates (``redteam``), the pipeline's ``eval
 stages (``evaluate``, ``study_stage``), the studies of ``cai compare`` and ``cai study`` (``compare``,
 ``round_quality``, ``principle_effect``, ``cai_vs_sft``, ``jailbreak_study`` with ``attacker`` and
 ``obfuscation``, ``helpfulness`` with ``win_rate`` and ``elo``), and the report that gathers their files into
-Markdown and HTML (``report``, ``report_blocks``, ``report_extras``, ``html_report``).
+Markdown and HTML (``report``, ``report_sections``, ``report_blocks``, ``report_extras``).
 """

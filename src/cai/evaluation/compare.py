@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cai.evaluation.report_blocks import Block, Heading, Para, Plot, SideBySide, Table, plot_name
+from cai.evaluation.report_blocks import Block, Heading, Para, Plot, SideBySide, Table, plot_name, shorten
 
 EXAMPLES = 6  # prompts of each set shown side by side
 
@@ -109,7 +109,7 @@ def report_blocks(data: dict[str, Any], source: str, out_dir: Path) -> list[Bloc
         blocks.append(Para("The same prompts' final revisions under each constitution ("
                            + " vs ".join(labels) + "):"))
     for ex in data.get("examples", []):
-        blocks.append(SideBySide(title=f"{ex['set']} {ex['id']}: {ex['prompt'][:90]}", prompt=ex["prompt"],
+        blocks.append(SideBySide(title=f"[{ex['set']}] {ex['id']}: {shorten(ex['prompt'])}", prompt=ex["prompt"],
                                  initial=ex["initial"], finals=tuple((lab, text or "-")
                                                                      for lab, text in ex["final"].items())))
     return blocks

@@ -13,8 +13,12 @@
   judge's agreement, position consistency and per-principle agreement (which principles the judge
   applies well), probe results and the configuration sweep.
 
-``build_report`` writes ``report.md``, ``report.json`` (every figure shown) and one PNG per plot. Plots
-need matplotlib (the ``report`` extra); without it the report has the tables only and says so.
+``build_report`` writes ``report.md``, ``report.html``, ``report.json`` (every figure shown) and one PNG per plot.
+Both reports render one list of blocks (``cai.evaluation.report_sections`` for these files, then the studies,
+the cost ledger and example transcripts of ``cai.evaluation.report_extras``), so they show the same rows.
+``report.html`` is one self-contained page: plots embedded as base64 PNG, inline style, every text escaped
+(model output above all) and a content security policy that allows no script. Plots need matplotlib (the
+``report`` extra); without it the report has the tables only and says so.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from cai.errors import ConfigError
 log = logging.getLogger(__name__)
 KINDS = ("refusals", "redteam", "ppo", "reward", "labels", "dpo", "agreement", "probes", "sweep", "label_source", "run")
 SMALL_EVAL = 30  # held-out pairs below which a reward model's accuracy gets a caveat
+TITLE = "cai evaluation report"
 
 
 def _load_json(path: Path) -> Any:
@@ -132,9 +137,9 @@ def _set_name(spec: dict[str, Any]) -> str:
 
 
 def trained_on(found) -> list[dict[str, Any]]:
-    """Per run (its config.resolved.yaml): the prompt sets each training stage read. Where the run's label
-    stage built constructed pairs (its preferences/label_source.json says so), the pairs come from the
-    critique and helpful records, not from the recipe's ``rl_prompts``, and the entry says that."""
+    """Per run (its config.resolved.yaml): its model, constitution and the prompt sets each training stage read.
+    Where the run's label stage built constructed pairs (its preferences/label_source.json says so), the pairs
+    come from the critique and helpful records, not from the recipe's ``rl_prompts``, and the entry says that."""
     constructed = {str(Path(i["source"]).parent.parent) for i in found["label_source"]
                    if (i["data"] or {}).get("label_source") == "constructed"}
     out = []
@@ -149,8 +154,9 @@ def trained_on(found) -> list[dict[str, Any]]:
         if "helpful answers mixed into SFT" in names and weight != 1:
             names["helpful answers mixed into SFT"] += f", weighted {weight:g}"
         if "label / RL" in names and str(Path(item["source"]).parent) in constructed:
-            names["label / RL"] = "constructed pairs from the two sets above (no judge)"
-        out.append({"source": item["source"], "sets": names})
+            names["label / RL"] = "constructed pairs from the critique and helpful sets (no judge)"
+        out.append({"source": item["source"], "model": cfg.get("model"), "constitution": cfg.get("constitution"),
+                    "sets": names})
     return out
 
 
@@ -178,146 +184,7 @@ def ppo_summary(found) -> list[dict[str, Any]]:
     return out
 
 
-# ---- rendering ----------------------------------------------------------------------------------------
-
-
-def _f(x) -> str:
-    return "-" if x is None else f"{x:.3f}" if isinstance(x, float) else str(x)
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-            *("| " + " | ".join(_f(c) for c in row) + " |" for row in rows), ""]
-
-
-def _training_lines(found, plots: dict[str, str]) -> list[str]:
-    """The report's training section: reward models (with n and a caveat when small), DPO and PPO runs."""
-    lines: list[str] = []
-    if found["ppo"] or found["reward"] or found["dpo"]:
-        lines += ["## Training", ""]
-    if found["reward"]:
-        lines += _table(["reward model", "held-out accuracy", "held-out pairs", "train pairs"],
-                        [[i["source"], i["data"].get("eval_accuracy"), i["data"].get("n_eval"),
-                          i["data"].get("n_train")] for i in found["reward"]])
-        small = [i["data"].get("n_eval") or 0 for i in found["reward"] if (i["data"].get("n_eval") or 0) < SMALL_EVAL]
-        if small:
-            lines += [f"_Held-out accuracy on fewer than {SMALL_EVAL} pairs (here {', '.join(map(str, small))}) "
-                      "says little: one pair moves it by 1/n. Label more prompts for a reliable figure._", ""]
-    if found["dpo"]:
-        lines += _table(["DPO model", "pairs used", "steps", "final loss", "reward accuracy", "reward margin"],
-                        [[i["source"], *(i["data"].get("metrics", {}).get(k) for k in (
-                            "pairs_used", "steps", "final_loss", "final_reward_accuracy", "final_reward_margin"))]
-                         for i in found["dpo"]])
-    if found["ppo"]:
-        lines += _table(["PPO run", "steps", "reward, first step", "reward, last step", "KL, last", "KL, max"],
-                        [[s["source"], s["steps"], s["reward_first"], s["reward_last"], s["kl_last"], s["kl_max"]]
-                         for s in ppo_summary(found)])
-        lines += [f"![ppo]({plots['ppo']})", ""] if "ppo" in plots else []
-    return lines
-
-
-def _refusal_section(found, plots: dict[str, str]) -> list[str]:
-    """Refusal rates per model, what they were measured and trained on, and the check's own accuracy."""
-    lines = ["## Harmlessness and over-refusal", "",
-             "Refusal rate on harmful prompts (higher is safer) and on safe prompts (lower is more "
-             "helpful), a keyword check (`cai refusals`).", ""]
-    rows = tradeoff(found)
-    for given in dict.fromkeys((r["harmful_set"], r["safe_set"]) for r in rows):
-        held_out = all(str(g).endswith(":eval") for g in given)
-        lines += [f"Measured on harmful prompts `{given[0]}` and safe prompts `{given[1]}`"
-                  + (" (the shipped sets' held-out eval splits)." if held_out else "."), ""]
-    for run in trained_on(found):
-        lines += [f"Trained on ({run['source']}): " + "; ".join(f"{k} `{v}`" for k, v in run["sets"].items())
-                  + ".", ""]
-    train = any(r["harmful_refusal_train"] is not None for r in rows)
-    lines += _table(["model", "harmful refused", "safe refused", "n harmful", "n safe",
-                     *(["harmful refused (train split)", "safe refused (train split)"] if train else []),
-                     "source"],
-                    [[r["model"], r["harmful_refusal"], r["safe_refusal"], r["n_harmful"], r["n_safe"],
-                      *([r["harmful_refusal_train"], r["safe_refusal_train"]] if train else []), r["source"]]
-                     for r in rows])
-    lines += _refusal_check_lines()
-    return lines + ([f"![trade-off]({plots['tradeoff']})", ""] if "tradeoff" in plots else [])
-
-
-def _label_source_lines(item) -> list[str]:
-    d = item["data"]
-    lines = [f"Label source (`{item['source']}`): **{d.get('label_source')}**, because "
-             f"{d.get('label_source_why')} (judge: {d.get('judge') or '-'}).", ""]
-    if d.get("probes"):
-        lines += _table(["probe", "pairs", "judge prefers the better reply"],
-                        [[k, v.get("n"), v.get("agreement")] for k, v in d["probes"].items()])
-    return lines
-
-
-def _jailbreak_section(found, plots: dict[str, str]) -> list[str]:
-    rates = attack_rates(found)
-    names = list(dict.fromkeys(t for r in rates for t in r["templates"]))
-    lines = ["## Jailbreaks", "", "Attack success rate: the share of attacks the model did not refuse "
-             "(`cai redteam`; an upper bound on harm). Empty, garbled or looping replies are neither: they are "
-             "left out of the rates and counted on their own.", ""]
-    lines += _table(["template", *(r["model"] for r in rates)],
-                    [[t, *(r["templates"].get(t) for r in rates)] for t in names]
-                    + [["all", *(r["overall"] for r in rates)],
-                       ["degenerate replies", *(r["degenerate"] for r in rates)]])
-    return lines + ([f"![jailbreaks]({plots['jailbreaks']})", ""] if "jailbreaks" in plots else [])
-
-
-def _agreement_lines(item) -> list[str]:
-    a = item["data"]
-    consistency = "n/a (order-free)" if a.get("order_free") else _f(a.get("position_consistency"))
-    lines = [f"`{item['source']}`: judge {a.get('judge', {}).get('model', '-')} agrees with the labels on "
-             f"{_f(a.get('agreement'))} of {a.get('n')} pairs; position consistency {consistency}; "
-             f"the longer response wins {_f(a.get('longer_wins_rate'))}.", ""]
-    per = sorted((a.get("per_principle") or {}).items(), key=lambda kv: -(kv[1].get("agreement") or 0))
-    if per:
-        lines += ["Agreement per principle (which principles the judge applies well):", ""]
-        lines += _table(["principle", "pairs", "agreement"], [[k, v.get("n"), v.get("agreement")] for k, v in per])
-    return lines
-
-
-def render(found, plots: dict[str, str], note: str | None = None) -> str:
-    """The report as Markdown; ``plots`` maps plot names to PNG file names beside the report."""
-    lines = ["# cai evaluation report", ""]
-    if note:
-        lines += [f"_{note}_", ""]
-    if found["refusals"]:
-        lines += _refusal_section(found, plots)
-    if found["redteam"]:
-        lines += _jailbreak_section(found, plots)
-    if found["labels"]:
-        lines += ["## Labels", "", "AI-labelled preference pairs (`cai label`).", ""]
-        lines += _table(["pairs file", "pairs", "prompts", "mean p_chosen", "position consistency", "judge"],
-                        [[i["source"], i["data"]["pairs"], i["data"]["prompts"], i["data"]["mean_p_chosen"],
-                          i["data"]["position_consistency"], i["data"]["judge"]] for i in found["labels"]])
-    lines += _training_lines(found, plots)
-    if found["agreement"] or found["probes"] or found["sweep"] or found["label_source"]:
-        lines += ["## Judge", ""]
-    for item in found["label_source"]:
-        lines += _label_source_lines(item)
-    for item in found["agreement"]:
-        lines += _agreement_lines(item)
-    for item in found["probes"]:
-        lines += [f"Probes (`{item['source']}`, replies by {item['data'].get('policy')}):", ""]
-        lines += _table(["probe", "pairs", "judge prefers the better reply", "longer wins"],
-                        [[k, v.get("n"), v.get("agreement"), v.get("longer_wins_rate")]
-                         for k, v in item["data"].get("probes", {}).items()])
-    for item in found["sweep"]:
-        from cai.feedback.agreement import sweep_table
-
-        lines += [f"Sweep (`{item['source']}`):", "", sweep_table(item["data"]["rows"], item["data"]["n"])]
-    return "\n".join(lines).rstrip() + "\n"
-
-
-def _refusal_check_lines() -> list[str]:
-    """The refusal check's precision and recall on the shipped labelled replies (``cai.evaluation.refusals``)."""
-    from cai.evaluation.refusals import check_accuracy
-
-    a = check_accuracy()
-    return [f"The refusal check (a keyword check) on {a['n']} labelled replies written for this project "
-            f"({a['refusals']} refusals or redirections; the others answer, some with warnings, or start to "
-            f"comply): precision {_f(a['precision'])}, recall {_f(a['recall'])}. The check was tuned on these "
-            "replies, so these figures are an upper bound.", ""]
+# ---- plots ---------------------------------------------------------------------------------------------
 
 
 def draw(found, out_dir: Path) -> dict[str, str]:
@@ -411,9 +278,9 @@ def _save(fig, path: Path) -> str:
 
 def build_report(paths: Sequence[str | Path], out_dir: str | Path) -> dict[str, Any]:
     """Collect, draw and write ``report.md``, ``report.html``, ``report.json`` and the PNGs into ``out_dir``."""
-    from cai.evaluation.html_report import write_html
-    from cai.evaluation.report_blocks import to_markdown
+    from cai.evaluation.report_blocks import page, to_markdown
     from cai.evaluation.report_extras import collect_extras, ledger_blocks, study_blocks, transcript_blocks
+    from cai.evaluation.report_sections import core_blocks
     from cai.jsonl import write_atomic
 
     extras = collect_extras(paths)  # studies, cost ledger, transcripts
@@ -423,9 +290,10 @@ def build_report(paths: Sequence[str | Path], out_dir: str | Path) -> dict[str, 
     plots = draw(found, out_dir)
     note = None if plots or not any(found[k] for k in ("refusals", "redteam", "ppo")) else \
         "matplotlib is not installed, so this report has no plots: pip install 'cai[report]'"
-    more = study_blocks(extras, out_dir) + ledger_blocks(extras) + transcript_blocks(extras)
-    write_atomic(out_dir / "report.md", render(found, plots, note) + "\n" + to_markdown(more))
-    write_html(found, plots, out_dir, note, more)
+    blocks = core_blocks(found, plots, note) + study_blocks(extras, out_dir) + ledger_blocks(extras) \
+        + transcript_blocks(extras)
+    write_atomic(out_dir / "report.md", f"# {TITLE}\n\n" + to_markdown(blocks).rstrip() + "\n")
+    write_atomic(out_dir / "report.html", page(TITLE, blocks, out_dir))
     figures = {"sources": {k: [i["source"] for i in v] for k, v in found.items() if v},
                "tradeoff": tradeoff(found), "attack_rates": attack_rates(found),
                "ppo": [{k: v for k, v in s.items() if k not in ("step", "reward", "kl")} for s in ppo_summary(found)],

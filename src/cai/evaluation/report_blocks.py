@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +64,17 @@ class SideBySide:
 Block = Heading | Para | Table | Plot | Transcript | SideBySide
 
 
+def shorten(text: Any, width: int = 100) -> str:
+    """``text`` on one line, at most ``width`` characters: cut at the last word boundary that fits and ended
+    with "…" when shortened (a single word longer than ``width`` is cut inside it)."""
+    flat = " ".join(str(text).split())
+    if len(flat) <= width:
+        return flat
+    cut = flat[:width]  # width - 1 characters and the "…"; a space at width means the word before fits whole
+    head = cut.rsplit(" ", 1)[0] if " " in cut else cut[:width - 1]
+    return head.rstrip(" ,;:-")[:width - 1] + "…"
+
+
 def cell(x: Any) -> str:
     """A table cell's text: floats to 3 decimals, None as '-'."""
     return "-" if x is None else f"{x:.3f}" if isinstance(x, float) else str(x)
@@ -81,14 +93,23 @@ def to_markdown(blocks: Sequence[Block]) -> str:
                         for row in b.rows), ""]
         elif isinstance(b, Plot):
             lines += [f"![{b.alt}]({b.file})", ""]
+        elif isinstance(b, (Transcript, SideBySide)):  # listed by title; the text is in report.html
+            in_list = len(lines) > 1 and lines[-2].startswith("- ")
+            lines[len(lines) - in_list:] = [f"- {b.title}", ""]
     shown = sum(isinstance(b, (Transcript, SideBySide)) for b in blocks)
     if shown:
-        lines += [f"_{shown} example transcripts are in report.html._", ""]
+        lines += [f"_The {shown} example transcripts listed are in full in report.html._", ""]
     return "\n".join(lines)
 
 
 def _esc(text: Any) -> str:
     return html.escape(str(text), quote=True)
+
+
+def _inline(text: str) -> str:
+    """A paragraph's text, escaped, with its Markdown `code` spans as <code> (after escaping, so they hold
+    text only)."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", _esc(text))
 
 
 def _image(path: Path, alt: str) -> str:
@@ -97,16 +118,22 @@ def _image(path: Path, alt: str) -> str:
            '</figcaption></figure>'
 
 
+def _pre(text: str) -> str:
+    """Model text, escaped, in a <pre>; an empty one is said to be empty rather than shown as a blank box."""
+    return f"<pre>{_esc(text)}</pre>" if text.strip() else "<pre class=\"empty\">(empty)</pre>"
+
+
 def _transcript_html(t: Transcript) -> str:
     parts = [f"<details class=\"transcript\"><summary>{_esc(t.title)}</summary>"]
     if t.meta:
         parts.append(f"<p class=\"meta\">{_esc(t.meta)}</p>")
     parts.append(f"<div class=\"turn user\"><b>prompt</b><pre>{_esc(t.prompt)}</pre></div>")
-    parts.append(f"<div class=\"turn model\"><b>first answer</b><pre>{_esc(t.initial)}</pre></div>")
+    answer = "first answer" if t.rounds else "answer (no critique)"
+    parts.append(f"<div class=\"turn model\"><b>{answer}</b>{_pre(t.initial)}</div>")
     for k, (principle, critique, revision) in enumerate(t.rounds, 1):
         parts.append(f"<div class=\"turn critique\"><b>round {k} critique ({_esc(principle)})</b>"
-                     f"<pre>{_esc(critique)}</pre></div>")
-        parts.append(f"<div class=\"turn model\"><b>round {k} revision</b><pre>{_esc(revision)}</pre></div>")
+                     f"{_pre(critique)}</div>")
+        parts.append(f"<div class=\"turn model\"><b>round {k} revision</b>{_pre(revision)}</div>")
     parts.append("</details>")
     return "".join(parts)
 
@@ -114,8 +141,8 @@ def _transcript_html(t: Transcript) -> str:
 def _side_by_side_html(t: SideBySide) -> str:
     parts = [f"<details class=\"transcript\"><summary>{_esc(t.title)}</summary>",
              f"<div class=\"turn user\"><b>prompt</b><pre>{_esc(t.prompt)}</pre></div>",
-             f"<div class=\"turn model\"><b>first answer</b><pre>{_esc(t.initial)}</pre></div>"]
-    parts += [f"<div class=\"turn model\"><b>final revision under {_esc(label)}</b><pre>{_esc(text)}</pre></div>"
+             f"<div class=\"turn model\"><b>first answer</b>{_pre(t.initial)}</div>"]
+    parts += [f"<div class=\"turn model\"><b>final revision under {_esc(label)}</b>{_pre(text)}</div>"
               for label, text in t.finals]
     return "".join(parts) + "</details>"
 
@@ -128,7 +155,7 @@ def to_html_body(blocks: Sequence[Block], image_dir: Path) -> str:
             level = min(max(b.level, 1), 4)
             out.append(f"<h{level}>{_esc(b.text)}</h{level}>")
         elif isinstance(b, Para):
-            out.append(f"<p class=\"note\">{_esc(b.text)}</p>" if b.note else f"<p>{_esc(b.text)}</p>")
+            out.append(f"<p class=\"note\">{_inline(b.text)}</p>" if b.note else f"<p>{_inline(b.text)}</p>")
         elif isinstance(b, Table):
             head = "".join(f"<th>{_esc(h)}</th>" for h in b.header)
             body = "".join("<tr>" + "".join(f"<td>{_esc(cell(c))}</td>" for c in row) + "</tr>" for row in b.rows)
@@ -155,10 +182,11 @@ figure{margin:1em 0}img{max-width:100%;border:1px solid #e1e5ec}figcaption{font-
 .note{font-style:italic;color:#6b5200;background:#fff8e1;padding:.3em .6em;border-left:3px solid #e0b000}
 details.transcript{border:1px solid #cdd3de;border-radius:4px;margin:.4em 0;padding:.3em .6em}
 details.transcript summary{cursor:pointer;font-weight:600}
-.turn{margin:.4em 0}.turn pre{white-space:pre-wrap;word-break:break-word;margin:.2em 0;padding:.4em;
-background:#f5f6f8;border-radius:3px;font-size:.88em}
+.turn{margin:.4em 0}.turn b{font-size:.85em;color:#3c5a99}
+.turn pre{white-space:pre-wrap;word-break:break-word;margin:.2em 0;padding:.4em;background:#f5f6f8;border-radius:3px;
+font-size:.88em}.turn pre.empty{font-style:italic;color:#888}
 .turn.user pre{background:#eaf2ff}.turn.critique pre{background:#fff4e5}.meta{font-size:.8em;color:#666}
-nav a{margin-right:1em}
+code{font-size:.9em;background:#f0f2f6;padding:0 .2em;border-radius:2px}nav a{margin-right:1em}
 """
 
 

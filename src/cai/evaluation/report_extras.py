@@ -1,6 +1,7 @@
 """What the report shows beyond the result files of ``cai.evaluation.report.collect``: the cost ledger of each run
-(``manifest.json``), example SL-CAI transcripts (``critique/records.jsonl``) and the studies (JSON files
-with a ``"study"`` key, written by ``cai compare`` and ``cai study ...``).
+(``manifest.json``), example SL-CAI transcripts from every prompt set (``critique/records.jsonl``, and the plain
+answers to helpful prompts in ``critique/helpful.jsonl``) and the studies (JSON files with a ``"study"`` key,
+written by ``cai compare`` and ``cai study ...``).
 
 Each study module has ``report_blocks(data, source, out_dir) -> list[Block]`` (it may draw its plots into
 ``out_dir``); ``STUDIES`` maps a study's name to its module, imported only when such a file is found.
@@ -15,20 +16,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cai.evaluation.report_blocks import Block, Heading, Para, Table, Transcript
+from cai.evaluation.report_blocks import Block, Heading, Para, Table, Transcript, shorten
 
 log = logging.getLogger(__name__)
 
 STUDIES = {"compare": "cai.evaluation.compare", "rounds": "cai.evaluation.round_quality",
            "principles": "cai.evaluation.principle_effect", "cai_vs_sft": "cai.evaluation.cai_vs_sft",
            "jailbreaks": "cai.evaluation.jailbreak_study", "helpfulness": "cai.evaluation.helpfulness"}
-TRANSCRIPTS_SHOWN = 12  # per critique run
+TRANSCRIPTS_SHOWN = 12  # per critique run, shared among its prompt sets
+STUDY_SETS = ("harmful", "safe")  # the prompt sets of the studies' critique runs
+CRITIQUE_SET = "critique prompts"  # a training run's critique records
+HELPFUL_SET = "helpful prompts"  # a training run's plain answers (helpful.jsonl)
 
 
 @dataclass
 class Extras:
     manifests: list[dict[str, Any]] = field(default_factory=list)  # {"source", "data"}
-    transcripts: list[dict[str, Any]] = field(default_factory=list)  # {"source", "records"}
+    transcripts: list[dict[str, Any]] = field(default_factory=list)  # {"source", "examples": [(set, record)]}
     studies: list[dict[str, Any]] = field(default_factory=list)  # {"source", "data"}
 
     def any(self) -> bool:
@@ -42,16 +46,42 @@ def _json(path: Path) -> Any:
         return None
 
 
-def _critique_records(path: Path, limit: int) -> list[dict[str, Any]]:
+def prompt_set(record: dict[str, Any]) -> str:
+    """The prompt set a critique record answers: a study's harmful or safe prompts (its id's prefix,
+    ``cai.evaluation.round_quality.run_sets``), else the run's critique prompts."""
+    head = str(record.get("id", "")).split("/", 1)[0]
+    return head if head in STUDY_SETS else CRITIQUE_SET
+
+
+def first_per_set(path: Path, limit: int, set_of) -> dict[str, list[dict[str, Any]]]:
+    """The first ``limit`` records of each prompt set in ``path`` (``set_of(record)`` names it), in file order."""
     from cai.jsonl import iter_jsonl
 
-    records = []
+    groups: dict[str, list[dict[str, Any]]] = {}
     for _, rec in iter_jsonl(path, strict=False):
-        if isinstance(rec, dict) and "rounds" in rec and "initial" in rec:
-            records.append(rec)
-            if len(records) >= limit:
-                break
-    return records
+        if isinstance(rec, dict) and "prompt" in rec and ("initial" in rec or "answer" in rec):
+            mine = groups.setdefault(set_of(rec), [])
+            if len(mine) < limit:
+                mine.append(rec)
+    return groups
+
+
+def balanced(groups: dict[str, list[dict[str, Any]]], total: int) -> list[tuple[str, dict[str, Any]]]:
+    """Up to ``total`` (set, record) pairs taken from each set in turn, so that every set is shown; grouped
+    by set, each in its own order."""
+    turns = sorted((i, n, k) for n, (k, v) in enumerate(groups.items()) for i in range(len(v)))[:total]
+    picked = {(k, i) for i, _, k in turns}
+    return [(k, rec) for k, v in groups.items() for i, rec in enumerate(v) if (k, i) in picked]
+
+
+def _examples(critique_dir: Path) -> list[tuple[str, dict[str, Any]]]:
+    """Example records of a critique directory: its revisions (records.jsonl, per prompt set) and its plain
+    answers to helpful prompts (helpful.jsonl, mixed into SFT), shared out evenly."""
+    groups = first_per_set(critique_dir / "records.jsonl", TRANSCRIPTS_SHOWN, prompt_set)
+    helpful = critique_dir / "helpful.jsonl"
+    if helpful.is_file():
+        groups.update(first_per_set(helpful, TRANSCRIPTS_SHOWN, lambda rec: HELPFUL_SET))
+    return balanced(groups, TRANSCRIPTS_SHOWN)
 
 
 def collect_extras(paths: Sequence[str | Path]) -> Extras:
@@ -66,9 +96,9 @@ def collect_extras(paths: Sequence[str | Path]) -> Extras:
                 if isinstance(data, dict) and "stages" in data:
                     extras.manifests.append({"source": str(path), "data": data})
             elif path.name == "records.jsonl" and path.parent.name == "critique":
-                records = _critique_records(path, TRANSCRIPTS_SHOWN)
-                if records:
-                    extras.transcripts.append({"source": str(path), "records": records})
+                examples = _examples(path.parent)
+                if examples:
+                    extras.transcripts.append({"source": str(path.parent), "examples": examples})
             elif path.suffix == ".json":
                 data = _json(path) if path.stat().st_size < 50_000_000 else None
                 if isinstance(data, dict) and data.get("study") in STUDIES:
@@ -97,21 +127,27 @@ def transcript_blocks(extras: Extras) -> list[Block]:
     blocks: list[Block] = []
     for item in extras.transcripts:
         if not blocks:
-            blocks += [Heading("Example transcripts"),
-                       Para("The first prompts of each critique run: the model's answer, then each round's "
-                            "critique (under the principle drawn) and revision, as generated.")]
+            blocks += [Heading("Example transcripts"), Para(
+                "The first prompts of each prompt set of each critique run: the model's answer, then each round's "
+                "critique (under the principle drawn) and revision, as generated. Each title names its set: a "
+                f"study's harmful or safe prompts, a run's {CRITIQUE_SET} or its {HELPFUL_SET} (answered once, "
+                "with no critique, and mixed into the SFT data).")]
         blocks.append(Para(f"From {item['source']}:"))
-        for rec in item["records"]:
-            prov = rec.get("provenance") or {}
-            const = prov.get("constitution") or {}
-            meta = (f"model {prov.get('model', '-')}, constitution {const.get('name', '-')} "
-                    f"v{const.get('version', '-')} ({str(const.get('hash', '-'))[:12]}), seed {prov.get('seed', '-')}")
-            rounds = tuple((r.get("principle_id", "-"), r.get("critique", ""), r.get("revision", ""))
-                           for r in rec.get("rounds", []))
-            blocks.append(Transcript(title=f"{rec.get('id', '-')}: {str(rec.get('prompt', ''))[:100]}",
-                                     prompt=str(rec.get("prompt", "")), initial=str(rec.get("initial", "")),
-                                     rounds=rounds, meta=meta))
+        blocks += [transcript(name, rec) for name, rec in item["examples"]]
     return blocks
+
+
+def transcript(set_name: str, rec: dict[str, Any]) -> Transcript:
+    """One record of the prompt set ``set_name`` as a transcript: a critique record, or a plain answer."""
+    prov = rec.get("provenance") or {}
+    const = prov.get("constitution") or {}
+    meta = (f"{set_name}; model {prov.get('model', '-')}, constitution {const.get('name', '-')} "
+            f"v{const.get('version', '-')} ({str(const.get('hash', '-'))[:12]}), seed {prov.get('seed', '-')}")
+    rounds = tuple((r.get("principle_id", "-"), r.get("critique", ""), r.get("revision", ""))
+                   for r in rec.get("rounds", []))
+    return Transcript(title=f"[{set_name}] {rec.get('id', '-')}: {shorten(rec.get('prompt', ''))}",
+                      prompt=str(rec.get("prompt", "")), initial=str(rec.get("initial", rec.get("answer", ""))),
+                      rounds=rounds, meta=meta)
 
 
 def study_blocks(extras: Extras, out_dir: Path) -> list[Block]:

@@ -148,8 +148,8 @@ def write_json(path: Path, data: dict[str, Any]) -> Path:
 
 
 def draw_curves(series: dict[str, list[dict[str, Any]]], path: Path, title: str) -> str | None:
-    """Refusal rate (solid) and share of unchanged revisions (dashed) per round, per label; None without
-    matplotlib."""
+    """Refusal rate (solid) and share of unchanged revisions (dashed) per round, per label, saved to ``path``;
+    None without matplotlib."""
     try:
         import matplotlib
     except ImportError:
@@ -157,7 +157,18 @@ def draw_curves(series: dict[str, list[dict[str, Any]]], path: Path, title: str)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    fig = curve_figure(series, title)
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # "tight" keeps the legend beside the axes in the file
+    plt.close(fig)
+    return path.name
+
+
+def curve_figure(series: dict[str, list[dict[str, Any]]], title: str):
+    """The round curves as a matplotlib figure, the legend to the right of the axes, where it hides no point."""
+    import matplotlib.pyplot as plt
+
+    longest = max((len(f"{label}: unchanged") for label in series), default=0)
+    fig, ax = plt.subplots(figsize=(5.5 + 0.06 * longest, 3.6))  # room for the legend, about 0.06 in a letter
     for label, rows in series.items():
         line, = ax.plot([r["round"] for r in rows], [r["refusal_rate"] for r in rows], marker="o",
                         label=f"{label}: refused")
@@ -167,11 +178,9 @@ def draw_curves(series: dict[str, list[dict[str, Any]]], path: Path, title: str)
     ax.set(xlabel="critique-revision round (0: first answer)", ylabel="share of prompts", ylim=(-0.05, 1.05),
            title=title)
     ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path.name
+    return fig
 
 
 def judge_note(evidence: dict | None, judge: str | None) -> Para | None:

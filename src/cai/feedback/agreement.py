@@ -355,20 +355,26 @@ def run_sweep(pairs: Sequence[HumanPair], judges: Sequence[tuple[str, Any]], con
 HUMAN_LABELS = "human-labelled pairs (agreement: the human-chosen response wins)"
 
 
-def sweep_table(rows: Sequence[dict[str, Any]], n: int, what: str = HUMAN_LABELS) -> str:
-    """The sweep as a Markdown table; ``what`` says what the pairs are and which response counts as right."""
+SWEEP_HEADER = ("configuration", "judge", "agreement", "position consistency", "slot A wins", "longer wins",
+                "length-matched agreement (n)", "s")
+
+
+def sweep_cells(rows: Sequence[dict[str, Any]]) -> list[list[str]]:
+    """The sweep's rows as table cells under ``SWEEP_HEADER``."""
     def f(x):
         return "-" if x is None else f"{x:.3f}"
 
-    lines = [f"Judge configurations on {n} {what}", "",
-             "| configuration | judge | agreement | position consistency | slot A wins | longer wins "
-             "| length-matched agreement (n) | s |", "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['name']} | {r['judge'] or '-'} | {f(r.get('agreement'))} | "
-                     f"{'n/a (order-free)' if r.get('order_free') else f(r.get('position_consistency'))} | "
-                     f"{'-' if r.get('order_free') else f(r.get('first_slot_win_rate'))} | "
-                     f"{f(r.get('longer_wins_rate'))} | {f(r.get('length_matched_agreement'))} "
-                     f"({r.get('length_matched_n')}) | {r.get('seconds', '-')} |")
+    return [[r["name"], r["judge"] or "-", f(r.get("agreement")),
+             "n/a (order-free)" if r.get("order_free") else f(r.get("position_consistency")),
+             "-" if r.get("order_free") else f(r.get("first_slot_win_rate")), f(r.get("longer_wins_rate")),
+             f"{f(r.get('length_matched_agreement'))} ({r.get('length_matched_n')})", str(r.get("seconds", "-"))]
+            for r in rows]
+
+
+def sweep_table(rows: Sequence[dict[str, Any]], n: int, what: str = HUMAN_LABELS) -> str:
+    """The sweep as a Markdown table; ``what`` says what the pairs are and which response counts as right."""
+    lines = [f"Judge configurations on {n} {what}", "", "| " + " | ".join(SWEEP_HEADER) + " |",
+             "|" + "---|" * len(SWEEP_HEADER), *("| " + " | ".join(c) + " |" for c in sweep_cells(rows))]
     return "\n".join(lines) + "\n"
 
 
