@@ -106,9 +106,14 @@ def test_revisions_sharing_an_opening_sentence_are_capped_and_helpful_rows_kept(
             row(5, stock, kind="helpful")]
     data = read_sft_data(write_jsonl(tmp_path / "d.jsonl", rows))
     assert opening(rows[1]["messages"][1]["content"]) == opening(stock)
-    assert capped_openings(data.rows, data.kinds, 2) == [0, 1, 3, 4, 5]
-    assert capped_openings(data.rows, data.kinds, 1) == [0, 3, 4, 5]
-    assert capped_openings(data.rows, data.kinds, None) == [0, 1, 2, 3, 4, 5]
+    def kept(cap):
+        rows, kinds = capped_openings(data.rows, data.kinds, cap)
+        assert len(rows) == len(kinds)
+        return [data.rows.index(r) for r in rows], kinds
+
+    assert kept(2) == ([0, 1, 3, 4, 5], [None, None, None, "helpful", "helpful"])
+    assert kept(1) == ([0, 3, 4, 5], [None, None, "helpful", "helpful"])
+    assert kept(None) == ([0, 1, 2, 3, 4, 5], data.kinds)
 
 
 def test_missing_sft_file_is_a_config_error(tmp_path):

@@ -60,6 +60,13 @@ def balanced_order(groups: list, seed: int = 0, equal: bool = False) -> list[int
     return [i for _, i in sorted(keyed)]
 
 
+def batches_note(sources: int, balanced: bool, equal: bool) -> str:
+    """How the batches are made, for the log: "random batches" or the label sources they balance."""
+    if not balanced:
+        return "random batches"
+    return f"{sources} label sources in balanced batches" + (" (equal shares)" if equal else "")
+
+
 def hard_label_pairs(rows: list[dict], min_confidence: float = 0.5) -> list[dict]:
     """Rows of prompt/chosen/rejected for DPO: flipped where p_chosen < 0.5, unsure ones dropped."""
     out = []
@@ -138,8 +145,7 @@ def train_dpo(pairs: str | Path, out_dir: str | Path, model: str = "smollm2-135m
     source = resolve(model)
     log.info("DPO of %s on %d of %d pairs from %s (beta %s, label smoothing %.3f, %s)",
              source.model_id, len(rows), len(data.rows), data.path, options.beta, smoothing,
-             f"{len(set(groups))} label sources in balanced batches"
-             + (" (equal shares)" if options.equal_shares else "") if in_order else "random batches")
+             batches_note(len(set(groups)), in_order, options.equal_shares))
     tokenizer = load_tokenizer(source)
     started = time.monotonic()
     with staging_dir(out_dir) as stage:

@@ -39,21 +39,22 @@ def opening(text: str) -> str:
     return " ".join(first.lower().split())
 
 
-def capped_openings(rows: list[dict], kinds: list[str | None] | None, cap: int | None) -> list[int]:
-    """Indices of the rows kept when at most ``cap`` non-helpful rows may share an opening sentence."""
+def capped_openings(rows: list[dict], kinds: list[str | None] | None,
+                    cap: int | None) -> tuple[list[dict], list[str | None]]:
+    """The rows kept, and their kinds, when at most ``cap`` non-helpful rows may share an opening sentence."""
     from collections import Counter
 
-    kinds = kinds or [None] * len(rows)
     seen: Counter[str] = Counter()
-    kept = []
-    for i, (row, kind) in enumerate(zip(rows, kinds, strict=True)):
+    kept_rows, kept_kinds = [], []
+    for row, kind in zip(rows, kinds or [None] * len(rows), strict=True):
         if cap is not None and kind != "helpful":
             key = opening(row["completion"][-1]["content"])
             seen[key] += 1
             if seen[key] > cap:
                 continue
-        kept.append(i)
-    return kept
+        kept_rows.append(row)
+        kept_kinds.append(kind)
+    return kept_rows, kept_kinds
 
 
 def weighted_rows(rows: list[dict], kinds: list[str | None] | None, weight: float, seed: int = 0) -> list[dict]:
@@ -116,13 +117,11 @@ def train_sft(data: str | Path, out_dir: str | Path, model: str = "smollm2-135m"
     out_dir = Path(out_dir)
     log_to_run_dir(out_dir)
     source = resolve(model)
-    kept = capped_openings(dataset.rows, dataset.kinds, options.max_same_opening)
+    kept, kinds = capped_openings(dataset.rows, dataset.kinds, options.max_same_opening)
     if len(kept) < len(dataset.rows):
         log.info("dropped %d revision rows past %d with the same opening sentence (max_same_opening)",
                  len(dataset.rows) - len(kept), options.max_same_opening)
-    all_kinds = dataset.kinds or [None] * len(dataset.rows)
-    kinds = [all_kinds[i] for i in kept]
-    rows = weighted_rows([dataset.rows[i] for i in kept], kinds, options.helpful_weight, options.seed)
+    rows = weighted_rows(kept, kinds, options.helpful_weight, options.seed)
     log.info("SFT of %s on %d rows from %s (%d helpful rows weighted %g)", source.model_id, len(rows),
              dataset.path, kinds.count("helpful"), options.helpful_weight)
     tokenizer = load_tokenizer(source)
