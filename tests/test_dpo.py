@@ -60,6 +60,7 @@ def test_two_steps_from_the_cli_save_a_model_that_loads(tiny_model_dir, pairs_fi
     assert "DPO policy written to" in result.output
     card = json.loads((out / "cai_model.json").read_text())
     assert card["stage"] == "dpo" and card["options"]["beta"] == 0.2 and card["metrics"]["steps"] == 2
+    assert (card["metrics"]["pairs_used"], card["metrics"]["pairs_seen"]) == (6, 4)  # 2 steps of 2 of 6 pairs
     assert card["constitution"]["hash"] == "d00d"
     assert card["metrics"]["final_loss"] == pytest.approx(math.log(2), abs=0.05)  # starts at log 2
     # the soft labels (p 0.6 to 0.85) set the robust loss's flip probability

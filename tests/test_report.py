@@ -95,15 +95,27 @@ def test_label_summaries_and_dpo_runs_are_reported_and_small_held_out_sets_get_a
     _write(tmp_path / "l" / "pairs.jsonl", [{**pair, "p_chosen": 0.75, "position_consistent": True},
                                             {**pair, "prompt_id": "q", "p_chosen": 0.55, "position_consistent": False}])
     _write(tmp_path / "probe" / "pairs.jsonl", [{"prompt": "x", "chosen": "a", "rejected": "b"}])  # human-style
-    _write(tmp_path / "dpo" / "cai_model.json", {"stage": "dpo", "metrics": {"pairs_used": 6, "steps": 3,
-                                                                             "final_loss": 0.69}})
+    _write(tmp_path / "dpo" / "cai_model.json", {"stage": "dpo", "metrics": {"pairs_used": 6, "pairs_seen": 6,
+                                                                             "steps": 3, "final_loss": 0.69}})
     _write(tmp_path / "sft" / "cai_model.json", {"stage": "sft", "metrics": {}})  # not reported
     _write(tmp_path / "rm" / "metrics.json", {"eval_accuracy": 0.0, "n_eval": 1, "n_train": 3})
     build_report([tmp_path], tmp_path / "report")
     md = (tmp_path / "report" / "report.md").read_text()
     assert "| 2 | 2 | 0.650 | 0.500 | j |" in md  # pairs, prompts, mean p_chosen, consistency, judge
-    assert "| 6 | 3 | 0.690 |" in md and md.count("cai_model.json") == 1
+    assert "| 6 | 6 | 3 | 0.690 |" in md and md.count("cai_model.json") == 1
     assert "| 0.000 | 1 | 3 |" in md and "fewer than 30 pairs (here 1)" in md
+
+
+def test_pairs_built_without_a_judge_have_no_position_consistency_and_name_both_sources(tmp_path):
+    from cai.evaluation.report import label_summary
+    from cai.feedback.constructed import HELPFUL_SOURCE, SOURCE
+
+    pair = {"id": "p", "prompt": [], "chosen": [], "rejected": [], "prompt_id": "p", "p_chosen": 0.9,
+            "position_consistent": True, "provenance": {"model": "pol"}}
+    _write(tmp_path / "pairs.jsonl", [{**pair, "judge": SOURCE}, {**pair, "judge": HELPFUL_SOURCE}])
+    summary = label_summary(tmp_path / "pairs.jsonl")
+    assert summary["position_consistency"] is None  # no judge read them in two orders
+    assert summary["judge"] == f"{SOURCE}; {HELPFUL_SOURCE}"
 
 
 def test_tradeoff_points_that_coincide_share_a_label_and_runs_tell_a_model_apart():

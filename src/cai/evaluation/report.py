@@ -33,6 +33,7 @@ from cai.errors import ConfigError
 
 log = logging.getLogger(__name__)
 KINDS = ("refusals", "redteam", "ppo", "reward", "labels", "dpo", "agreement", "probes", "sweep", "label_source", "run")
+CONSTRUCTED = "construction:"  # how cai.feedback.constructed names the source of the pairs it builds
 SMALL_EVAL = 30  # held-out pairs below which a reward model's accuracy gets a caveat
 TITLE = "cai evaluation report"
 
@@ -86,10 +87,13 @@ def label_summary(path: Path) -> dict[str, Any] | None:
     rows = [r for r in read_records(path) if "p_chosen" in r and "position_consistent" in r]
     if not rows:
         return None
+    judged = [r for r in rows if not str(r.get("judge")).startswith(CONSTRUCTED)]  # built pairs have no order
     return {"pairs": len(rows), "prompts": len({r.get("prompt_id") for r in rows}),
             "mean_p_chosen": sum(r["p_chosen"] for r in rows) / len(rows),
-            "position_consistency": sum(bool(r["position_consistent"]) for r in rows) / len(rows),
-            "judge": rows[0].get("judge"), "policy": (rows[0].get("provenance") or {}).get("model")}
+            "position_consistency": sum(bool(r["position_consistent"]) for r in judged) / len(judged)
+            if judged else None,
+            "judge": "; ".join(dict.fromkeys(str(r.get("judge")) for r in rows)),
+            "policy": (rows[0].get("provenance") or {}).get("model")}
 
 
 def collect(paths: Sequence[str | Path], required: bool = True) -> dict[str, list[dict[str, Any]]]:

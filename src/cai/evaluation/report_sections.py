@@ -115,9 +115,11 @@ def training_blocks(found, plots: dict[str, str]) -> list[Block]:
                                " says little: one pair moves it by 1/n. Label more prompts for a reliable figure.",
                                note=True))
     if found["dpo"]:
-        blocks.append(Table(["DPO model", "pairs used", "steps", "final loss", "reward accuracy", "reward margin"],
+        blocks.append(Table(["DPO model", "pairs", "pairs trained on", "steps", "final loss", "reward accuracy",
+                             "reward margin"],
                             [[i["source"], *(i["data"].get("metrics", {}).get(k) for k in (
-                                "pairs_used", "steps", "final_loss", "final_reward_accuracy", "final_reward_margin"))]
+                                "pairs_used", "pairs_seen", "steps", "final_loss", "final_reward_accuracy",
+                                "final_reward_margin"))]
                              for i in found["dpo"]]))
     if found["ppo"]:
         blocks.append(Table(["PPO run", "steps", "reward, first step", "reward, last step", "KL, last", "KL, max"],

@@ -124,6 +124,7 @@ def train_dpo(pairs: str | Path, out_dir: str | Path, model: str = "smollm2-135m
         trained_model,
         trained_model_id,
     )
+    from cai.distributed import world_size
     from cai.train.data import read_preference_pairs
     from cai.train.options import lora_config, weights_dtype
     from cai.train.progress import show_progress
@@ -167,6 +168,8 @@ def train_dpo(pairs: str | Path, out_dir: str | Path, model: str = "smollm2-135m
             "final_reward_accuracy": last_logged(trainer, "rewards/accuracies"),
             "final_reward_margin": last_logged(trainer, "rewards/margins"),
             "pairs_used": len(rows),
+            "pairs_seen": min(len(rows), result.global_step * options.batch_size * options.grad_accum
+                              * world_size()),  # a max_steps run stops before the end of its pairs
             "label_smoothing": round(smoothing, 4),
             "steps": result.global_step,
             "train_seconds": round(result.metrics["train_runtime"], 1),
