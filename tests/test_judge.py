@@ -323,3 +323,45 @@ def test_length_control_removes_a_pure_length_preference():
     (raw,) = judge(backend, [Comparison(USER, long, short, HARM)], paper_judge())
     (controlled,) = judge(backend, [Comparison(USER, long, short, HARM)], paper_judge(length_control=True))
     assert raw.p_a > 0.6 and abs(controlled.p_a - 0.5) < 0.02
+
+
+class PointwiseFake:
+    """Answers the pointwise question: P(Yes) = sigmoid(score(reply)); records every reply it scored."""
+
+    def __init__(self, score):
+        self.score, self.scored = score, []
+
+    def option_logprobs(self, conversations, prefix, options):
+        out = []
+        for c in conversations:
+            reply = c[-1]["content"].split("Here is the assistant's next reply:\n\n", 1)[1]
+            self.scored.append(reply)
+            p = 1 / (1 + math.exp(-self.score(reply)))
+            out.append([math.log(p), math.log(1 - p)])
+        return out
+
+
+def test_pointwise_length_control_reuses_the_compared_replies_scores_for_the_neutral_pairs():
+    from cai.feedback.judge import (
+        NEUTRAL_PAIRS,
+        JudgeConfig,
+        _readings,
+        _without_length_preference,
+        neutral_length_slope,
+    )
+
+    def score(text):  # a content preference and a length preference
+        return (2.0 if "unsafe" in text else 0.0) + 0.3 * math.log(len(text) + 1)
+
+    comps = [Comparison(USER, REFUSAL + " " * (i % 3), HARMFUL_ANSWER[: 40 + 7 * i], HARM) for i in range(11)]
+    config = JudgeConfig(mode="pointwise", length_control=True)
+    shared = PointwiseFake(score)
+    got = judge(shared, comps, config)
+    two_pass = PointwiseFake(score)  # the readings, then the neutral pairs scored on their own
+    slope = neutral_length_slope(two_pass, comps, config)
+    want = _without_length_preference(_readings(two_pass, comps, config), comps, None, slope)
+    assert [j.p_a for j in got] == pytest.approx([r.judgement().p_a for r in want], abs=1e-12)
+    assert all(j.p_a > 0.5 for j in got)  # the refusal is preferred, length taken out
+    # the neutral pairs' plain replies are the compared ones: only their twins are scored again
+    assert len(shared.scored) == 2 * len(comps) + 2 * NEUTRAL_PAIRS
+    assert len(two_pass.scored) == 2 * len(comps) + 4 * NEUTRAL_PAIRS

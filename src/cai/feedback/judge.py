@@ -384,11 +384,13 @@ def judge(backend, comparisons: Sequence[Comparison], config: JudgeConfig) -> li
     """
     if not comparisons:
         return []
-    readings = _readings(backend, comparisons, config)
-    if config.length_control:
-        tokenizer = getattr(backend, "tokenizer", None)
-        slope = neutral_length_slope(backend, comparisons, config)
-        readings = _without_length_preference(readings, comparisons, tokenizer, slope)
+    if not config.length_control:
+        return [r.judgement() for r in _readings(backend, comparisons, config)]
+    if config.mode == "pointwise" and not getattr(backend, "is_reward_model", False):
+        readings, slope = _pointwise_readings_and_slope(backend, comparisons, config)
+    else:
+        readings, slope = _readings(backend, comparisons, config), neutral_length_slope(backend, comparisons, config)
+    readings = _without_length_preference(readings, comparisons, getattr(backend, "tokenizer", None), slope)
     return [r.judgement() for r in readings]
 
 
@@ -425,6 +427,22 @@ def neutral_length_slope(backend, comparisons: Sequence[Comparison], config: Jud
     tokenizer = getattr(backend, "tokenizer", None)
     deltas = [length_log_ratio(_size(c.a, tokenizer), _size(c.b, tokenizer)) for c in pairs]
     return length_slope([(r.first + r.second) / 2 for r in readings], deltas)
+
+
+def _pointwise_readings_and_slope(backend, comparisons: Sequence[Comparison],
+                                  config: JudgeConfig) -> tuple[list[_Reading], float]:
+    """``_pointwise_readings`` and ``neutral_length_slope`` from one scoring pass. A content-neutral pair is a
+    compared reply against its twin with ``NEUTRAL_TAIL``; scored alone, the reply's score is the one the
+    comparison already has, so only the twins are scored on top (the same figures from fewer scored texts)."""
+    head = comparisons[:NEUTRAL_PAIRS]
+    items = [(c.conversation, r, c.principles) for c in comparisons for r in (c.a, c.b)]
+    items += [(c.conversation, r.rstrip() + NEUTRAL_TAIL, c.principles) for c in head for r in (c.a, c.b)]
+    scores = pointwise_scores(backend, items, config)
+    own, twins = scores[: 2 * len(comparisons)], scores[2 * len(comparisons):]
+    neutral = [d for i in range(len(head)) for d in (twins[2 * i] - own[2 * i], own[2 * i + 1] - twins[2 * i + 1])]
+    tokenizer = getattr(backend, "tokenizer", None)
+    deltas = [length_log_ratio(_size(c.a, tokenizer), _size(c.b, tokenizer)) for c in neutral_pairs(comparisons)]
+    return _score_readings(comparisons, own), length_slope(neutral, deltas)
 
 
 @dataclass
@@ -504,6 +522,11 @@ def _pointwise_readings(backend, comparisons: Sequence[Comparison], config: Judg
     b's, averaged over the comparison's principles. No order, so both readings are the same."""
     items = [(c.conversation, response, c.principles) for c in comparisons for response in (c.a, c.b)]
     scores = pointwise_scores(backend, items, config)  # a then b: they share the transcript, encoded once
+    return _score_readings(comparisons, scores)
+
+
+def _score_readings(comparisons: Sequence[Comparison], scores: Sequence[float]) -> list[_Reading]:
+    """Pointwise readings from the scores of each comparison's a and b (in that order): a's minus b's."""
     return [_Reading(scores[2 * i] - scores[2 * i + 1], scores[2 * i] - scores[2 * i + 1],
                      tuple(pid for pid, _ in c.principles)) for i, c in enumerate(comparisons)]
 
