@@ -112,6 +112,7 @@ def build_dpo_trainer(model, tokenizer, rows: list[dict], output_dir: Path, opti
 def train_dpo(pairs: str | Path, out_dir: str | Path, model: str = "smollm2-135m",
               options: DPOOptions | None = None) -> Path:
     """DPO-train ``model`` (usually the SFT model) on preference pairs; returns ``out_dir``, a model dir."""
+    from cai.distributed import world_size
     from cai.logs import log_to_run_dir
     from cai.models import load_causal_lm, load_tokenizer, resolve
     from cai.train.artifacts import (
@@ -124,7 +125,6 @@ def train_dpo(pairs: str | Path, out_dir: str | Path, model: str = "smollm2-135m
         trained_model,
         trained_model_id,
     )
-    from cai.distributed import world_size
     from cai.train.data import read_preference_pairs
     from cai.train.options import lora_config, weights_dtype
     from cai.train.progress import show_progress
