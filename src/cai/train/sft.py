@@ -27,8 +27,8 @@ class SFTOptions(TrainOptions):
     max_same_opening: int | None = Field(None, ge=1, description=(
         "keep at most this many revision rows whose answer opens with the same sentence (the first ones in "
         "file order); helpful rows are never dropped. A small model's revisions collapse onto one stock "
-        "refusal (77 of 112 in the quickstart opened with the same sentence) and training on every copy "
-        "teaches that sentence as an opener for any request"))
+        "refusal (in the quickstart 50 of 112 opened with one sentence, 27 more with a near-copy of it) and "
+        "training on every copy teaches that sentence as an opener for any request"))
 
 
 def opening(text: str) -> str:
