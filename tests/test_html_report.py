@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 import subprocess
+import time
 
 import pytest
 
@@ -148,21 +149,41 @@ def test_chromium_renders_the_page_and_runs_no_model_script(tmp_path):
 def test_the_ledger_counts_each_models_tokens_and_the_stage_peak():
     from cai.backends.base import SamplingParams
     from cai.ledger import CountingBackend, ledger_rows, measure
+    from cai.memory import rss_bytes
     from label_fakes import FakePolicy
 
     policy = FakePolicy()
+    start = rss_bytes()
     with measure() as cost:
         counted = CountingBackend(policy, cost.meter, "fake")
         counted.generate([[{"role": "user", "content": "hi"}]] * 3, SamplingParams(max_new_tokens=4))
         counted.generate([[{"role": "user", "content": "hi"}]], SamplingParams(max_new_tokens=4))
-        block = bytearray(64 * 2**20)  # a 64 MiB peak inside the stage
+        block = bytearray(64 * 2**20)  # a 64 MiB peak inside the stage, held past a sampling interval
+        block[:: 4096] = b"x" * len(block[:: 4096])  # touched, so it is resident
+        time.sleep(0.5)
         del block
     assert cost.entry["models"]["fake"] == {"prompt_tokens": 20, "generated_tokens": 20, "calls": 2,
                                             "seconds": cost.entry["models"]["fake"]["seconds"]}
-    assert cost.entry["peak_rss_mib"] >= 64 and cost.entry["wall_seconds"] >= 0
+    assert cost.entry["peak_rss_mib"] >= start / 2**20 + 60 and cost.entry["wall_seconds"] >= 0
     assert counted.model_id == "fake-policy"  # everything else is the wrapped backend's
     rows = ledger_rows({"prices": {"fake": {"prompt": 3.0, "generated": 15.0}}, "stages": {"x": {"cost": cost.entry}}})
     assert rows[0]["money"] == pytest.approx((20 * 3.0 + 20 * 15.0) / 1e6)
+
+
+def test_the_ledger_leaves_the_kernels_high_water_mark_for_outside_tools():
+    """/usr/bin/time reads VmHWM: a stage measured after a bigger one must not lower it."""
+    from cai.ledger import measure
+    from cai.memory import peak_rss_bytes, rss_bytes
+
+    block = bytearray(128 * 2**20)
+    block[:: 4096] = b"x" * len(block[:: 4096])
+    high = peak_rss_bytes()
+    del block
+    with measure() as cost:
+        pass
+    assert peak_rss_bytes() >= high - 4 * 2**20  # not reset (the kernel's counters lag by a few pages)
+    assert cost.entry["peak_rss_mib"] < high / 2**20  # the stage's own peak, not the earlier one
+    assert cost.entry["peak_rss_mib"] >= rss_bytes() / 2**20 * 0.9
 
 
 def test_cai_study_principles_cli_and_its_errors(tmp_path):

@@ -5,14 +5,15 @@ goes through a ``CountingBackend`` that adds up the prompt and generated tokens 
 (the judge's scoring calls are counted as prompt tokens where the backend reports them). Money is
 computed where a price per million tokens is configured for the model (``prices`` in the recipe).
 
-Peak memory is the process's resident-set high-water mark (``VmHWM``), reset at the start of each stage
-through ``/proc/self/clear_refs`` (Linux); elsewhere it falls back to the process-lifetime peak
-(``ru_maxrss``), marked ``peak_is_lifetime``. On a GPU the peak allocated device memory is added.
+Peak memory is the highest resident set seen during the stage (``cai.memory.PeakSampler``: sampled, and the
+kernel's high-water mark where it rose during the stage; the mark itself is never reset, so ``/usr/bin/time``
+still reads the whole run's peak). The memory guard's estimate for the stage, when it made one, is recorded
+beside it (``estimate_mib``), with the kernel's share of the stage's CPU time and its minor page faults. On a
+GPU the peak allocated device memory is added.
 """
 
 from __future__ import annotations
 
-import re
 import sys
 import time
 from collections.abc import Iterator, Mapping
@@ -65,32 +66,6 @@ class CountingBackend:
         return getattr(self._backend, name)
 
 
-def _status_kib(key: str) -> int | None:
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            found = re.search(rf"^{key}:\s+(\d+) kB", f.read(), re.MULTILINE)
-    except OSError:
-        return None
-    return int(found.group(1)) if found else None
-
-
-def _reset_peak() -> bool:
-    """Reset the resident-set high-water mark; False where the OS does not allow it."""
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _lifetime_peak_mib() -> float:
-    import resource
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB elsewhere
-
-
 def _gpu_peak_mib(reset: bool = False) -> float | None:
     torch = sys.modules.get("torch")  # only when the stage loaded torch; never imported for this
     if torch is None or not torch.cuda.is_available():
@@ -109,19 +84,34 @@ class StageCost:
 
 @contextmanager
 def measure() -> Iterator[StageCost]:
-    """Measure a stage: on exit ``cost.entry`` holds wall seconds, peak memory and tokens per model."""
+    """Measure a stage: on exit ``cost.entry`` holds wall seconds, peak memory, CPU and tokens per model; a
+    stage may put the guard's estimate into ``cost.entry`` while it runs (kept)."""
+    from cai import guard
+    from cai.memory import MIB, PeakSampler, cpu_times, kernel_share
+
     cost = StageCost()
-    reset = _reset_peak()
+    guard.recorded.clear()
     _gpu_peak_mib(reset=True)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), cpu_times()
+    sampler = PeakSampler()
     try:
-        yield cost
+        with sampler:
+            yield cost
     finally:
-        hwm = _status_kib("VmHWM") if reset else None
-        cost.entry = {"wall_seconds": round(time.perf_counter() - t0, 2),
-                      "peak_rss_mib": round(hwm / 1024 if hwm is not None else _lifetime_peak_mib(), 1),
-                      "peak_is_lifetime": hwm is None,
-                      "models": {k: v.as_dict() for k, v in cost.meter.models.items()}}
+        cpu1 = cpu_times()
+        share = kernel_share(cpu0, cpu1)
+        cost.entry.update({"wall_seconds": round(time.perf_counter() - t0, 2),
+                           "peak_rss_mib": round(sampler.peak / MIB, 1),
+                           "kernel_cpu_share": None if share is None else round(share, 3),
+                           "minor_faults": int(cpu1["minor_faults"] - cpu0["minor_faults"]),
+                           "models": {k: v.as_dict() for k, v in cost.meter.models.items()}})
+        if guard.recorded:
+            largest = max(guard.recorded, key=lambda e: e.total)
+            cost.entry["estimate_mib"] = round(largest.total / MIB, 1)
+            cost.entry["estimate_parts_mib"] = {k: round(v / MIB, 1) for k, v in largest.parts.items()}
+            if largest.micro_batch:
+                cost.entry["micro_batch"] = largest.micro_batch
+            guard.recorded.clear()
         gpu = _gpu_peak_mib()
         if gpu is not None:
             cost.entry["peak_gpu_mib"] = round(gpu, 1)
@@ -145,7 +135,7 @@ def ledger_rows(manifest: Mapping[str, Any]) -> list[dict[str, Any]]:
         if not cost:
             continue
         base = {"stage": stage, "wall_seconds": cost.get("wall_seconds"), "peak_rss_mib": cost.get("peak_rss_mib"),
-                "peak_gpu_mib": cost.get("peak_gpu_mib")}
+                "estimate_mib": cost.get("estimate_mib"), "peak_gpu_mib": cost.get("peak_gpu_mib")}
         models = cost.get("models") or {}
         if not models:
             rows.append({**base, "model": "-", "prompt_tokens": 0, "generated_tokens": 0, "money": None})
@@ -156,17 +146,19 @@ def ledger_rows(manifest: Mapping[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-LEDGER_HEADER = ("stage", "model", "prompt tokens", "generated tokens", "wall s", "peak RSS MiB", "money")
+LEDGER_HEADER = ("stage", "model", "prompt tokens", "generated tokens", "wall s", "peak RSS MiB", "guard estimate MiB",
+                 "money")
 
 
 def ledger_table(rows: list[dict[str, Any]]) -> list[list[Any]]:
     """The rows as table cells (``LEDGER_HEADER``), with a total line."""
     cells = [[r["stage"], r["model"], r["prompt_tokens"], r["generated_tokens"], r["wall_seconds"],
-              r["peak_rss_mib"], None if r["money"] is None else round(r["money"], 6)] for r in rows]
+              r["peak_rss_mib"], r.get("estimate_mib"), None if r["money"] is None else round(r["money"], 6)]
+             for r in rows]
     if rows:
         stages = {r["stage"]: r["wall_seconds"] or 0 for r in rows}  # a stage's time once, not per model
         money = [r["money"] for r in rows if r["money"] is not None]
         cells.append(["total", "", sum(r["prompt_tokens"] for r in rows), sum(r["generated_tokens"] for r in rows),
-                      round(sum(stages.values()), 1), max((r["peak_rss_mib"] or 0) for r in rows),
+                      round(sum(stages.values()), 1), max((r["peak_rss_mib"] or 0) for r in rows), None,
                       round(sum(money), 6) if money else None])
     return cells

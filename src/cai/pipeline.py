@@ -29,8 +29,9 @@ class Context:
     out: Path
     policy: str  # the model later stages start from: the base, then the SFT model, then the PPO/DPO policy
     trained: dict = field(default_factory=dict)  # {stage: model} of the stages that trained a policy, in order
-    _backends: dict = field(default_factory=dict)
+    _backends: dict = field(default_factory=dict)  # the models this context owns: released when a stage ends
     meter: object = None  # the current stage's cai.ledger.Meter: the tokens each model generates
+    cost: dict | None = None  # the current stage's ledger entry (the memory guard writes its estimate here)
 
     def counted(self, backend, spec: str):
         from cai.ledger import CountingBackend
@@ -42,14 +43,24 @@ class Context:
         self.policy = self.trained[stage] = str(model)
         return self.policy
 
-    def backend(self, spec: str):
-        """A generation backend per model spec, loaded once."""
+    def backend(self, spec: str, *, alongside: bool = False):
+        """A generation backend per model spec, loaded once and owned by the context until ``release``.
+        Loading another model drops the ones held (at most one in memory), unless ``alongside`` keeps them
+        (a judge next to the policy)."""
         from cai.backends import load_backend
 
         if spec not in self._backends:
-            self._backends.clear()  # keep at most one model in memory
+            if not alongside:
+                self.release()
             self._backends[spec] = load_backend(spec, dtype=self.config.dtype)
         return self.counted(self._backends[spec], spec)
+
+    def release(self) -> None:
+        """Drop every model the context holds and give the memory back (``cai.memory.release``)."""
+        from cai.memory import release
+
+        self._backends.clear()
+        release()
 
     def constitution(self):
         from cai.constitution import load_constitution
@@ -103,9 +114,7 @@ def stage_label(ctx: Context) -> dict:
         policy = ctx.backend(ctx.policy)
         judge = policy if judge_spec == ctx.policy else None
         if judge is None:
-            from cai.backends import load_backend
-
-            judge = ctx.counted(load_backend(judge_spec, dtype=ctx.config.dtype), judge_spec)
+            judge = ctx.backend(judge_spec, alongside=True)
     if source == "auto":
         source, why, probed = _probe_judge(ctx, policy, judge)
     log.info("label source: %s (%s)", source, why)
@@ -154,7 +163,6 @@ def stage_reward(ctx: Context) -> dict:
 def stage_ppo(ctx: Context) -> dict:
     from cai.train.ppo import train_ppo
 
-    ctx._backends.clear()
     prompts = [[{"role": "user", "content": r.prompt}] for r in ctx.prompts("rl_prompts")]
     sl = ctx.out / "critique" / "sft.jsonl" if ctx.config.ppo.sl_coef > 0 and "critique" in ctx.config.stages else None
     path = train_ppo(prompts, ctx.out / "reward", ctx.out / "ppo", policy=ctx.policy, options=ctx.config.ppo,
@@ -166,7 +174,6 @@ def stage_grpo(ctx: Context) -> dict:
     """TRL's GRPO/RLOO (``cai.train.grpo``), scored by the run's reward model or by the judge."""
     from cai.train.grpo import train_online
 
-    ctx._backends.clear()
     options = ctx.config.grpo
     reward = ctx.out / "reward" if options.reward == "reward_model" else (ctx.config.judge_model or ctx.config.model)
     prompts = [[{"role": "user", "content": r.prompt}] for r in ctx.prompts("rl_prompts")]
@@ -178,7 +185,6 @@ def stage_grpo(ctx: Context) -> dict:
 def stage_dpo(ctx: Context) -> dict:
     from cai.train.dpo import train_dpo
 
-    ctx._backends.clear()
     path = train_dpo(ctx.out / "preferences" / "pairs.jsonl", ctx.out / "dpo", model=ctx.policy,
                      options=ctx.config.dpo)
     return {"model": ctx.trained_policy("dpo", path)}
@@ -194,7 +200,7 @@ def stage_evaluate(ctx: Context) -> dict:
     base = ctx.config.model if is_served_spec(ctx.config.model) else str(resolve(ctx.config.model).spec)
     models = list(dict.fromkeys([base, *ctx.trained.values(), ctx.policy]))
     summary = evaluate(models, ctx.out / "evaluate", ctx.config.evaluate, ctx.backend)
-    ctx._backends.clear()
+    ctx.release()
     build_report([ctx.out], ctx.out / "report")
     for spec, figures in summary.items():
         log.info("%s: refuses %.3f of harmful prompts, %.3f of safe prompts", spec, figures["harmful_refusal"],
@@ -316,13 +322,43 @@ def _run_stage(ctx: Context, stage: str, manifest: dict, save) -> None:
     t0 = time.time()
     manifest["stages"][stage] = {"done": False, "settings": stage_settings(ctx.config, stage)}
     save()
-    with measure() as cost:
-        ctx.meter = cost.meter
-        result = STAGE_FUNCTIONS[stage](ctx)
+    ctx.release()  # whatever an earlier stage left (a resumed run, a failed stage) goes before this one loads
+    try:
+        with measure() as cost:
+            ctx.meter, ctx.cost = cost.meter, cost.entry
+            _guard_generation(ctx, stage)  # training stages check inside (they know their batch and lengths)
+            result = STAGE_FUNCTIONS[stage](ctx)
+    finally:
+        ctx.meter = ctx.cost = None
+        ctx.release()
     manifest["stages"][stage] = {"done": True, "seconds": round(time.time() - t0, 1),
                                  "settings": stage_settings(ctx.config, stage), **result, "cost": cost.entry}
     save()
     log.info("stage %s: done in %.0fs", stage, time.time() - t0)
+
+
+GENERATING_STAGES = ("critique", "label", "studies", "evaluate")
+
+
+def _guard_generation(ctx: Context, stage: str) -> None:
+    """The memory guard for a stage that generates with local models (``cai.guard``): stop before loading
+    anything when the policy's backend (and a separate judge's) would not fit."""
+    from cai import guard
+    from cai.models import is_served_spec, resolve
+
+    if stage not in GENERATING_STAGES:
+        return
+    specs = {ctx.policy}
+    if stage == "label" and ctx.config.label.source != "constructed":
+        specs.add(ctx.config.judge_model or ctx.config.model)
+    local = [s for s in specs if not is_served_spec(s)]
+    if not local:
+        return
+    shape = guard.shape_of(resolve(local[0]))
+    bytes_per = 2 if ctx.config.dtype in ("bf16", "bfloat16") else 4  # auto may pick fp32 where bf16 is slow
+    guard.check(guard.generation_estimate(stage, shape, weight_bytes=bytes_per, models=len(local)),
+                fix="free memory, or generate on a server (`model: openai:MODEL@URL` for critique, label and "
+                    "evaluate)")
 
 
 def _check_models(config: RunConfig) -> str:

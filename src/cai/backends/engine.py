@@ -453,6 +453,30 @@ class _Entry:
     v: object
 
 
+PREFIX_STORE_BYTES = 512 * 2**20  # keys/values a backend keeps for prefix reuse, whatever its dtype
+BATCH_CACHE_BYTES = 512 * 2**20  # keys/values one generation or scoring batch may fill
+
+
+def kv_bytes_per_token(cfg, dtype) -> int:
+    """Bytes of keys and values one cached token takes in a model with config ``cfg`` (a dict, or a transformers
+    config, whose attribute names map other architectures' keys) at ``dtype``."""
+    import torch
+
+    def get(key):
+        return cfg.get(key) if isinstance(cfg, dict) else getattr(cfg, key, None)
+
+    heads = get("num_attention_heads")
+    kv = get("num_key_value_heads") or heads
+    head_dim = get("head_dim") or get("hidden_size") // heads
+    return 2 * get("num_hidden_layers") * kv * head_dim * torch.empty((), dtype=dtype).element_size()
+
+
+def tokens_in(budget: int, cfg: dict, dtype) -> int:
+    """How many cached tokens fit in ``budget`` bytes (caches are sized in bytes: a token count sized for bf16
+    takes twice the memory in fp32)."""
+    return max(budget // kv_bytes_per_token(cfg, dtype), 1)
+
+
 class PrefixStore:
     """Keys/values of recently encoded token sequences, found again by shared prefix.
 
@@ -463,7 +487,7 @@ class PrefixStore:
 
     STRIDE = 16
 
-    def __init__(self, max_tokens: int = 50_000):  # ~1.2 GB of bf16 keys/values for the 135M model
+    def __init__(self, max_tokens: int = 50_000):
         self.max_tokens = max_tokens
         self._entries: OrderedDict[int, _Entry] = OrderedDict()
         self._index: dict[int, int] = {}  # prefix hash -> entry id

@@ -186,27 +186,31 @@ def step_key(seed: int, step: int) -> int:
 class TransformersBackend:
     """A local Hugging Face causal LM behind the ``Backend`` contract."""
 
-    def __init__(self, model, tokenizer, model_id: str, *, batch_size: int = 64, max_batch_tokens: int = 65536,
+    def __init__(self, model, tokenizer, model_id: str, *, batch_size: int = 64, max_batch_tokens: int | None = None,
                  engine=None, load_model=None, eos_ids: Sequence[int] = (), use_engine: bool = True):
         """``model``: a transformers causal LM, or None with ``engine`` given and ``load_model`` to build
         the model only if something needs it (the fallback forward, tests). Without ``engine``, the lean
         engine is built over ``model`` when it supports it, ``use_engine`` allows it and its self-check
-        passes on this machine (``cai.backends.engine_check``)."""
+        passes on this machine (``cai.backends.engine_check``). ``max_batch_tokens`` (padded tokens per batch)
+        and the prefix store are sized from byte budgets (``engine.BATCH_CACHE_BYTES``,
+        ``engine.PREFIX_STORE_BYTES``) at the dtype the keys and values are kept in."""
         from cai.backends import engine as lean
 
         self._model, self._load_model = model, load_model
         self.tokenizer, self.model_id = tokenizer, model_id
-        self.batch_size, self.max_batch_tokens = batch_size, max_batch_tokens
         self.verdicts: list = []  # the self-checks behind the choice of path (engine_check.Verdict)
         if engine is None and model is not None and use_engine and lean.supports(model):
             engine, self.verdicts = checked_engine_for(model, tokenizer)
         self.engine = engine
         self.device = engine.device if engine is not None else next(model.parameters()).device
+        cfg, kv_dtype = (engine.config, engine.dtype) if engine is not None else (model.config, model.dtype)
+        self.batch_size = batch_size
+        self.max_batch_tokens = max_batch_tokens or lean.tokens_in(lean.BATCH_CACHE_BYTES, cfg, kv_dtype)
         gen_eos = _as_list(model.generation_config.eos_token_id) if model is not None else []
         self._eos = set(_as_list(tokenizer.eos_token_id)) | set(gen_eos) | set(eos_ids)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self._eos, default=0)
         self._option_ids: dict[tuple[str, ...], list[list[int]]] = {}
-        self.prefix_store = lean.PrefixStore()
+        self.prefix_store = lean.PrefixStore(lean.tokens_in(lean.PREFIX_STORE_BYTES, cfg, kv_dtype))
         log.debug("fast engine: %s", "on" if self.engine else "off (model's own forward)")
 
     @property

@@ -21,6 +21,9 @@ def dpo(
     lr: float = typer.Option(None, "--lr", help="learning rate [default: 1e-6]"),
     batch_size: int = typer.Option(None, "--batch-size", help="pairs per device step [default: 4]"),
     grad_accum: int = typer.Option(None, "--grad-accum", help="steps to accumulate per update [default: 1]"),
+    micro_batch_size: int = typer.Option(None, "--micro-batch-size", help=(
+        "rows per forward/backward pass (divides the batch size) [default: the largest that fits in memory, "
+        "at most 4]")),
     max_length: int = typer.Option(None, "--max-length", help="truncate prompt + answer to this many tokens"),
     min_confidence: float = typer.Option(
         None, "--min-confidence", help="drop pairs whose label max(p, 1-p) is below this [default: 0.5]"
@@ -42,7 +45,8 @@ def dpo(
     setup_console()
     options = options_from_cli(
         DPOOptions, beta=beta, epochs=epochs, max_steps=max_steps, learning_rate=lr, batch_size=batch_size,
-        grad_accum=grad_accum, max_length=max_length, min_confidence=min_confidence, lora=lora, lora_r=lora_r,
+        grad_accum=grad_accum, micro_batch_size=micro_batch_size,
+        max_length=max_length, min_confidence=min_confidence, lora=lora, lora_r=lora_r,
         dtype=dtype, seed=seed, balance=balance, equal_shares=equal_shares,
     )
     out_dir = train_dpo(pairs, out, model=model, options=options)

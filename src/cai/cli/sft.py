@@ -20,6 +20,9 @@ def sft(
     lr: float = typer.Option(None, "--lr", help="learning rate [default: 2e-5]"),
     batch_size: int = typer.Option(None, "--batch-size", help="examples per device step [default: 4]"),
     grad_accum: int = typer.Option(None, "--grad-accum", help="steps to accumulate per update [default: 1]"),
+    micro_batch_size: int = typer.Option(None, "--micro-batch-size", help=(
+        "rows per forward/backward pass (divides the batch size) [default: the largest that fits in memory, "
+        "at most 4]")),
     max_length: int = typer.Option(None, "--max-length", help="truncate examples to this many tokens"),
     lora: bool = typer.Option(False, "--lora", help="train LoRA adapters, merged into the saved model"),
     lora_r: int = typer.Option(None, "--lora-r", help="LoRA rank [default: 16]"),
@@ -38,7 +41,8 @@ def sft(
     setup_console()
     options = options_from_cli(
         SFTOptions, epochs=epochs, max_steps=max_steps, learning_rate=lr, batch_size=batch_size,
-        grad_accum=grad_accum, max_length=max_length, lora=lora, lora_r=lora_r, dtype=dtype, seed=seed,
+        grad_accum=grad_accum, micro_batch_size=micro_batch_size,
+        max_length=max_length, lora=lora, lora_r=lora_r, dtype=dtype, seed=seed,
         helpful_weight=helpful_weight, max_same_opening=max_same_opening,
     )
     out_dir = train_sft(data, out, model=model, options=options)

@@ -6,7 +6,10 @@ direction at all) are dropped. What the soft labels say about the kept pairs is 
 per-batch losses take no per-pair label, so their mean uncertainty, 1 - mean(max(p, 1 - p)), becomes the
 flip probability of TRL's robust DPO loss (``loss_type="robust"``, ``label_smoothing``; Chowdhury et al.
 2024), unless ``label_smoothing`` is given. Only prompt/chosen/rejected reach the trainer. The reference
-model is a frozen copy of the starting model (with LoRA, the same model with its adapters disabled).
+is the starting model: its log-probs of every pair the run will see are computed once before training
+(TRL's ``precompute_ref_log_probs``, with the policy itself before its first update), so no second model is
+held in memory; with LoRA, TRL reads them with the adapters disabled. A ``max_steps`` run in the balanced
+order sees only the first pairs, so only those are kept (and their reference log-probs computed).
 """
 
 from __future__ import annotations
@@ -94,11 +97,13 @@ def build_dpo_trainer(model, tokenizer, rows: list[dict], output_dir: Path, opti
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
-    from cai.train.options import trainer_args
+    from cai.train.options import micro_batch, trainer_args
 
     loss = {"loss_type": ["robust"], "label_smoothing": label_smoothing} if label_smoothing > 0 else {}
     config = DPOConfig(**trainer_args(options, output_dir), beta=options.beta, max_length=options.max_length,
-                       train_sampling_strategy="sequential" if in_order else "random", **loss)
+                       train_sampling_strategy="sequential" if in_order else "random",
+                       precompute_ref_log_probs=ref_model is None,
+                       precompute_ref_batch_size=micro_batch(options), **loss)
     return DPOTrainer(
         model=model,
         ref_model=ref_model,
@@ -109,10 +114,18 @@ def build_dpo_trainer(model, tokenizer, rows: list[dict], output_dir: Path, opti
     )
 
 
+def pairs_to_see(rows: list[dict], options: DPOOptions, in_order: bool, processes: int = 1) -> list[dict]:
+    """The rows a run reads: with ``max_steps`` and batches in order, only the first steps' worth."""
+    if not in_order or options.max_steps is None:
+        return rows
+    return rows[: options.max_steps * options.batch_size * options.grad_accum * processes]
+
+
 def train_dpo(pairs: str | Path, out_dir: str | Path, model: str = "smollm2-135m",
               options: DPOOptions | None = None) -> Path:
     """DPO-train ``model`` (usually the SFT model) on preference pairs; returns ``out_dir``, a model dir."""
     from cai.distributed import world_size
+    from cai.guard import fit_training
     from cai.logs import log_to_run_dir
     from cai.models import load_causal_lm, load_tokenizer, resolve
     from cai.train.artifacts import (
@@ -135,27 +148,29 @@ def train_dpo(pairs: str | Path, out_dir: str | Path, model: str = "smollm2-135m
     in_order = options.balance and len(set(groups)) > 1
     order = balanced_order(groups, options.seed, options.equal_shares) if in_order else range(len(data.rows))
     rows = hard_label_pairs([data.rows[i] for i in order], options.min_confidence)
+    kept = len(rows)
     if not rows:
         raise ConfigError(f"no pair has a label confidence of at least {options.min_confidence}",
                           where=str(data.path), fix="lower min_confidence (--min-confidence)")
     smoothing = options.label_smoothing
     if smoothing is None:
         smoothing = min(label_noise(data.rows, options.min_confidence), 0.49)
+    rows = pairs_to_see(rows, options, in_order, world_size())
     out_dir = Path(out_dir)
     log_to_run_dir(out_dir)
     source = resolve(model)
-    log.info("DPO of %s on %d of %d pairs from %s (beta %s, label smoothing %.3f, %s)",
-             source.model_id, len(rows), len(data.rows), data.path, options.beta, smoothing,
+    log.info("DPO of %s on %d of %d pairs from %s (%d kept; beta %s, label smoothing %.3f, %s)",
+             source.model_id, len(rows), len(data.rows), data.path, kept, options.beta, smoothing,
              batches_note(len(set(groups)), in_order, options.equal_shares))
     tokenizer = load_tokenizer(source)
+    options = fit_training("dpo", source, tokenizer, options,
+                           [r["prompt"] + r[k] for r in rows for k in ("chosen", "rejected")], seqs_per_row=2)
     started = time.monotonic()
     with staging_dir(out_dir) as stage:
         policy = load_causal_lm(source, dtype=weights_dtype(options))
         peft = lora_config(options, "CAUSAL_LM") if options.lora else None
-        reference = None if options.lora else load_causal_lm(source, dtype=weights_dtype(options))
-        trainer = build_dpo_trainer(policy, tokenizer, rows, stage / SCRATCH, options,
-                                    ref_model=reference, peft_config=peft, label_smoothing=smoothing,
-                                    in_order=in_order)
+        trainer = build_dpo_trainer(policy, tokenizer, rows, stage / SCRATCH, options, peft_config=peft,
+                                    label_smoothing=smoothing, in_order=in_order)
         with warnings.catch_warnings():
             # TRL 1.16's DPOTrainer reads model.is_gradient_checkpointing, which transformers 5 deprecates
             # (is_activation_checkpointing); the call is TRL's, so only that one warning is silenced here
@@ -167,7 +182,7 @@ def train_dpo(pairs: str | Path, out_dir: str | Path, model: str = "smollm2-135m
             "final_loss": last_logged(trainer, "loss"),
             "final_reward_accuracy": last_logged(trainer, "rewards/accuracies"),
             "final_reward_margin": last_logged(trainer, "rewards/margins"),
-            "pairs_used": len(rows),
+            "pairs_used": kept,
             "pairs_seen": min(len(rows), result.global_step * options.batch_size * options.grad_accum
                               * world_size()),  # a max_steps run stops before the end of its pairs
             "label_smoothing": round(smoothing, 4),

@@ -3,11 +3,17 @@
 Each stage subclasses ``TrainOptions`` with its own fields; unknown keys are errors (``extra="forbid"``).
 
 Precision (``dtype``):
-  - ``auto`` (default): fp32 master weights, with bf16 autocast where the accelerator supports it (a CUDA
-    GPU with bf16); plain fp32 elsewhere, e.g. on CPUs (transformers refuses CPU autocast unless ``use_cpu``
-    is forced, and the same code must pick up a GPU when there is one).
+  - ``auto`` (default): fp32 master weights, with bf16 autocast where bf16 is both correct and fast: a CUDA
+    GPU with bf16, or a CPU whose bf16 matmuls pass ``cai.precision``'s check at start-up (finite and close to
+    fp32 on the model's shapes, and measured faster than fp32); plain fp32 elsewhere (a CPU without native bf16
+    runs it hundreds of times slower than fp32).
   - ``fp32``: plain fp32 everywhere.
   - ``bf16``: bf16 weights without autocast: half the memory, but small updates round away (trains worse).
+
+Lean by default: ``batch_size`` is the effective batch of one optimiser step, computed as
+``batch_size / micro_batch_size`` forward/backward passes whose gradients are accumulated (the memory guard
+picks the micro-batch when it is not set, ``cai.guard``); activation checkpointing is on (TRL's default), so a
+pass keeps one hidden state per layer instead of every intermediate activation.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Precision = Literal["auto", "fp32", "bf16"]
 
@@ -28,7 +34,10 @@ class TrainOptions(BaseModel):
     epochs: float = Field(1.0, gt=0)
     max_steps: int | None = Field(None, gt=0)
     learning_rate: float = Field(1e-5, gt=0)
-    batch_size: int = Field(4, ge=1)
+    batch_size: int = Field(4, ge=1, description="rows per optimiser step (per process, times grad_accum)")
+    micro_batch_size: int | None = Field(None, ge=1, description=(
+        "rows per forward/backward pass; batch_size / micro_batch_size passes make one step (it must divide "
+        "batch_size). Unset: the memory guard picks the largest that fits, at most MICRO_BATCH_CAP"))
     grad_accum: int = Field(1, ge=1)
     max_length: int = Field(1024, ge=8)
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
@@ -39,8 +48,25 @@ class TrainOptions(BaseModel):
     lora_dropout: float = Field(0.05, ge=0, lt=1)
     seed: int = 0
     dtype: Precision = "auto"
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = Field(True, description=(
+        "recompute each layer's activations in the backward pass instead of keeping them (TRL's default)"))
     logging_steps: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _micro_divides_batch(self):
+        if self.micro_batch_size is not None and self.batch_size % self.micro_batch_size:
+            raise ValueError(f"micro_batch_size {self.micro_batch_size} does not divide batch_size "
+                             f"{self.batch_size}: use a divisor of it (or leave it unset)")
+        return self
+
+
+MICRO_BATCH_CAP = 4  # the guard's largest micro-batch: more rows per pass buy little speed on a CPU, and memory
+
+
+def micro_batch(options: TrainOptions) -> int:
+    """The rows of one forward/backward pass: the option, or the whole batch when it is unset (the guard sets
+    it before a stage trains, ``cai.guard.fit_micro_batch``)."""
+    return options.micro_batch_size or options.batch_size
 
 
 def options_from_cli(cls: type[TrainOptions], **values: Any) -> TrainOptions:
@@ -68,29 +94,41 @@ def weights_dtype(options: TrainOptions):
 def uses_bf16_autocast(options: TrainOptions) -> bool:
     import torch
 
-    return options.dtype == "auto" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    from cai.precision import cpu_bf16_verdict
+
+    if options.dtype != "auto":
+        return False
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return cpu_bf16_verdict().use
 
 
 def trainer_args(options: TrainOptions, output_dir: Path) -> dict[str, Any]:
     """Keyword arguments shared by ``SFTConfig``, ``RewardConfig`` and ``DPOConfig``.
 
     Checkpoints are off (a run is short and writes its model once, at the end); nothing is reported to
-    external trackers; TRL's default of gradient checkpointing is replaced by the option (off by default).
+    external trackers; activation checkpointing follows the option (on by default, as in TRL). Each pass takes
+    ``micro_batch(options)`` rows and ``batch_size / micro`` passes make a step.
     """
+    import torch
+
+    micro = micro_batch(options)
+    bf16 = uses_bf16_autocast(options)
     return dict(
         output_dir=str(output_dir),
         num_train_epochs=options.epochs,
         max_steps=options.max_steps or -1,
         learning_rate=options.learning_rate,
-        per_device_train_batch_size=options.batch_size,
-        per_device_eval_batch_size=options.batch_size,
-        gradient_accumulation_steps=options.grad_accum,
+        per_device_train_batch_size=micro,
+        per_device_eval_batch_size=micro,
+        gradient_accumulation_steps=options.grad_accum * (options.batch_size // micro),
         warmup_steps=options.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of all steps
         weight_decay=options.weight_decay,
         seed=options.seed,
         data_seed=options.seed,
-        bf16=uses_bf16_autocast(options),
+        bf16=bf16,
         fp16=False,
+        use_cpu=bf16 and not torch.cuda.is_available(),  # transformers allows CPU autocast only with use_cpu
         **_checkpointing_arg(options.gradient_checkpointing),
         logging_steps=options.logging_steps,
         save_strategy="no",

@@ -96,6 +96,7 @@ def build_sft_trainer(model, tokenizer, rows: list[dict], output_dir: Path, opti
 def train_sft(data: str | Path, out_dir: str | Path, model: str = "smollm2-135m",
               options: SFTOptions | None = None) -> Path:
     """Fine-tune ``model`` on SL-CAI data; returns ``out_dir``, a plain model directory with a model card."""
+    from cai.guard import fit_training
     from cai.logs import log_to_run_dir
     from cai.models import load_causal_lm, load_tokenizer, resolve
     from cai.train.artifacts import (
@@ -125,6 +126,7 @@ def train_sft(data: str | Path, out_dir: str | Path, model: str = "smollm2-135m"
     log.info("SFT of %s on %d rows from %s (%d helpful rows weighted %g)", source.model_id, len(rows),
              dataset.path, kinds.count("helpful"), options.helpful_weight)
     tokenizer = load_tokenizer(source)
+    options = fit_training("sft", source, tokenizer, options, [r["prompt"] + r["completion"] for r in rows])
     started = time.monotonic()
     with staging_dir(out_dir) as stage:
         lm = load_causal_lm(source, dtype=weights_dtype(options))
