@@ -12,7 +12,7 @@ The estimate (bytes) is a sum of parts, each from the model's config and the sta
 - training state: fp32 gradients (4 bytes) and AdamW's two moments (8 bytes) per trainable parameter;
 - activations of one micro-batch pass: tokens x layers x the bytes a layer keeps per token. With activation
   checkpointing a layer keeps its input (``hidden`` floats) and one layer at a time is recomputed whole;
-  without it every layer keeps its intermediates (``_layer_floats``);
+  without it every layer keeps its intermediates (``ModelShape.layer_floats``);
 - generation: the engine's weights in its dtype plus its byte-sized key/value caches.
 
 Reads ``cai.memory.available_bytes`` (free memory, a cgroup's ``memory.max``, ``ulimit -v``), less what this
@@ -66,6 +66,7 @@ class ModelShape:
     hidden: int
     intermediate: int
     kv_dim: int  # key/value heads x head size
+    heads: int = 1
 
     @classmethod
     def from_config(cls, cfg) -> ModelShape:
@@ -84,12 +85,13 @@ class ModelShape:
         tied = get("tie_word_embeddings", True)
         per_layer = hidden * (heads * head_dim) * 2 + hidden * kv_dim * 2 + 3 * hidden * inter + 2 * hidden
         params = layers * per_layer + vocab * hidden * (1 if tied else 2) + hidden
-        return cls(params, layers, hidden, inter, kv_dim)
+        return cls(params, layers, hidden, inter, kv_dim, heads)
 
-    def layer_floats(self) -> int:
-        """Floats one decoder layer keeps per token for the backward pass (norms, q/k/v, attention output,
-        the MLP's gate, up, activation and product, the residuals)."""
-        return 6 * self.hidden + 2 * self.kv_dim + 4 * self.intermediate
+    def layer_floats(self, row_tokens: int) -> int:
+        """Floats one decoder layer keeps per token for the backward pass: norms, q/k/v, attention output, the
+        MLP's gate, up, activation and product, the residuals, and the attention weights over the row
+        (a CPU's attention keeps them), with a quarter more for the allocator's slack (measured)."""
+        return int(1.25 * (6 * self.hidden + 2 * self.kv_dim + 4 * self.intermediate + self.heads * row_tokens))
 
 
 def training_estimate(stage: str, shape: ModelShape, *, micro_batch: int, row_tokens: int, seqs_per_row: int = 1,
@@ -100,9 +102,9 @@ def training_estimate(stage: str, shape: ModelShape, *, micro_batch: int, row_to
     trainable = shape.params if trainable is None else trainable
     tokens = micro_batch * row_tokens * seqs_per_row
     if checkpointing:  # a layer input per layer, plus one layer recomputed whole during the backward pass
-        act_floats = tokens * (shape.layers * shape.hidden * 2 + shape.layer_floats())
+        act_floats = tokens * (shape.layers * shape.hidden * 2 + shape.layer_floats(row_tokens))
     else:
-        act_floats = tokens * shape.layers * shape.layer_floats()
+        act_floats = tokens * shape.layers * shape.layer_floats(row_tokens)
     largest = max(shape.params - shape.layers * (3 * shape.hidden * shape.intermediate), 0)  # the embedding
     return Estimate(stage, {
         "runtime": RUNTIME_BYTES,

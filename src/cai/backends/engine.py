@@ -453,8 +453,8 @@ class _Entry:
     v: object
 
 
-PREFIX_STORE_BYTES = 512 * 2**20  # keys/values a backend keeps for prefix reuse, whatever its dtype
-BATCH_CACHE_BYTES = 512 * 2**20  # keys/values one generation or scoring batch may fill
+PREFIX_STORE_BYTES = 256 * 2**20  # keys/values a backend keeps for prefix reuse, whatever its dtype
+BATCH_CACHE_BYTES = 256 * 2**20  # keys/values one generation or scoring batch may fill
 
 
 def kv_bytes_per_token(cfg, dtype) -> int:

@@ -23,7 +23,7 @@ def dpo(
     grad_accum: int = typer.Option(None, "--grad-accum", help="steps to accumulate per update [default: 1]"),
     micro_batch_size: int = typer.Option(None, "--micro-batch-size", help=(
         "rows per forward/backward pass (divides the batch size) [default: the largest that fits in memory, "
-        "at most 4]")),
+        "at most 2]")),
     max_length: int = typer.Option(None, "--max-length", help="truncate prompt + answer to this many tokens"),
     min_confidence: float = typer.Option(
         None, "--min-confidence", help="drop pairs whose label max(p, 1-p) is below this [default: 0.5]"

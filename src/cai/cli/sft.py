@@ -22,7 +22,7 @@ def sft(
     grad_accum: int = typer.Option(None, "--grad-accum", help="steps to accumulate per update [default: 1]"),
     micro_batch_size: int = typer.Option(None, "--micro-batch-size", help=(
         "rows per forward/backward pass (divides the batch size) [default: the largest that fits in memory, "
-        "at most 4]")),
+        "at most 2]")),
     max_length: int = typer.Option(None, "--max-length", help="truncate examples to this many tokens"),
     lora: bool = typer.Option(False, "--lora", help="train LoRA adapters, merged into the saved model"),
     lora_r: int = typer.Option(None, "--lora-r", help="LoRA rank [default: 16]"),

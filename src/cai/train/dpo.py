@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
 from pathlib import Path
 
 from pydantic import Field
@@ -114,8 +113,24 @@ def build_dpo_trainer(model, tokenizer, rows: list[dict], output_dir: Path, opti
     )
 
 
+def reading_order(groups: list, options: DPOOptions) -> list[int]:
+    """The order the run reads the pairs in: balanced (``balanced_order``) when there is more than one label
+    source to balance; else, for a ``max_steps`` run, a seeded shuffle read in sequence (TRL's random sampler
+    would draw from every pair, so every pair's reference log-probs would be computed for the few it uses);
+    else the file's order, which TRL's random sampler shuffles."""
+    import random
+
+    if options.balance and len(set(groups)) > 1:
+        return balanced_order(groups, options.seed, options.equal_shares)
+    order = list(range(len(groups)))
+    if options.max_steps is not None:
+        random.Random(options.seed).shuffle(order)
+    return order
+
+
 def pairs_to_see(rows: list[dict], options: DPOOptions, in_order: bool, processes: int = 1) -> list[dict]:
-    """The rows a run reads: with ``max_steps`` and batches in order, only the first steps' worth."""
+    """The rows a run reads: with ``max_steps`` and batches in order, only the first steps' worth (each step
+    takes ``batch_size * grad_accum`` rows in every process)."""
     if not in_order or options.max_steps is None:
         return rows
     return rows[: options.max_steps * options.batch_size * options.grad_accum * processes]
@@ -139,14 +154,16 @@ def train_dpo(pairs: str | Path, out_dir: str | Path, model: str = "smollm2-135m
         trained_model_id,
     )
     from cai.train.data import read_preference_pairs
-    from cai.train.options import lora_config, weights_dtype
+    from cai.train.lean_head import lean_lm_head
+    from cai.train.options import lora_config, quiet_checkpointing_warning, weights_dtype
     from cai.train.progress import show_progress
 
     options = options or DPOOptions()
     data = read_preference_pairs(pairs)  # fails fast, before any model is loaded or anything written
     groups = data.kinds or [None] * len(data.rows)
-    in_order = options.balance and len(set(groups)) > 1
-    order = balanced_order(groups, options.seed, options.equal_shares) if in_order else range(len(data.rows))
+    balanced = options.balance and len(set(groups)) > 1
+    order = reading_order(groups, options)
+    in_order = balanced or options.max_steps is not None
     rows = hard_label_pairs([data.rows[i] for i in order], options.min_confidence)
     kept = len(rows)
     if not rows:
@@ -161,7 +178,7 @@ def train_dpo(pairs: str | Path, out_dir: str | Path, model: str = "smollm2-135m
     source = resolve(model)
     log.info("DPO of %s on %d of %d pairs from %s (%d kept; beta %s, label smoothing %.3f, %s)",
              source.model_id, len(rows), len(data.rows), data.path, kept, options.beta, smoothing,
-             batches_note(len(set(groups)), in_order, options.equal_shares))
+             batches_note(len(set(groups)), balanced, options.equal_shares))
     tokenizer = load_tokenizer(source)
     options = fit_training("dpo", source, tokenizer, options,
                            [r["prompt"] + r[k] for r in rows for k in ("chosen", "rejected")], seqs_per_row=2)
@@ -169,13 +186,9 @@ def train_dpo(pairs: str | Path, out_dir: str | Path, model: str = "smollm2-135m
     with staging_dir(out_dir) as stage:
         policy = load_causal_lm(source, dtype=weights_dtype(options))
         peft = lora_config(options, "CAUSAL_LM") if options.lora else None
-        trainer = build_dpo_trainer(policy, tokenizer, rows, stage / SCRATCH, options, peft_config=peft,
-                                    label_smoothing=smoothing, in_order=in_order)
-        with warnings.catch_warnings():
-            # TRL 1.16's DPOTrainer reads model.is_gradient_checkpointing, which transformers 5 deprecates
-            # (is_activation_checkpointing); the call is TRL's, so only that one warning is silenced here
-            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
-                                    category=FutureWarning)
+        with lean_lm_head(), quiet_checkpointing_warning():  # the reference log-probs are computed in the build
+            trainer = build_dpo_trainer(policy, tokenizer, rows, stage / SCRATCH, options, peft_config=peft,
+                                        label_smoothing=smoothing, in_order=in_order)
             result = show_progress(trainer, "dpo").train()
         metrics = {
             "train_loss": result.training_loss,

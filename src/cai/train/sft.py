@@ -110,7 +110,8 @@ def train_sft(data: str | Path, out_dir: str | Path, model: str = "smollm2-135m"
         trained_model_id,
     )
     from cai.train.data import read_sft_data
-    from cai.train.options import lora_config, weights_dtype
+    from cai.train.lean_head import lean_lm_head
+    from cai.train.options import lora_config, quiet_checkpointing_warning, weights_dtype
     from cai.train.progress import show_progress
 
     options = options or SFTOptions()
@@ -131,8 +132,9 @@ def train_sft(data: str | Path, out_dir: str | Path, model: str = "smollm2-135m"
     with staging_dir(out_dir) as stage:
         lm = load_causal_lm(source, dtype=weights_dtype(options))
         peft = lora_config(options, "CAUSAL_LM") if options.lora else None
-        trainer = build_sft_trainer(lm, tokenizer, rows, stage / SCRATCH, options, peft_config=peft)
-        result = show_progress(trainer, "sft").train()
+        with lean_lm_head(), quiet_checkpointing_warning():
+            trainer = build_sft_trainer(lm, tokenizer, rows, stage / SCRATCH, options, peft_config=peft)
+            result = show_progress(trainer, "sft").train()
         metrics = {
             "train_loss": result.training_loss,
             "final_loss": last_logged(trainer, "loss"),
