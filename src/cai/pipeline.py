@@ -357,7 +357,7 @@ def _guard_generation(ctx: Context, stage: str) -> None:
     shape = guard.shape_of(resolve(local[0]))
     bytes_per = 2 if ctx.config.dtype in ("bf16", "bfloat16") else 4  # auto may pick fp32 where bf16 is slow
     guard.check(guard.generation_estimate(stage, shape, weight_bytes=bytes_per, models=len(local)),
-                fix="free memory, or generate on a server (`model: openai:MODEL@URL` for critique, label and "
+                fix="generate on a server instead (`model: openai:MODEL@URL` serves critique, label and "
                     "evaluate)")
 
 

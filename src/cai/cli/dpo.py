@@ -24,6 +24,9 @@ def dpo(
     micro_batch_size: int = typer.Option(None, "--micro-batch-size", help=(
         "rows per forward/backward pass (divides the batch size) [default: the largest that fits in memory, "
         "at most 2]")),
+    checkpointing: bool = typer.Option(None, "--checkpointing/--no-checkpointing", help=(
+        "activation checkpointing: recompute activations in the backward pass (less memory, slower) "
+        "[default: on]")),
     max_length: int = typer.Option(None, "--max-length", help="truncate prompt + answer to this many tokens"),
     min_confidence: float = typer.Option(
         None, "--min-confidence", help="drop pairs whose label max(p, 1-p) is below this [default: 0.5]"
@@ -45,7 +48,7 @@ def dpo(
     setup_console()
     options = options_from_cli(
         DPOOptions, beta=beta, epochs=epochs, max_steps=max_steps, learning_rate=lr, batch_size=batch_size,
-        grad_accum=grad_accum, micro_batch_size=micro_batch_size,
+        grad_accum=grad_accum, micro_batch_size=micro_batch_size, gradient_checkpointing=checkpointing,
         max_length=max_length, min_confidence=min_confidence, lora=lora, lora_r=lora_r,
         dtype=dtype, seed=seed, balance=balance, equal_shares=equal_shares,
     )

@@ -23,6 +23,9 @@ def sft(
     micro_batch_size: int = typer.Option(None, "--micro-batch-size", help=(
         "rows per forward/backward pass (divides the batch size) [default: the largest that fits in memory, "
         "at most 2]")),
+    checkpointing: bool = typer.Option(None, "--checkpointing/--no-checkpointing", help=(
+        "activation checkpointing: recompute activations in the backward pass (less memory, slower) "
+        "[default: on]")),
     max_length: int = typer.Option(None, "--max-length", help="truncate examples to this many tokens"),
     lora: bool = typer.Option(False, "--lora", help="train LoRA adapters, merged into the saved model"),
     lora_r: int = typer.Option(None, "--lora-r", help="LoRA rank [default: 16]"),
@@ -41,7 +44,7 @@ def sft(
     setup_console()
     options = options_from_cli(
         SFTOptions, epochs=epochs, max_steps=max_steps, learning_rate=lr, batch_size=batch_size,
-        grad_accum=grad_accum, micro_batch_size=micro_batch_size,
+        grad_accum=grad_accum, micro_batch_size=micro_batch_size, gradient_checkpointing=checkpointing,
         max_length=max_length, lora=lora, lora_r=lora_r, dtype=dtype, seed=seed,
         helpful_weight=helpful_weight, max_same_opening=max_same_opening,
     )
