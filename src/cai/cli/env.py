@@ -44,6 +44,10 @@ def env(
     lines.append(("model cache", str(models.cache_dir())))
     if check:
         lines += _self_check(model, dtype)
+        if device == "cpu":
+            from cai.precision import cpu_bf16_verdict
+
+            lines.append(("training precision", cpu_bf16_verdict(force=True).why))
     width = max(len(k) for k, _ in lines)
     for k, v in lines:
         typer.echo(f"{k:<{width}}  {v}")
