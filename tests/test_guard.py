@@ -103,11 +103,12 @@ def _sft_file(tmp_path: Path, n: int = 8) -> Path:
 
 
 PEAK_SCRIPT = """
-import json, resource, sys
+import json, sys
 from cai import guard
+from cai.memory import peak_rss_bytes
 from cai.train.sft import SFTOptions, train_sft
 train_sft(sys.argv[1], sys.argv[2], model=sys.argv[3], options=SFTOptions(max_steps=2, batch_size=4, dtype="fp32"))
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+peak = peak_rss_bytes()  # VmHWM: ru_maxrss would keep the forking test process's peak across exec
 print(json.dumps({"estimate": guard.recorded[-1].total, "peak": peak, "micro": guard.recorded[-1].micro_batch}))
 """
 

@@ -58,7 +58,7 @@ def test_html_escapes_model_text_and_embeds_the_plots(tmp_path):
     assert "http://" not in text and "https://" not in text
     # the ledger: tokens and money (1000 * 1.0 + 500 * 2.0 per million), in the page and in report.md
     md = (tmp_path / "report" / "report.md").read_text()
-    assert "| critique | smollm2-135m | 1000 | 500 | 12.500 | 900.000 | 0.002 |" in md
+    assert "| critique | smollm2-135m | 1000 | 500 | 12.500 | 900.000 | - | 0.002 |" in md  # no guard estimate
     assert "<td>0.002</td>" in text and "<td>sft</td><td>-</td>" in text
 
 
@@ -160,7 +160,7 @@ def test_the_ledger_counts_each_models_tokens_and_the_stage_peak():
         counted.generate([[{"role": "user", "content": "hi"}]], SamplingParams(max_new_tokens=4))
         block = bytearray(64 * 2**20)  # a 64 MiB peak inside the stage, held past a sampling interval
         block[:: 4096] = b"x" * len(block[:: 4096])  # touched, so it is resident
-        time.sleep(0.5)
+        time.sleep(1.2)  # six sampling intervals, for a busy machine
         del block
     assert cost.entry["models"]["fake"] == {"prompt_tokens": 20, "generated_tokens": 20, "calls": 2,
                                             "seconds": cost.entry["models"]["fake"]["seconds"]}

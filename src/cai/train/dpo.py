@@ -6,9 +6,9 @@ direction at all) are dropped. What the soft labels say about the kept pairs is 
 per-batch losses take no per-pair label, so their mean uncertainty, 1 - mean(max(p, 1 - p)), becomes the
 flip probability of TRL's robust DPO loss (``loss_type="robust"``, ``label_smoothing``; Chowdhury et al.
 2024), unless ``label_smoothing`` is given. Only prompt/chosen/rejected reach the trainer. The reference
-is the starting model: its log-probs of every pair the run will see are computed once before training
-(TRL's ``precompute_ref_log_probs``, with the policy itself before its first update), so no second model is
-held in memory; with LoRA, TRL reads them with the adapters disabled. A ``max_steps`` run in the balanced
+is the starting model: in one process, its log-probs of every pair the run will see are computed once before
+training (TRL's ``precompute_ref_log_probs``, with the policy itself before its first update), so no second
+model is held in memory (under a launcher, a frozen copy as before); with LoRA, TRL reads them with the adapters disabled. A ``max_steps`` run in the balanced
 order sees only the first pairs, so only those are kept (and their reference log-probs computed).
 """
 
@@ -90,9 +90,11 @@ def label_noise(rows: list[dict], min_confidence: float = 0.5) -> float:
 
 
 def build_dpo_trainer(model, tokenizer, rows: list[dict], output_dir: Path, options: DPOOptions,
-                      ref_model=None, peft_config=None, label_smoothing: float = 0.0, in_order: bool = False):
+                      ref_model=None, peft_config=None, label_smoothing: float = 0.0, in_order: bool = False,
+                      precompute: bool = True):
     """A ``DPOTrainer`` over conversational prompt/chosen/rejected ``rows``; with ``label_smoothing`` > 0,
-    TRL's robust DPO loss with that flip probability; ``in_order``: batches follow the rows' order."""
+    TRL's robust DPO loss with that flip probability; ``in_order``: batches follow the rows' order;
+    ``precompute``: without ``ref_model``, the reference log-probs are computed once before training."""
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
@@ -101,7 +103,7 @@ def build_dpo_trainer(model, tokenizer, rows: list[dict], output_dir: Path, opti
     loss = {"loss_type": ["robust"], "label_smoothing": label_smoothing} if label_smoothing > 0 else {}
     config = DPOConfig(**trainer_args(options, output_dir), beta=options.beta, max_length=options.max_length,
                        train_sampling_strategy="sequential" if in_order else "random",
-                       precompute_ref_log_probs=ref_model is None,
+                       precompute_ref_log_probs=ref_model is None and precompute,
                        precompute_ref_batch_size=micro_batch(options), **loss)
     return DPOTrainer(
         model=model,
@@ -186,9 +188,14 @@ def train_dpo(pairs: str | Path, out_dir: str | Path, model: str = "smollm2-135m
     with staging_dir(out_dir) as stage:
         policy = load_causal_lm(source, dtype=weights_dtype(options))
         peft = lora_config(options, "CAUSAL_LM") if options.lora else None
+        # TRL 1.16 precomputes in a datasets cache file that only one process of a launcher can open, so several
+        # processes keep a reference model (LoRA: the policy with its adapters off) as before
+        single = world_size() == 1
+        reference = None if options.lora or single else load_causal_lm(source, dtype=weights_dtype(options))
         with lean_lm_head(), quiet_checkpointing_warning():  # the reference log-probs are computed in the build
             trainer = build_dpo_trainer(policy, tokenizer, rows, stage / SCRATCH, options, peft_config=peft,
-                                        label_smoothing=smoothing, in_order=in_order)
+                                        ref_model=reference, label_smoothing=smoothing, in_order=in_order,
+                                        precompute=single)
             result = show_progress(trainer, "dpo").train()
         metrics = {
             "train_loss": result.training_loss,
