@@ -8,8 +8,9 @@ flip probability of TRL's robust DPO loss (``loss_type="robust"``, ``label_smoot
 2024), unless ``label_smoothing`` is given. Only prompt/chosen/rejected reach the trainer. The reference
 is the starting model: in one process, its log-probs of every pair the run will see are computed once before
 training (TRL's ``precompute_ref_log_probs``, with the policy itself before its first update), so no second
-model is held in memory (under a launcher, a frozen copy as before); with LoRA, TRL reads them with the adapters disabled. A ``max_steps`` run in the balanced
-order sees only the first pairs, so only those are kept (and their reference log-probs computed).
+model is held in memory (under a launcher, a frozen copy as before); with LoRA, TRL reads them with the
+adapters disabled. A ``max_steps`` run reads the pairs in order (balanced, or a seeded shuffle) and sees only
+the first ones, so only those are kept (and their reference log-probs computed).
 """
 
 from __future__ import annotations
