@@ -6,7 +6,6 @@ import json
 import re
 import shutil
 import subprocess
-import time
 
 import pytest
 
@@ -146,28 +145,45 @@ def test_chromium_renders_the_page_and_runs_no_model_script(tmp_path):
     assert (tmp_path / "shot.png").stat().st_size > 20_000
 
 
-def test_the_ledger_counts_each_models_tokens_and_the_stage_peak():
+def test_the_ledger_counts_each_models_tokens():
     from cai.backends.base import SamplingParams
     from cai.ledger import CountingBackend, ledger_rows, measure
-    from cai.memory import rss_bytes
     from label_fakes import FakePolicy
 
     policy = FakePolicy()
-    start = rss_bytes()
     with measure() as cost:
         counted = CountingBackend(policy, cost.meter, "fake")
         counted.generate([[{"role": "user", "content": "hi"}]] * 3, SamplingParams(max_new_tokens=4))
         counted.generate([[{"role": "user", "content": "hi"}]], SamplingParams(max_new_tokens=4))
-        block = bytearray(64 * 2**20)  # a 64 MiB peak inside the stage, held past a sampling interval
-        block[:: 4096] = b"x" * len(block[:: 4096])  # touched, so it is resident
-        time.sleep(1.2)  # six sampling intervals, for a busy machine
-        del block
     assert cost.entry["models"]["fake"] == {"prompt_tokens": 20, "generated_tokens": 20, "calls": 2,
                                             "seconds": cost.entry["models"]["fake"]["seconds"]}
-    assert cost.entry["peak_rss_mib"] >= start / 2**20 + 60 and cost.entry["wall_seconds"] >= 0
+    assert cost.entry["wall_seconds"] >= 0
     assert counted.model_id == "fake-policy"  # everything else is the wrapped backend's
     rows = ledger_rows({"prices": {"fake": {"prompt": 3.0, "generated": 15.0}}, "stages": {"x": {"cost": cost.entry}}})
     assert rows[0]["money"] == pytest.approx((20 * 3.0 + 20 * 15.0) / 1e6)
+
+
+PEAK_SCRIPT = """
+import json, time
+from cai.ledger import measure
+from cai.memory import rss_bytes
+start = rss_bytes()
+with measure() as cost:
+    block = bytearray(64 * 2**20)  # a 64 MiB peak inside the stage, held for several sampling intervals
+    time.sleep(1.0)
+    del block
+print(json.dumps({"start_mib": start / 2**20, "peak_mib": cost.entry["peak_rss_mib"]}))
+"""
+
+
+def test_the_ledger_sees_a_peak_inside_the_stage():
+    """In a fresh process (a long test session's heap would hide a new allocation in memory it already holds)."""
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", PEAK_SCRIPT], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    assert got["peak_mib"] >= got["start_mib"] + 60, got
 
 
 def test_the_ledger_leaves_the_kernels_high_water_mark_for_outside_tools():
