@@ -25,13 +25,12 @@ import logging
 from dataclasses import dataclass, field
 
 from cai.errors import CaiError
+from cai.memory import MIB
 
 log = logging.getLogger(__name__)
 
-MIB = 2**20
-RUNTIME_BYTES = 900 * MIB  # python + torch + transformers + TRL + datasets imported, a tokenizer, what a run's
-                           # earlier stages leave on the heap (measured in the quickstart's process)
-GENERATION_RUNTIME_BYTES = 900 * MIB  # the same for a generating stage (prompts, records, the run's earlier heap)
+RUNTIME_BYTES = 900 * MIB  # python + torch (+ transformers and TRL to train), a tokenizer, prompts and records,
+                           # what a run's earlier stages leave on the heap (measured in the quickstart's process)
 HEADROOM = 0.9  # plan for at most this share of what is free: the estimate is an estimate
 ADAM_BYTES = 8  # two fp32 moments per trainable parameter
 GRAD_BYTES = 4
@@ -73,9 +72,10 @@ class ModelShape:
     def from_config(cls, cfg) -> ModelShape:
         """From a transformers config or its dict (Llama-style names; others through the config's aliases)."""
 
+        from cai.backends.engine import config_value
+
         def get(key, default=None):
-            value = cfg.get(key) if isinstance(cfg, dict) else getattr(cfg, key, None)
-            return default if value is None else value
+            return config_value(cfg, key, default)
 
         hidden, layers = get("hidden_size"), get("num_hidden_layers")
         heads = get("num_attention_heads")
@@ -118,18 +118,13 @@ def training_estimate(stage: str, shape: ModelShape, *, micro_batch: int, row_to
     }, micro_batch)
 
 
-def generation_estimate(stage: str, shape: ModelShape, *, weight_bytes: int, models: int = 1,
-                        reference_check: bool = False) -> Estimate:
-    """The memory a generation stage needs: ``models`` backends, each with its weights and byte-sized caches;
-    ``reference_check``: the engine's first self-check on this machine also loads an fp32 copy."""
+def generation_estimate(stage: str, shape: ModelShape, *, weight_bytes: int, models: int = 1) -> Estimate:
+    """The memory a generation stage needs: ``models`` backends, each with its weights and byte-sized caches."""
     from cai.backends.engine import BATCH_CACHE_BYTES, PREFIX_STORE_BYTES
 
-    parts = {"runtime": GENERATION_RUNTIME_BYTES,
-             "weights": models * shape.params * weight_bytes,
-             "key/value caches": models * (BATCH_CACHE_BYTES + PREFIX_STORE_BYTES)}
-    if reference_check:
-        parts["self-check reference"] = shape.params * 4
-    return Estimate(stage, parts)
+    return Estimate(stage, {"runtime": RUNTIME_BYTES,
+                            "weights": models * shape.params * weight_bytes,
+                            "key/value caches": models * (BATCH_CACHE_BYTES + PREFIX_STORE_BYTES)})
 
 
 def room() -> tuple[int | None, str]:

@@ -17,9 +17,9 @@ import threading
 MIB = 2**20
 
 
-def _status_kib(key: str, pid: str = "self") -> int | None:
+def _status_kib(key: str) -> int | None:
     try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+        with open("/proc/self/status", encoding="ascii") as f:
             found = re.search(rf"^{key}:\s+(\d+) kB", f.read(), re.MULTILINE)
     except OSError:
         return None

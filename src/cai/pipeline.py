@@ -31,7 +31,6 @@ class Context:
     trained: dict = field(default_factory=dict)  # {stage: model} of the stages that trained a policy, in order
     _backends: dict = field(default_factory=dict)  # the models this context owns: released when a stage ends
     meter: object = None  # the current stage's cai.ledger.Meter: the tokens each model generates
-    cost: dict | None = None  # the current stage's ledger entry (the memory guard writes its estimate here)
 
     def counted(self, backend, spec: str):
         from cai.ledger import CountingBackend
@@ -325,11 +324,11 @@ def _run_stage(ctx: Context, stage: str, manifest: dict, save) -> None:
     ctx.release()  # whatever an earlier stage left (a resumed run, a failed stage) goes before this one loads
     try:
         with measure() as cost:
-            ctx.meter, ctx.cost = cost.meter, cost.entry
+            ctx.meter = cost.meter
             _guard_generation(ctx, stage)  # training stages check inside (they know their batch and lengths)
             result = STAGE_FUNCTIONS[stage](ctx)
     finally:
-        ctx.meter = ctx.cost = None
+        ctx.meter = None
         ctx.release()
     manifest["stages"][stage] = {"done": True, "seconds": round(time.time() - t0, 1),
                                  "settings": stage_settings(ctx.config, stage), **result, "cost": cost.entry}

@@ -457,13 +457,20 @@ PREFIX_STORE_BYTES = 256 * 2**20  # keys/values a backend keeps for prefix reuse
 BATCH_CACHE_BYTES = 256 * 2**20  # keys/values one generation or scoring batch may fill
 
 
+def config_value(cfg, key: str, default=None):
+    """``cfg[key]`` of a config dict, or the attribute of a transformers config (whose attribute names map other
+    architectures' keys); ``default`` where it is missing or None."""
+    value = cfg.get(key) if isinstance(cfg, dict) else getattr(cfg, key, None)
+    return default if value is None else value
+
+
 def kv_bytes_per_token(cfg, dtype) -> int:
-    """Bytes of keys and values one cached token takes in a model with config ``cfg`` (a dict, or a transformers
-    config, whose attribute names map other architectures' keys) at ``dtype``."""
+    """Bytes of keys and values one cached token takes in a model with config ``cfg`` (``config_value``) at
+    ``dtype``."""
     import torch
 
     def get(key):
-        return cfg.get(key) if isinstance(cfg, dict) else getattr(cfg, key, None)
+        return config_value(cfg, key)
 
     heads = get("num_attention_heads")
     kv = get("num_key_value_heads") or heads

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from cai.cli.lean import CHECKPOINTING, MICRO_BATCH
+
 
 def register(app: typer.Typer) -> None:
     app.command("dpo")(dpo)
@@ -21,12 +23,8 @@ def dpo(
     lr: float = typer.Option(None, "--lr", help="learning rate [default: 1e-6]"),
     batch_size: int = typer.Option(None, "--batch-size", help="pairs per device step [default: 4]"),
     grad_accum: int = typer.Option(None, "--grad-accum", help="steps to accumulate per update [default: 1]"),
-    micro_batch_size: int = typer.Option(None, "--micro-batch-size", help=(
-        "rows per forward/backward pass (divides the batch size) [default: the largest that fits in memory, "
-        "at most 2]")),
-    checkpointing: bool = typer.Option(None, "--checkpointing/--no-checkpointing", help=(
-        "activation checkpointing: recompute activations in the backward pass (less memory, slower) "
-        "[default: on]")),
+    micro_batch_size: int = MICRO_BATCH,
+    checkpointing: bool = CHECKPOINTING,
     max_length: int = typer.Option(None, "--max-length", help="truncate prompt + answer to this many tokens"),
     min_confidence: float = typer.Option(
         None, "--min-confidence", help="drop pairs whose label max(p, 1-p) is below this [default: 0.5]"

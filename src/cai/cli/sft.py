@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from cai.cli.lean import CHECKPOINTING, MICRO_BATCH
+
 
 def register(app: typer.Typer) -> None:
     app.command("sft")(sft)
@@ -20,12 +22,8 @@ def sft(
     lr: float = typer.Option(None, "--lr", help="learning rate [default: 2e-5]"),
     batch_size: int = typer.Option(None, "--batch-size", help="examples per device step [default: 4]"),
     grad_accum: int = typer.Option(None, "--grad-accum", help="steps to accumulate per update [default: 1]"),
-    micro_batch_size: int = typer.Option(None, "--micro-batch-size", help=(
-        "rows per forward/backward pass (divides the batch size) [default: the largest that fits in memory, "
-        "at most 2]")),
-    checkpointing: bool = typer.Option(None, "--checkpointing/--no-checkpointing", help=(
-        "activation checkpointing: recompute activations in the backward pass (less memory, slower) "
-        "[default: on]")),
+    micro_batch_size: int = MICRO_BATCH,
+    checkpointing: bool = CHECKPOINTING,
     max_length: int = typer.Option(None, "--max-length", help="truncate examples to this many tokens"),
     lora: bool = typer.Option(False, "--lora", help="train LoRA adapters, merged into the saved model"),
     lora_r: int = typer.Option(None, "--lora-r", help="LoRA rank [default: 16]"),

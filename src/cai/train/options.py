@@ -113,8 +113,6 @@ def trainer_args(options: TrainOptions, output_dir: Path) -> dict[str, Any]:
     external trackers; activation checkpointing follows the option (on by default, as in TRL). Each pass takes
     ``micro_batch(options)`` rows and ``batch_size / micro`` passes make a step.
     """
-    import torch
-
     micro = micro_batch(options)
     bf16 = uses_bf16_autocast(options)
     return dict(
@@ -131,7 +129,7 @@ def trainer_args(options: TrainOptions, output_dir: Path) -> dict[str, Any]:
         data_seed=options.seed,
         bf16=bf16,
         fp16=False,
-        use_cpu=bf16 and not torch.cuda.is_available(),  # transformers allows CPU autocast only with use_cpu
+        use_cpu=bf16 and not _has_cuda(),  # transformers allows CPU autocast only with use_cpu
         **_checkpointing_arg(options.gradient_checkpointing),
         logging_steps=options.logging_steps,
         save_strategy="no",
