@@ -44,6 +44,14 @@ class RunConfig(BaseModel):
     judge_model: str | None = Field(None, description="AI judge for labels; default: the base model")
     dtype: str = "auto"
     stages: list[Stage] = Field(default_factory=lambda: ["critique", "sft", "label", "reward", "ppo", "evaluate"])
+    rounds: int = Field(1, ge=1, description="alternating rounds of the SL stages then the RL stages, each "
+                                             "from the policy the last round ended with (cai.rounds)")
+    seeds: list[int] | None = Field(None, min_length=1, description=(
+        "train the RL stages once per seed (and the SFT stage too with seed_sft); evaluate gives each model's "
+        "figures per seed, their mean and spread"))
+    seed_sft: bool = Field(False, description="with seeds: round 1's SFT once per seed too (else shared)")
+    rl_iterations: int = Field(1, ge=1, description="RL stages per round, each on fresh pairs from the policy "
+                                                    "the last one trained (iterative DPO)")
     critique_prompts: PromptSet = Field(default_factory=PromptSet)
     helpful_prompts: PromptSet | None = Field(None, description=(
         "harmless prompts whose plain answers are mixed into the SFT data (e.g. {source: helpful})"))

@@ -108,7 +108,9 @@ def stage_label(ctx: Context) -> dict:
 
     config = ctx.config.label
     source, why, probed, judge = config.source, "named in the recipe", None, None
-    if source != "constructed":
+    if source == "contrastive":
+        policy = ctx.backend(ctx.policy)
+    elif source != "constructed":
         judge_spec = ctx.config.judge_model or ctx.config.model
         policy = ctx.backend(ctx.policy)
         judge = policy if judge_spec == ctx.policy else None
@@ -116,6 +118,8 @@ def stage_label(ctx: Context) -> dict:
             judge = ctx.backend(judge_spec, alongside=True)
     if source == "auto":
         source, why, probed = _probe_judge(ctx, policy, judge)
+        if source == "constructed":
+            source = config.fallback
     log.info("label source: %s (%s)", source, why)
     info = {"label_source": source, "label_source_why": why, "probes": probed,
             "judge": judge.model_id if judge is not None else None}
@@ -131,6 +135,14 @@ def stage_label(ctx: Context) -> dict:
                               fix="add the critique stage before label, or use source: judge")
         return {**write_constructed(ctx.out / "critique", ctx.out / "preferences", config.p_constructed), **info,
                 "pairs_file": pairs_file}
+    if source == "contrastive":
+        from cai.feedback.contrastive import load_contrast_prompts, write_contrastive
+
+        summary = write_contrastive(load_contrast_prompts(config.contrast), policy, ctx.constitution(),
+                                    ctx.out / "preferences", config.contrast, max_new_tokens=config.max_new_tokens,
+                                    temperature=config.temperature, top_p=config.top_p, seed=config.seed,
+                                    chunk_size=config.chunk_size)
+        return {**summary.as_dict(), **info, "pairs_file": pairs_file}
     summary = label_prompts(ctx.prompts("rl_prompts"), policy=policy, judge_backend=judge,
                             constitution=ctx.constitution(), out_dir=ctx.out / "preferences", config=config)
     return {**summary.as_dict(), **info, "pairs_file": pairs_file}
@@ -244,12 +256,23 @@ def stage_settings(config: RunConfig, stage: str) -> dict:
     return {k: data[k] for k in STAGE_SETTINGS[stage]}
 
 
-def run_pipeline(config: RunConfig, out: Path, *, redo: tuple[str, ...] = ()) -> dict:
+def run_pipeline(config: RunConfig, out: Path, *, redo: tuple[str, ...] = (), start: str | None = None) -> dict:
     """Run (or resume) every stage of ``config.stages`` in order into ``out``; returns the manifest.
 
     A finished stage is skipped, unless it is in ``redo`` or a stage before it ran in this call; a finished
     stage whose settings changed is refused (redo it or choose a new directory). A failure or Ctrl-C is
-    written to ``cai.log`` and ``manifest.json`` with the stage it happened in."""
+    written to ``cai.log`` and ``manifest.json`` with the stage it happened in. ``start``: the policy the
+    first stage starts from (default: the recipe's model). A recipe with rounds, seeds or RL iterations runs
+    as ``cai.rounds.run_rounds``."""
+    from cai.rounds import is_multi, run_rounds
+
+    if is_multi(config):
+        return run_rounds(config, out, redo=redo)
+    return _run_single(config, out, redo, start)
+
+
+def _run_single(config: RunConfig, out: Path, redo: tuple[str, ...], start: str | None) -> dict:
+    """``run_pipeline`` for a recipe of one pass (no rounds, seeds or RL iterations)."""
     from cai import __version__
     from cai.jsonl import write_atomic
     from cai.logs import log_to_run_dir
@@ -273,6 +296,8 @@ def run_pipeline(config: RunConfig, out: Path, *, redo: tuple[str, ...] = ()) ->
     try:
         check_wiring(config, out)
         ctx = Context(config, out, policy=_check_models(config))
+        if start is not None:
+            ctx.policy = start
         manifest["constitution"] = _constitution_ref(config)
         manifest["prices"] = config.prices
         plan, clear = _plan(config, out, manifest["stages"], redo)
@@ -348,7 +373,7 @@ def _guard_generation(ctx: Context, stage: str) -> None:
     if stage not in GENERATING_STAGES:
         return
     specs = {ctx.policy}
-    if stage == "label" and ctx.config.label.source != "constructed":
+    if stage == "label" and ctx.config.label.source not in ("constructed", "contrastive"):
         specs.add(ctx.config.judge_model or ctx.config.model)
     local = [s for s in specs if not is_served_spec(s)]
     if not local:

@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from cai.feedback.contrastive import ContrastOptions
 from cai.feedback.judge import Comparison, JudgeConfig, Judgement, choose_principles, judge, stable_seed
 from cai.jsonl import append_records, read_records, repair
 from cai.records import PreferencePair, Provenance
@@ -41,9 +42,15 @@ class LabelConfig(BaseModel):
     """Sampling and judging settings of the label stage, and where its labels come from."""
 
     model_config = ConfigDict(extra="forbid")
-    source: Literal["judge", "constructed", "auto"] = Field("auto", description=(
+    source: Literal["judge", "constructed", "contrastive", "auto"] = Field("auto", description=(
         "judge: the AI judge labels sampled pairs; constructed: pairs by construction from the critique "
-        "stage (cai.feedback.constructed); auto: the judge only if it passes label-free probes (cai.feedback.probes)"))
+        "stage (cai.feedback.constructed); contrastive: the policy answers each RL prompt steered towards and "
+        "against a principle (cai.feedback.contrastive); auto: the judge only if it passes label-free probes "
+        "(cai.feedback.probes), else `fallback`"))
+    fallback: Literal["constructed", "contrastive"] = Field("constructed", description=(
+        "auto: the label source used when the judge fails the probes"))
+    contrast: ContrastOptions = Field(default_factory=ContrastOptions, description="source contrastive: "
+                                      "its prompts and which pairs it keeps")
     probe_prompts: int = Field(12, ge=1, description="auto: harmful and safe prompts each to probe the judge on")
     probe_threshold: float = Field(0.6, ge=0.5, le=1, description="auto: probe agreement the judge needs")
     p_constructed: float = Field(0.9, ge=0.5, le=1, description="p_chosen of constructed pairs")

@@ -4,10 +4,11 @@ DPO takes hard labels, so each pair is oriented by its soft label (a pair with p
 and pairs the labeller was too unsure about (max(p, 1 - p) < ``min_confidence``; a pair at p = 0.5 has no
 direction at all) are dropped. What the soft labels say about the kept pairs is not thrown away: TRL's
 per-batch losses take no per-pair label, so their mean uncertainty, 1 - mean(max(p, 1 - p)), becomes the
-flip probability of TRL's robust DPO loss (``loss_type="robust"``, ``label_smoothing``; Chowdhury et al.
-2024), unless ``label_smoothing`` is given. Only prompt/chosen/rejected reach the trainer. The reference
-is the starting model: in one process, its log-probs of every pair the run will see are computed once before
-training (TRL's ``precompute_ref_log_probs``, with the policy itself before its first update), so no second
+flip probability epsilon of conservative DPO (the sigmoid loss against the soft target 1 - epsilon; Mitchell
+2023; ``loss: robust`` for TRL's robust DPO instead), unless ``label_smoothing`` is given; hard labels
+(contrastive pairs) give epsilon 0, the plain sigmoid loss. Only prompt/chosen/rejected reach the trainer.
+The reference is the starting model: in one process, its log-probs of every pair the run will see are computed
+once before training (TRL's ``precompute_ref_log_probs``, with the policy itself before its first update), so no second
 model is held in memory (under a launcher, a frozen copy as before); with LoRA, TRL reads them with the
 adapters disabled. A ``max_steps`` run reads the pairs in order (balanced, or a seeded shuffle) and sees only
 the first ones, so only those are kept (and their reference log-probs computed).
@@ -18,6 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
@@ -32,7 +34,12 @@ class DPOOptions(TrainOptions):
     beta: float = Field(0.1, gt=0)  # strength of the implicit KL penalty towards the reference model
     min_confidence: float = Field(0.55, ge=0.5, le=1)  # drop pairs with max(p, 1 - p) below this
     label_smoothing: float | None = Field(None, ge=0, lt=0.5, description=(
-        "flip probability of the robust DPO loss; default: the kept pairs' mean label uncertainty"))
+        "the labels' flip probability (epsilon); default: the kept pairs' mean label uncertainty, "
+        "1 - mean(max(p, 1 - p)) (0 for hard labels, such as contrastive pairs)"))
+    loss: Literal["conservative", "robust"] = Field("conservative", description=(
+        "how label_smoothing enters the loss: conservative DPO (the sigmoid loss against the soft target "
+        "1 - epsilon; its optimum matches the label, its gradient vanishes there) or robust DPO (Chowdhury et al. "
+        "2024: an unbiased estimate of the clean loss, unbounded below)"))
     balance: bool = Field(True, description=(
         "every stretch of the data holds each label source (a pair's `judge`: the judge, revision over "
         "answer, answer over refusal) in proportion, in an order the seed fixes; false: TRL's random order. "
@@ -94,14 +101,15 @@ def build_dpo_trainer(model, tokenizer, rows: list[dict], output_dir: Path, opti
                       ref_model=None, peft_config=None, label_smoothing: float = 0.0, in_order: bool = False,
                       precompute: bool = True):
     """A ``DPOTrainer`` over conversational prompt/chosen/rejected ``rows``; with ``label_smoothing`` > 0,
-    TRL's robust DPO loss with that flip probability; ``in_order``: batches follow the rows' order;
-    ``precompute``: without ``ref_model``, the reference log-probs are computed once before training."""
+    the loss ``options.loss`` names with that flip probability (``dpo_loss_args``); ``in_order``: batches
+    follow the rows' order; ``precompute``: without ``ref_model``, the reference log-probs are computed once
+    before training."""
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
     from cai.train.options import micro_batch, trainer_args
 
-    loss = {"loss_type": ["robust"], "label_smoothing": label_smoothing} if label_smoothing > 0 else {}
+    loss = dpo_loss_args(options.loss, label_smoothing)
     config = DPOConfig(**trainer_args(options, output_dir), beta=options.beta, max_length=options.max_length,
                        train_sampling_strategy="sequential" if in_order else "random",
                        precompute_ref_log_probs=ref_model is None and precompute,
@@ -114,6 +122,31 @@ def build_dpo_trainer(model, tokenizer, rows: list[dict], output_dir: Path, opti
         processing_class=tokenizer,
         peft_config=peft_config,
     )
+
+
+def dpo_loss_args(loss: str, epsilon: float) -> dict:
+    """DPOConfig's loss arguments for labels flipped with probability ``epsilon``.
+
+    Conservative DPO (Mitchell 2023), -(1 - e) log s(x) - e log s(-x) with x = beta * (chosen - rejected log
+    ratio), is what TRL 1.16 lacks: its sigmoid loss ignores ``label_smoothing``. It is written here as a
+    weighted sum of two losses TRL has, sigmoid (-log s(x)) and robust ((-(1 - e) log s(x) + e log s(-x)) /
+    (1 - 2e)): 2(1 - e) * sigmoid - (1 - 2e) * robust is exactly the conservative loss, so TRL's trainer,
+    metrics and reference handling are used unchanged (``tests/test_dpo.py`` checks the algebra)."""
+    if epsilon <= 0:
+        return {}
+    if loss == "robust":
+        return {"loss_type": ["robust"], "label_smoothing": epsilon}
+    return {"loss_type": ["sigmoid", "robust"], "loss_weights": [2 * (1 - epsilon), -(1 - 2 * epsilon)],
+            "label_smoothing": epsilon}
+
+
+def conservative_dpo_loss(margin, epsilon: float):
+    """The conservative DPO loss per pair for ``margin`` = beta * (chosen - rejected log ratio), shape (B,):
+    the cross-entropy of sigmoid(margin) against the soft target 1 - ``epsilon``. The plain reference that
+    ``dpo_loss_args``'s weighted sum is checked against."""
+    import torch.nn.functional as F
+
+    return -(1 - epsilon) * F.logsigmoid(margin) - epsilon * F.logsigmoid(-margin)
 
 
 def reading_order(groups: list, options: DPOOptions) -> list[int]:
@@ -179,8 +212,8 @@ def train_dpo(pairs: str | Path, out_dir: str | Path, model: str = "smollm2-135m
     out_dir = Path(out_dir)
     log_to_run_dir(out_dir)
     source = resolve(model)
-    log.info("DPO of %s on %d of %d pairs from %s (%d kept; beta %s, label smoothing %.3f, %s)",
-             source.model_id, len(rows), len(data.rows), data.path, kept, options.beta, smoothing,
+    log.info("DPO of %s on %d of %d pairs from %s (%d kept; beta %s, %s loss, label smoothing %.3f, %s)",
+             source.model_id, len(rows), len(data.rows), data.path, kept, options.beta, options.loss, smoothing,
              batches_note(len(set(groups)), balanced, options.equal_shares))
     tokenizer = load_tokenizer(source)
     options = fit_training("dpo", source, tokenizer, options,
