@@ -10,6 +10,7 @@ import pytest
 
 from cai.errors import ConfigError
 from cai.prompts import (
+    ROW_SPLITS,
     SHIPPED_SETS,
     BadRow,
     PromptRow,
@@ -176,7 +177,7 @@ def test_shipped_sets_are_clean(name):
     assert len({r.category for r in rows}) >= 12
     raw = [json.loads(line) for line in shipped_path(name).read_text(encoding="utf-8").splitlines()]
     assert all(set(obj) - {"split"} == {"id", "prompt", "category"} for obj in raw)
-    assert all(obj.get("split", "train") == "train" for obj in raw)  # only training-only rows name a split
+    assert all(obj.get("split", "train") in ROW_SPLITS for obj in raw)  # a named split is one a row may have
 
 
 def test_a_row_naming_its_split_keeps_it_and_leaves_the_every_third_rule_alone():
@@ -185,8 +186,8 @@ def test_a_row_naming_its_split_keeps_it_and_leaves_the_every_third_rule_alone()
 
     plain = [row(i, "a") for i in range(6)]
     assert split_of(plain) == ["train", "eval", "train", "train", "eval", "train"]
-    named = [plain[0], row(10, "a", split="train"), *plain[1:], row(11, "a", split="eval")]
-    assert split_of(named) == ["train", "train", "eval", "train", "train", "eval", "train", "eval"]
+    named = [plain[0], row(10, "a", split="train"), *plain[1:], row(11, "a", split="eval"), row(12, "a", split="rl")]
+    assert split_of(named) == ["train", "train", "eval", "train", "train", "eval", "train", "eval", "rl"]
 
 
 def test_redteam_first_16_rows_span_many_categories():
@@ -199,23 +200,57 @@ def test_helpful_set_has_over_refusal_checks():
     assert sum(r.category == "borderline-safe" for r in rows) >= 15
 
 
+def normalised(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
 @pytest.mark.parametrize("name", ["redteam", "helpful", "mixed"])
-def test_shipped_train_and_eval_splits_are_disjoint_and_cover_the_set(name):
-    train, _ = load_prompts(name)  # the default split is train
-    held_out, _ = load_prompts(f"{name}:eval")
+def test_shipped_splits_are_pairwise_disjoint_and_cover_the_set(name):
+    splits = {split: load_prompts(f"{name}:{split}")[0] for split in ROW_SPLITS}
     everything, _ = load_prompts(name, split="all")
-    assert {r.id for r in train}.isdisjoint({r.id for r in held_out})
-    assert {r.prompt for r in train}.isdisjoint({r.prompt for r in held_out})
-    assert len(train) + len(held_out) == len(everything)
-    assert 0.25 < len(held_out) / sum("split" not in r.meta for r in everything) < 0.4
-    assert [r.id for r in load_prompts(name, split="eval")[0]] == [r.id for r in held_out]
+    for a, b in [("train", "eval"), ("train", "rl"), ("eval", "rl")]:
+        assert {r.id for r in splits[a]}.isdisjoint({r.id for r in splits[b]}), (a, b)
+        assert {normalised(r.prompt) for r in splits[a]}.isdisjoint({normalised(r.prompt) for r in splits[b]}), (a, b)
+    assert sorted(r.id for rows in splits.values() for r in rows) == sorted(r.id for r in everything)
+    assert len({normalised(r.prompt) for r in everything}) == len(everything)  # no near-identical pair in a file
+    assert [r.id for r in load_prompts(name)[0]] == [r.id for r in splits["train"]]  # the default split is train
+    for split in ROW_SPLITS:
+        assert [r.id for r in load_prompts(name, split=split)[0]] == [r.id for r in splits[split]]
 
 
 @pytest.mark.parametrize("name", ["redteam", "helpful"])
-def test_every_category_is_in_both_splits(name):
-    train, _ = load_prompts(f"{name}:train")
-    held_out, _ = load_prompts(f"{name}:eval")
-    assert {r.category for r in train} == {r.category for r in held_out}
+def test_rows_without_a_named_split_hold_out_about_a_third(name):
+    everything, _ = load_prompts(name, split="all")
+    unnamed = [s for r, s in zip(everything, split_of(everything), strict=True) if "split" not in r.meta]
+    assert set(unnamed) == {"train", "eval"}
+    assert 0.25 < unnamed.count("eval") / len(unnamed) < 0.4
+
+
+@pytest.mark.parametrize("name", ["redteam", "helpful"])
+def test_every_category_is_in_every_split(name):
+    categories = {split: {r.category for r in load_prompts(f"{name}:{split}")[0]} for split in ROW_SPLITS}
+    assert categories["train"] == categories["eval"] == categories["rl"]
+
+
+def test_eval_and_rl_splits_are_large_enough_to_measure():
+    red_eval, helpful_eval = load_prompts("redteam:eval")[0], load_prompts("helpful:eval")[0]
+    assert len(red_eval) >= 200 and len(helpful_eval) >= 200
+    assert 3 * sum(r.category == "borderline-safe" for r in helpful_eval) >= len(helpful_eval)  # over-refusal
+    assert len(load_prompts("redteam:rl")[0]) >= 100 and len(load_prompts("helpful:rl")[0]) >= 100
+
+
+def test_no_prompt_is_in_both_shipped_files():
+    red = {normalised(r.prompt) for r in load_prompts("redteam", split="all")[0]}
+    helpful = {normalised(r.prompt) for r in load_prompts("helpful", split="all")[0]}
+    assert red and helpful and red.isdisjoint(helpful)
+
+
+def test_mixed_rl_interleaves_the_rl_splits():
+    red, helpful = load_prompts("redteam:rl")[0], load_prompts("helpful", split="rl")[0]
+    mixed, bad = load_prompts("mixed", split="rl")
+    assert bad == [] and sorted(r.id for r in mixed) == sorted(r.id for r in red + helpful)
+    assert [r.id[:3] for r in mixed[:4]] == ["rt-", "hp-", "rt-", "hp-"]
+    assert [r.id for r in load_prompts("mixed:rl")[0]] == [r.id for r in mixed]
 
 
 def test_unknown_shipped_split_is_a_config_error():

@@ -5,12 +5,15 @@ missing, empty or non-string prompt, a duplicate id or prompt) is reported with 
 and skipped; it never stops a run. A missing file, an unknown format, or a column that no row has is a
 ``ConfigError``, because no amount of skipping would make that input right.
 
-The shipped sets have fixed, disjoint ``train`` and ``eval`` splits (``all`` is both): within each
-category, in file order, every third prompt (the 2nd, 5th, 8th, ...) is held out for evaluation. The
-training stages read ``train`` and the evaluations ``eval``, so a model is measured on prompts it never
-trained on. New prompts are appended to a file, which leaves every earlier prompt's split as it was; a
-row may name its own split (``"split": "train"``), as the training-only helpful prompts at the end of
-``helpful.jsonl`` do, and then it is left out of the every-third count.
+The shipped sets have fixed, disjoint ``train``, ``eval`` and ``rl`` splits (``all`` is the three):
+within each category, in file order, every third prompt (the 2nd, 5th, 8th, ...) is held out for
+evaluation and the others are for training. The training stages read ``train`` and the evaluations
+``eval``, so a model is measured on prompts it never trained on. The ``rl`` split holds prompts kept
+for the RL stage (e.g. ``cai ppo mixed:rl ...``): SFT's critique runs, which read ``train``, never
+see them and neither does evaluation. New prompts are appended to a file, which leaves every earlier
+prompt's split as it was; a row may name its own split (``"split": "train"``, ``"eval"`` or ``"rl"``),
+as the training-only helpful prompts and the appended eval and rl prompts of both files do, and then it
+is left out of the every-third count.
 
 Ids come from the ``id`` column when a row has one, else from the prompt text itself (``prompt_id``),
 so a re-run or a resume sees the same ids for the same prompts.
@@ -18,8 +21,8 @@ so a re-run or a resume sees the same ids for the same prompts.
 Accepted ``source`` values::
 
     redteam | helpful | mixed          the shipped sets (mixed interleaves the two, red-team first),
-    redteam:eval, helpful:train, ...   one split of a shipped set (a bare name takes the ``split``
-                                       argument: train by default)
+    redteam:eval, helpful:rl, ...      one split of a shipped set: train, eval, rl or all (a bare name
+                                       takes the ``split`` argument: train by default)
     prompts.jsonl                      objects with "prompt" (or your column), or {"messages": [...]}
     prompts.csv                        a header row, then one prompt per row
     prompts.txt                        one prompt per non-empty line; lines starting with # are skipped
@@ -46,7 +49,8 @@ from cai.jsonl import write_jsonl_atomic
 log = logging.getLogger(__name__)
 
 SHIPPED_SETS = ("redteam", "helpful", "mixed")
-SHIPPED_SPLITS = ("train", "eval", "all")
+ROW_SPLITS = ("train", "eval", "rl")  # the splits a shipped row may name in its "split" field
+SHIPPED_SPLITS = (*ROW_SPLITS, "all")
 EVAL_EVERY = 3  # every third prompt of a category is held out
 FILE_FORMATS = (".jsonl", ".csv", ".txt")
 HF_PREFIX = "hf:"
@@ -227,12 +231,13 @@ def _shipped_split(source: str, split: str) -> str:
 
 
 def split_of(rows: Sequence[PromptRow]) -> list[str]:
-    """``train`` or ``eval`` for each row of a whole shipped file, in file order (see the module docstring).
-    A row with its own ``split`` field keeps it and is not counted in its category's every-third rule."""
+    """``train``, ``eval`` or ``rl`` for each row of a whole shipped file, in file order (see the module
+    docstring). A row with its own ``split`` field keeps it and is not counted in its category's
+    every-third rule; a row without one is ``train`` or ``eval``."""
     seen: dict[str | None, int] = {}
     out = []
     for row in rows:
-        if row.meta.get("split") in ("train", "eval"):
+        if row.meta.get("split") in ROW_SPLITS:
             out.append(row.meta["split"])
             continue
         k = seen[row.category] = seen.get(row.category, -1) + 1
