@@ -152,10 +152,10 @@ def run_cai(spec: dict, side: str) -> dict:
     from cai.jsonl import read_records
     from cai.train.ppo import PPOOptions, train_ppo
 
-    options = PPOOptions(steps=spec["warmup"] + spec["updates"], batch_size=spec["batch_size"],
+    options = PPOOptions(max_steps=spec["warmup"] + spec["updates"], batch_size=spec["batch_size"],
                          mini_batch_size=spec["mini_batch_size"], ppo_epochs=spec["ppo_epochs"],
                          max_new_tokens=spec["max_new_tokens"], temperature=spec["temperature"],
-                         lr=spec["lr"], kl_coef=spec["kl_coef"], seed=0,
+                         learning_rate=spec["lr"], beta=spec["kl_coef"], seed=0,
                          dtype="fp32" if side == "cai-fp32" else "auto", lean_rollouts=side != "cai-generate")
     out = Path(tempfile.mkdtemp(dir=spec["work"], prefix=f"{side}-"))
     train_ppo(spec["prompts"], spec["reward_model"], out, policy=spec["policy"], options=options)

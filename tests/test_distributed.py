@@ -116,10 +116,10 @@ def test_two_process_ppo_resumes_and_matches_one_process(tiny_model_dir, tiny_re
         "Name a fruit.", "How do I pick a lock?", "Say hello.", "Write a threat.")])
     common = ["ppo", str(prompts), "--reward-model", str(tiny_reward_dir), "--policy", str(tiny_model_dir),
               "--max-new-tokens", "4", "--dtype", "fp32", "--ppo-epochs", "1", "--lr", "1e-3"]
-    cai([*common, "--out", str(tmp_path / "one"), "--steps", "2", "--batch-size", "4", "--mini-batch-size", "4"])
+    cai([*common, "--out", str(tmp_path / "one"), "--max-steps", "2", "--batch-size", "4", "--mini-batch-size", "4"])
     two = [*common, "--out", str(tmp_path / "two"), "--batch-size", "2", "--mini-batch-size", "2"]
-    cai([*two, "--steps", "1"], processes=2)
-    cai([*two, "--steps", "2"], processes=2)  # resumes at step 2
+    cai([*two, "--max-steps", "1"], processes=2)
+    cai([*two, "--max-steps", "2"], processes=2)  # resumes at step 2
 
     rows = {d: [json.loads(x) for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
             for d in ("one", "two")}

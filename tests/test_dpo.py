@@ -113,3 +113,37 @@ def test_pairs_from_two_sources_train_in_balanced_batches(tiny_model_dir, tmp_pa
     with caplog.at_level(logging.INFO, logger="cai.train.dpo"):
         train_dpo(path, tmp_path / "dpo", model=str(tiny_model_dir), options=DPOOptions(max_steps=1, batch_size=2))
     assert "2 label sources in balanced batches" in caplog.text
+
+
+def test_conservative_loss_is_the_weighted_sum_of_trls_sigmoid_and_robust_losses():
+    import torch
+    import torch.nn.functional as F
+
+    from cai.train.dpo import conservative_dpo_loss, dpo_loss_args
+
+    margin = torch.linspace(-4, 4, 9)
+    for eps in (0.05, 0.2, 0.4):
+        args = dpo_loss_args("conservative", eps)
+        assert args["loss_type"] == ["sigmoid", "robust"] and args["label_smoothing"] == eps
+        sigmoid = -F.logsigmoid(margin)  # TRL 1.16's two losses, as its DPOTrainer writes them
+        robust = (-(1 - eps) * F.logsigmoid(margin) + eps * F.logsigmoid(-margin)) / (1 - 2 * eps)
+        w = args["loss_weights"]
+        assert torch.allclose(w[0] * sigmoid + w[1] * robust, conservative_dpo_loss(margin, eps), atol=1e-6)
+        # its minimum sits where the model's preference matches the soft label: sigmoid(margin) = 1 - eps
+        grid = torch.linspace(-8, 8, 16001)
+        best = grid[conservative_dpo_loss(grid, eps).argmin()]
+        assert torch.sigmoid(best).item() == pytest.approx(1 - eps, abs=1e-3)
+    assert dpo_loss_args("conservative", 0.0) == {}  # hard labels: TRL's plain sigmoid loss
+    assert dpo_loss_args("robust", 0.1) == {"loss_type": ["robust"], "label_smoothing": 0.1}
+
+
+def test_dpo_learns_the_preference_on_a_tiny_model(tiny_model_dir, tmp_path):
+    """Hard pairs, a high learning rate: the reward margin rises and the loss falls below log 2 (a run that
+    learned nothing stays at log 2, as the 2-step test above does)."""
+    path = tmp_path / "hard.jsonl"
+    path.write_text("".join(json.dumps(pair(i, 1.0)) + "\n" for i in range(8)))
+    out = train_dpo(path, tmp_path / "dpo", model=str(tiny_model_dir),
+                    options=DPOOptions(max_steps=6, batch_size=4, learning_rate=5e-3, beta=0.5, balance=False))
+    metrics = json.loads((out / "cai_model.json").read_text())["metrics"]
+    assert metrics["label_smoothing"] == 0.0
+    assert metrics["final_loss"] < math.log(2) - 0.1 and metrics["final_reward_margin"] > 0.1

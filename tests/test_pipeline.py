@@ -41,7 +41,7 @@ def test_pipeline_runs_every_stage_on_a_tiny_model_and_resumes(tmp_path, tiny_mo
         "rl_prompts": {"source": "mixed", "limit": 4},
         "label": {"samples": 2, "max_new_tokens": 6},
         "reward": {"max_steps": 1, "batch_size": 2},
-        "ppo": {"steps": 1, "batch_size": 2, "mini_batch_size": 2, "max_new_tokens": 4, "ppo_epochs": 1},
+        "ppo": {"max_steps": 1, "batch_size": 2, "mini_batch_size": 2, "max_new_tokens": 4, "ppo_epochs": 1},
         "evaluate": {"limit": 2, "max_new_tokens": 4, "redteam": True},
     })
     out = tmp_path / "run"

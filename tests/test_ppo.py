@@ -208,8 +208,8 @@ PROMPTS = [f"Question {i}: shall we?" for i in range(8)]
 def _opts(**kw):
     from cai.train.ppo import PPOOptions
 
-    base = dict(steps=12, batch_size=8, mini_batch_size=4, ppo_epochs=2, lr=3e-3, max_new_tokens=12,
-                temperature=1.0, kl_coef=0.01, dtype="fp32", seed=0)
+    base = dict(max_steps=12, batch_size=8, mini_batch_size=4, ppo_epochs=2, learning_rate=3e-3, max_new_tokens=12,
+                temperature=1.0, beta=0.01, dtype="fp32", seed=0)
     return PPOOptions(**{**base, **kw})
 
 
@@ -221,7 +221,7 @@ def test_ppo_learns_a_simple_reward_on_a_tiny_model(tmp_path, babbler_dir):
     from cai.models import resolve
     from cai.train.ppo import train_ppo
 
-    policy_dir = train_ppo(PROMPTS, count_yes, tmp_path, policy=str(babbler_dir), options=_opts(steps=8))
+    policy_dir = train_ppo(PROMPTS, count_yes, tmp_path, policy=str(babbler_dir), options=_opts(max_steps=8))
     rows = _metrics(tmp_path)
     assert [r["step"] for r in rows] == list(range(1, 9))
     first, last = sum(r["reward"] for r in rows[:3]) / 3, sum(r["reward"] for r in rows[-3:]) / 3
@@ -288,8 +288,8 @@ def test_lean_rollouts_draw_from_the_policy_distribution(babbler_dir, tokenizer)
 def test_a_large_kl_coef_keeps_the_policy_near_the_reference(tmp_path, babbler_dir):
     from cai.train.ppo import train_ppo
 
-    train_ppo(PROMPTS, count_yes, tmp_path / "free", policy=str(babbler_dir), options=_opts(steps=5, kl_coef=0.0))
-    train_ppo(PROMPTS, count_yes, tmp_path / "held", policy=str(babbler_dir), options=_opts(steps=5, kl_coef=2.0))
+    train_ppo(PROMPTS, count_yes, tmp_path / "free", policy=str(babbler_dir), options=_opts(max_steps=5, beta=0.0))
+    train_ppo(PROMPTS, count_yes, tmp_path / "held", policy=str(babbler_dir), options=_opts(max_steps=5, beta=2.0))
     free, held = _metrics(tmp_path / "free")[-1]["kl"], _metrics(tmp_path / "held")[-1]["kl"]
     assert held < free / 2, (held, free)
 
@@ -297,7 +297,7 @@ def test_a_large_kl_coef_keeps_the_policy_near_the_reference(tmp_path, babbler_d
 def test_bf16_compute_starts_at_zero_kl_and_stays_finite(tmp_path, babbler_dir):
     from cai.train.ppo import train_ppo
 
-    train_ppo(PROMPTS, count_yes, tmp_path, policy=str(babbler_dir), options=_opts(steps=3, dtype="bf16"))
+    train_ppo(PROMPTS, count_yes, tmp_path, policy=str(babbler_dir), options=_opts(max_steps=3, dtype="bf16"))
     rows = _metrics(tmp_path)
     assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-4)  # policy and reference see the same bf16 rounding
     assert all(math.isfinite(r["kl"]) and math.isfinite(r["policy_loss"]) for r in rows)
@@ -311,7 +311,7 @@ def test_nan_reward_raises_training_diverged(tmp_path, babbler_dir):
         return torch.full((len(responses),), float("nan"))
 
     with pytest.raises(TrainingDiverged, match="step 1"):
-        train_ppo(PROMPTS, nan_reward, tmp_path, policy=str(babbler_dir), options=_opts(steps=2))
+        train_ppo(PROMPTS, nan_reward, tmp_path, policy=str(babbler_dir), options=_opts(max_steps=2))
     assert not (tmp_path / "checkpoint").exists()
 
 
@@ -321,18 +321,18 @@ def test_kl_above_max_kl_raises_training_diverged(tmp_path, babbler_dir):
 
     with pytest.raises(TrainingDiverged, match="max_kl"):
         train_ppo(PROMPTS, count_yes, tmp_path, policy=str(babbler_dir),
-                  options=_opts(steps=12, lr=3e-2, kl_coef=0.0, max_kl=0.5))
+                  options=_opts(max_steps=12, learning_rate=3e-2, beta=0.0, max_kl=0.5))
 
 
 def test_resume_continues_at_the_next_step_as_if_never_stopped(tmp_path, babbler_dir):
     from cai.train.ppo import train_ppo
 
-    train_ppo(PROMPTS, count_yes, tmp_path / "straight", policy=str(babbler_dir), options=_opts(steps=3))
+    train_ppo(PROMPTS, count_yes, tmp_path / "straight", policy=str(babbler_dir), options=_opts(max_steps=3))
     resumed = tmp_path / "resumed"
-    train_ppo(PROMPTS, count_yes, resumed, policy=str(babbler_dir), options=_opts(steps=2, save_every=1))
+    train_ppo(PROMPTS, count_yes, resumed, policy=str(babbler_dir), options=_opts(max_steps=2, save_every=1))
     with open(resumed / "metrics.jsonl", "a") as f:  # a step logged after the last checkpoint, then a crash
         f.write(json.dumps({"step": 3, "reward": -1.0}) + "\n")
-    train_ppo(PROMPTS, count_yes, resumed, policy=str(babbler_dir), options=_opts(steps=3))
+    train_ppo(PROMPTS, count_yes, resumed, policy=str(babbler_dir), options=_opts(max_steps=3))
     rows = _metrics(resumed)
     assert [r["step"] for r in rows] == [1, 2, 3]
     want = _metrics(tmp_path / "straight")[2]
@@ -345,16 +345,16 @@ def test_resuming_with_another_kind_of_policy_is_a_model_error(tmp_path, babbler
     from cai.errors import ModelError
     from cai.train.ppo import train_ppo
 
-    train_ppo(PROMPTS, count_yes, tmp_path, policy=str(babbler_dir), options=_opts(steps=1))
+    train_ppo(PROMPTS, count_yes, tmp_path, policy=str(babbler_dir), options=_opts(max_steps=1))
     with pytest.raises(ModelError, match="do not fit"):
-        train_ppo(PROMPTS, count_yes, tmp_path, policy=str(babbler_dir), options=_opts(steps=2, lora=True))
+        train_ppo(PROMPTS, count_yes, tmp_path, policy=str(babbler_dir), options=_opts(max_steps=2, lora=True))
 
 
 def test_lora_uses_the_base_model_as_reference(tmp_path, babbler_dir):
     from cai.train.ppo import train_ppo
 
     policy_dir = train_ppo(PROMPTS, count_yes, tmp_path, policy=str(babbler_dir),
-                           options=_opts(steps=2, lora=True, lora_r=4))
+                           options=_opts(max_steps=2, lora=True, lora_r=4))
     rows = _metrics(tmp_path)
     assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-4)
     assert (policy_dir / "config.json").is_file() and not (policy_dir / "adapter_config.json").exists()
@@ -367,10 +367,16 @@ def test_sl_term_is_mixed_into_the_updates(tmp_path, babbler_dir):
     sl.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"q{i}"},
                                                    {"role": "assistant", "content": "yes yes"}]}) + "\n"
                           for i in range(3)))
-    train_ppo(PROMPTS, count_yes, tmp_path / "run", policy=str(babbler_dir), options=_opts(steps=2, sl_coef=0.5),
+    from safetensors.torch import load_file
+
+    train_ppo(PROMPTS, count_yes, tmp_path / "run", policy=str(babbler_dir), options=_opts(max_steps=4, sl_coef=1.0),
               sl_data=sl)
     rows = _metrics(tmp_path / "run")
     assert all(r["sl_loss"] is not None and math.isfinite(r["sl_loss"]) for r in rows)
+    assert rows[-1]["sl_loss"] < rows[0]["sl_loss"]  # the SL term is learned
+    train_ppo(PROMPTS, count_yes, tmp_path / "rl-only", policy=str(babbler_dir), options=_opts(max_steps=4))
+    with_sl, without = (load_file(str(tmp_path / d / "policy" / "model.safetensors")) for d in ("run", "rl-only"))
+    assert any(not torch.equal(with_sl[k], without[k]) for k in with_sl)  # and it moves the update
 
 
 def test_missing_reward_model_fails_before_writing_anything(tmp_path, babbler_dir):
@@ -379,7 +385,7 @@ def test_missing_reward_model_fails_before_writing_anything(tmp_path, babbler_di
 
     out = tmp_path / "out"
     with pytest.raises(ModelError, match="does not exist"):
-        train_ppo(PROMPTS, tmp_path / "no-such-rm", out, policy=str(babbler_dir), options=_opts(steps=1))
+        train_ppo(PROMPTS, tmp_path / "no-such-rm", out, policy=str(babbler_dir), options=_opts(max_steps=1))
     assert not out.exists()
 
 
@@ -400,7 +406,7 @@ def test_cli_runs_ppo_with_a_reward_model_directory(tmp_path, babbler_dir, token
     prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": p}) + "\n" for i, p in enumerate(PROMPTS)))
     out = tmp_path / "run"
     result = CliRunner().invoke(app, ["ppo", str(prompts), "--reward-model", str(rm_dir), "--out", str(out),
-                                      "--policy", str(babbler_dir), "--steps", "2", "--batch-size", "4",
+                                      "--policy", str(babbler_dir), "--max-steps", "2", "--batch-size", "4",
                                       "--max-new-tokens", "8", "--dtype", "fp32"])
     assert result.exit_code == 0, result.output
     rows = _metrics(out)
@@ -416,8 +422,8 @@ def test_one_step_on_the_embedded_model(tmp_path, embedded_model_dir):
         return torch.tensor([-len(r.split()) / 10 for r in responses])
 
     train_ppo(PROMPTS[:2], shorter_is_better, tmp_path, policy=str(embedded_model_dir),
-              options=_opts(steps=1, batch_size=2, mini_batch_size=2, ppo_epochs=1, lr=1e-6, max_new_tokens=8,
-                            dtype="auto"))
+              options=_opts(max_steps=1, batch_size=2, mini_batch_size=2, ppo_epochs=1, learning_rate=1e-6,
+                            max_new_tokens=8, dtype="auto"))
     row = _metrics(tmp_path)[0]
     assert row["kl"] == pytest.approx(0.0, abs=1e-3) and math.isfinite(row["policy_loss"])
     assert (tmp_path / "policy" / "model.safetensors").is_file()

@@ -55,7 +55,9 @@ class RunConfig(BaseModel):
     critique_prompts: PromptSet = Field(default_factory=PromptSet)
     helpful_prompts: PromptSet | None = Field(None, description=(
         "harmless prompts whose plain answers are mixed into the SFT data (e.g. {source: helpful})"))
-    rl_prompts: PromptSet = Field(default_factory=lambda: PromptSet(source="mixed"))
+    rl_prompts: PromptSet = Field(default_factory=lambda: PromptSet(source="mixed", split="rl"), description=(
+        "prompts of the judge-labelled, PPO and GRPO stages: by default the shipped sets' rl split, which SFT's "
+        "critique prompts and the evaluation never see"))
     critique: CritiqueOptions = Field(default_factory=CritiqueOptions)
     sft: SFTOptions = Field(default_factory=SFTOptions)
     label: LabelConfig = Field(default_factory=LabelConfig)

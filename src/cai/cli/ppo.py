@@ -17,8 +17,8 @@ def ppo(
     out: Path = typer.Option(..., "--out", "-o", help="run directory (re-run to resume from its checkpoint)"),
     policy: str = typer.Option("smollm2-135m", help="policy to start from: embedded name, local dir (e.g. "
                                "`cai sft` output), .gguf or Hub id"),
-    steps: int = typer.Option(None, help="PPO steps (default 8)"),
-    kl_coef: float = typer.Option(None, "--kl-coef", help="beta, the KL penalty weight (default 0.05)"),
+    max_steps: int = typer.Option(None, "--max-steps", help="PPO steps (default 8)"),
+    beta: float = typer.Option(None, "--beta", help="the KL penalty weight (default 0.05)"),
     batch_size: int = typer.Option(None, "--batch-size", help="rollouts per step (default 8)"),
     mini_batch_size: int = typer.Option(None, "--mini-batch-size", help="rollouts per update (default 4)"),
     ppo_epochs: int = typer.Option(None, "--ppo-epochs", help="passes over each batch (default 2)"),
@@ -27,7 +27,7 @@ def ppo(
     temperature: float = typer.Option(None, help="sampling temperature (default 0.7)"),
     sl_data: Path = typer.Option(None, "--sl-data", help="SL-CAI data (sft.jsonl) mixed into each update"),
     sl_coef: float = typer.Option(None, "--sl-coef", help="weight of the SL loss: L = L_RL + A * L_SL "
-                                  "(default 0.2)"),
+                                  "(default 0: no SL term)"),
     lora: bool = typer.Option(False, "--lora", help="train LoRA adapters; the reference is the base model"),
     adaptive_kl: bool = typer.Option(False, "--adaptive-kl", help="adapt beta towards --target-kl"),
     target_kl: float = typer.Option(None, "--target-kl", help="target KL per response, in nats (default 6)"),
@@ -47,9 +47,9 @@ def ppo(
 
     setup_console()
     options = options_from_cli(
-        PPOOptions, steps=steps, kl_coef=kl_coef, batch_size=batch_size, mini_batch_size=mini_batch_size,
-        ppo_epochs=ppo_epochs, lr=lr, max_new_tokens=max_new_tokens, temperature=temperature, sl_coef=sl_coef,
-        lora=lora or None, adaptive_kl=adaptive_kl or None, target_kl=target_kl, save_every=save_every,
+        PPOOptions, max_steps=max_steps, beta=beta, batch_size=batch_size, mini_batch_size=mini_batch_size,
+        ppo_epochs=ppo_epochs, learning_rate=lr, max_new_tokens=max_new_tokens, temperature=temperature,
+        sl_coef=sl_coef, lora=lora or None, adaptive_kl=adaptive_kl or None, target_kl=target_kl, save_every=save_every,
         dtype=dtype, seed=seed, lean_rollouts=lean_rollouts,
     )
     rows, bad = load_prompts(prompts, limit=limit)

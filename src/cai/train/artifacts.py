@@ -126,6 +126,11 @@ def trained_model(trainer):
     return trainer.model, accelerator.get_state_dict(trainer.model_wrapped)
 
 
+def first_logged(trainer, key: str) -> float | None:
+    """The first value of ``key`` in a trainer's log history (e.g. the first step's loss)."""
+    return next((float(entry[key]) for entry in trainer.state.log_history if key in entry), None)
+
+
 def last_logged(trainer, key: str) -> float | None:
     """The most recent value of ``key`` in a trainer's log history (e.g. the last logged loss)."""
     for entry in reversed(trainer.state.log_history):

@@ -42,15 +42,15 @@ class PPOOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    steps: int = Field(8, ge=1, description="PPO steps, each one batch of rollouts and its updates")
+    max_steps: int = Field(8, ge=1, description="PPO steps, each one batch of rollouts and its updates")
     batch_size: int = Field(8, ge=1, description="prompts (rollouts) per step")
     mini_batch_size: int = Field(4, ge=1, description="rollouts per optimiser step")
     ppo_epochs: int = Field(2, ge=1, description="passes over each batch of rollouts")
-    lr: float = Field(1e-5, gt=0)
+    learning_rate: float = Field(1e-5, gt=0)
     max_new_tokens: int = Field(48, ge=1)
     temperature: float = Field(0.7, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
-    kl_coef: float = Field(0.05, ge=0, description="beta: weight of the per-token KL penalty")
+    beta: float = Field(0.05, ge=0, description="weight of the per-token KL penalty to the reference model")
     adaptive_kl: bool = False
     target_kl: float = Field(6.0, gt=0, description="adaptive KL: target per-sequence KL (nats)")
     kl_horizon: int = Field(64, ge=1, description="adaptive KL: rollouts over which beta may move ~20%")
@@ -62,7 +62,9 @@ class PPOOptions(BaseModel):
     ent_coef: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
     whiten_advantages: bool = True
-    sl_coef: float = Field(0.2, ge=0, description="weight of the SL-CAI loss when SL data is given")
+    sl_coef: float = Field(0.0, ge=0, description=(
+        "a: the weight of the SL-CAI loss in L = L_RL + a * L_SL, on the critique stage's SFT data (0: none, as "
+        "in the paper's RL step)"))
     lora: bool = False
     lora_r: int = Field(16, ge=1)
     seed: int = 0
@@ -134,9 +136,9 @@ def train_ppo(prompts: list, reward_model: str | Path | RewardFn, out_dir: str |
     ppo_dist.setup()
     run, start = _setup(source, prompts, reward_fn, sl_rows, out_dir, options, device)
     log.info("PPO on %s: %d prompts, steps %d..%d, batch %d, %d new tokens", source.model_id, len(prompts),
-             start, options.steps, options.batch_size, options.max_new_tokens)
-    with _progress_bar(options.steps, start - 1) as (show, run.phase):
-        for step in range(start, options.steps + 1):
+             start, options.max_steps, options.batch_size, options.max_new_tokens)
+    with _progress_bar(options.max_steps, start - 1) as (show, run.phase):
+        for step in range(start, options.max_steps + 1):
             row, samples = ppo_step(run, step)
             samples = ppo_dist.gather(samples)
             if is_main():
@@ -145,7 +147,7 @@ def train_ppo(prompts: list, reward_model: str | Path | RewardFn, out_dir: str |
             show(row)
             log.info("step %d: reward %.3f  kl %.3f  beta %.4f  len %.1f  %.1fs", step, row["reward"],
                      row["kl"], row["kl_coef"], row["response_len"], row["time"])
-            if is_main() and (step == options.steps or (options.save_every and step % options.save_every == 0)):
+            if is_main() and (step == options.max_steps or (options.save_every and step % options.save_every == 0)):
                 save_checkpoint(out_dir, run.ac, run.optimizer, _run_state(run, step))
     return _save_policy(run, source, reward_model, out_dir)
 
@@ -441,11 +443,11 @@ def _setup(source, prompts, reward_fn, sl_rows, out_dir: Path, options: PPOOptio
     lean = options.lean_rollouts and not options.lora and supports(causal_lm)
     ac = build_actor_critic(causal_lm, lora=options.lora, lora_r=options.lora_r, rollout_dtype=rollout_dtype,
                             autocast_dtype=autocast_dtype, seed=options.seed, rollout_copy=not lean)
-    optimizer = torch.optim.AdamW(ac.trainable_parameters(), lr=options.lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(ac.trainable_parameters(), lr=options.learning_rate, weight_decay=0.0)
     if options.adaptive_kl:
-        kl_ctl = AdaptiveKLController(options.kl_coef, options.target_kl, options.kl_horizon)
+        kl_ctl = AdaptiveKLController(options.beta, options.target_kl, options.kl_horizon)
     else:
-        kl_ctl = FixedKLController(options.kl_coef)
+        kl_ctl = FixedKLController(options.beta)
     prepack = True
     if lean:  # the snapshot path that passes its self-check here; none: transformers generate on the policy
         from cai.train.ppo_policy import checked_rollout_engine

@@ -102,6 +102,7 @@ def train_sft(data: str | Path, out_dir: str | Path, model: str = "smollm2-135m"
     from cai.train.artifacts import (
         SCRATCH,
         ModelCard,
+        first_logged,
         last_logged,
         library_versions,
         save_model_dir,
@@ -137,6 +138,7 @@ def train_sft(data: str | Path, out_dir: str | Path, model: str = "smollm2-135m"
             result = show_progress(trainer, "sft").train()
         metrics = {
             "train_loss": result.training_loss,
+            "first_loss": first_logged(trainer, "loss"),
             "final_loss": last_logged(trainer, "loss"),
             "steps": result.global_step,
             "train_seconds": round(result.metrics["train_runtime"], 1),
