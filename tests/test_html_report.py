@@ -9,8 +9,8 @@ import subprocess
 
 import pytest
 
-from cai.evaluation.report import build_report
-from cai.evaluation.report_blocks import SideBySide, Table, Transcript, page
+from cai.report import build_report
+from cai.report.blocks import SideBySide, Table, Transcript, page
 
 ATTACK = "<script>document.title='pwned'</script><img src=x onerror=\"document.title='pwned'\">"
 
@@ -80,7 +80,7 @@ def test_every_block_escapes_what_it_shows(tmp_path):
     ("line one\nline  two", 40, "line one line two"),
 ])
 def test_titles_are_cut_at_a_word_boundary_and_marked(text, width, shown):
-    from cai.evaluation.report_blocks import shorten
+    from cai.report.blocks import shorten
 
     assert shorten(text, width) == shown and len(shown) <= width
 

@@ -193,8 +193,8 @@ def stage_evaluate(ctx: Context) -> dict:
     """Refusal rates of the base and of every model the run trained, in order (SFT, then PPO or DPO; the
     last is the final model), on held-out prompts (``cai.evaluation.evaluate``), then the report of the whole run."""
     from cai.evaluation.evaluate import evaluate
-    from cai.evaluation.report import build_report
     from cai.models import is_served_spec, resolve
+    from cai.report import build_report
 
     base = ctx.config.model if is_served_spec(ctx.config.model) else str(resolve(ctx.config.model).spec)
     models = list(dict.fromkeys([base, *ctx.trained.values(), ctx.policy]))
@@ -253,6 +253,7 @@ def run_pipeline(config: RunConfig, out: Path, *, redo: tuple[str, ...] = ()) ->
     from cai import __version__
     from cai.jsonl import write_atomic
     from cai.logs import log_to_run_dir
+    from cai.train.artifacts import library_versions
 
     main = _check_processes(config)
     out = Path(out)
@@ -261,7 +262,7 @@ def run_pipeline(config: RunConfig, out: Path, *, redo: tuple[str, ...] = ()) ->
         log_to_run_dir(out)
     manifest_path = out / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {
-        "name": config.name, "cai_version": __version__, "versions": _versions(), "stages": {}}
+        "name": config.name, "cai_version": __version__, "versions": library_versions(), "stages": {}}
     manifest.pop("failed", None)
 
     def save() -> None:
@@ -300,7 +301,7 @@ def run_pipeline(config: RunConfig, out: Path, *, redo: tuple[str, ...] = ()) ->
     manifest["final_model"] = ctx.policy
     save()
     if "evaluate" in config.stages and "evaluate" in plan and main:  # the report's cost ledger holds evaluate too
-        from cai.evaluation.report import build_report
+        from cai.report import build_report
 
         build_report([out], out / "report")
     return manifest
@@ -477,15 +478,3 @@ def _constitution_ref(config: RunConfig) -> dict:
     from cai.constitution import load_constitution
 
     return load_constitution(config.constitution).ref().model_dump()
-
-
-def _versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for pkg in ("torch", "transformers", "trl", "peft", "datasets"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = None
-    return out

@@ -36,14 +36,11 @@ class DPOOptions(TrainOptions):
     balance: bool = Field(True, description=(
         "every stretch of the data holds each label source (a pair's `judge`: the judge, revision over "
         "answer, answer over refusal) in proportion, in an order the seed fixes; false: TRL's random order. "
-        "A short run sees only some pairs, and which kind it sees decides what it learns: 10 steps at lr 2e-5 "
-        "from one SFT model left held-out harmless prompts refused 0.105 with seed 0 and 0.228 with seed 1"))
+        "A short run sees only some pairs, and which kind it sees decides what it learns"))
     equal_shares: bool = Field(False, description=(
         "with balance: each label source takes the same share of every stretch, until the smaller ones run "
-        "out (their surplus comes last), instead of a share in proportion to its size. A short run then "
-        "learns as much from revision-over-answer pairs as from answer-over-refusal ones however many "
-        "harmless prompts there are: with 278 of the latter to 112, proportional batches undid the refusals "
-        "SFT had taught (held-out harmful prompts refused 0.349 -> 0.048)"))
+        "out (their surplus comes last), instead of a share in proportion to its size, so a short run learns "
+        "as much from the smaller source as from the larger"))
 
 
 def balanced_order(groups: list, seed: int = 0, equal: bool = False) -> list[int]:

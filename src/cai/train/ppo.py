@@ -31,6 +31,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cai.errors import ConfigError, TrainingDiverged
+from cai.memory import MIB, peak_rss_bytes
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +217,7 @@ def ppo_step(run: _Run, step: int) -> tuple[dict[str, Any], list[dict]]:
     row = ppo_dist.mean_row(row)
     row.update(_hacking_signals(run, row, rollout.texts))
     row.update(time=time.time() - t0, time_rollout=t_rollout, time_update=time.time() - t0 - t_rollout,
-               cpu_time=time.process_time() - cpu0, max_rss_mb=_max_rss_mb())
+               cpu_time=time.process_time() - cpu0, max_rss_mb=peak_rss_bytes() / MIB)
     samples = [{"step": step, "prompt": p[-1]["content"], "response": r, "score": s}
                for p, r, s in zip(prompts, rollout.texts, scores.tolist(), strict=True)]
     return row, samples
@@ -302,18 +303,6 @@ def ppo_update(run: _Run, step: int, rollout, old: dict, advantages, returns) ->
     stats = {key: value / n_updates for key, value in sums.items()}
     stats.setdefault("sl_loss", None)
     return stats
-
-
-def _max_rss_mb() -> float | None:
-    """This process's peak resident memory so far (MiB), where the OS reports it."""
-    try:
-        import resource
-    except ImportError:  # Windows
-        return None
-    import sys
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 1024**2 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
 
 
 def _chunks(n: int, size: int, order=None):
