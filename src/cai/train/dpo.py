@@ -28,9 +28,12 @@ log = logging.getLogger(__name__)
 
 
 class DPOOptions(TrainOptions):
-    learning_rate: float = Field(1e-6, gt=0)
-    beta: float = Field(0.1, gt=0)  # strength of the implicit KL penalty towards the reference model
-    min_confidence: float = Field(0.55, ge=0.5, le=1)  # drop pairs with max(p, 1 - p) below this
+    """DPO on labelled pairs: the shared training options, which pairs are kept and in what order they are read."""
+
+    learning_rate: float = Field(1e-6, gt=0, description="peak learning rate of the optimiser (AdamW)")
+    beta: float = Field(0.1, gt=0, description="strength of the implicit KL penalty towards the reference model")
+    min_confidence: float = Field(0.55, ge=0.5, le=1, description=(
+        "drop pairs whose label is less sure than this: max(p, 1 - p) below it"))
     label_smoothing: float | None = Field(None, ge=0, lt=0.5, description=(
         "flip probability of the robust DPO loss; default: the kept pairs' mean label uncertainty"))
     balance: bool = Field(True, description=(

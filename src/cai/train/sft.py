@@ -19,7 +19,9 @@ log = logging.getLogger(__name__)
 
 
 class SFTOptions(TrainOptions):
-    learning_rate: float = Field(2e-5, gt=0)
+    """SL-CAI supervised fine-tuning: the shared training options, and what goes into the data."""
+
+    learning_rate: float = Field(2e-5, gt=0, description="peak learning rate of the optimiser (AdamW)")
     helpful_weight: float = Field(1.0, ge=0, description=(
         "copies of each plain answer to a harmless prompt (rows of kind 'helpful') in the training data; a "
         "fraction adds that share of them once more, chosen by the seed. More weight means fewer needless "
