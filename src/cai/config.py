@@ -75,7 +75,18 @@ class RunConfig(BaseModel):
 
 
 def load_config(path: str | Path) -> RunConfig:
-    """Read a recipe; errors name the file and the field."""
+    """Read and validate a recipe.
+
+    Args:
+        path: the recipe YAML file.
+
+    Returns:
+        The ``RunConfig``, with every default filled in.
+
+    Raises:
+        ConfigError: the file is missing, is not YAML, or has an unknown key or a bad value (the message
+            names the file and the field).
+    """
     import yaml
     from pydantic import ValidationError
 

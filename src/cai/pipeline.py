@@ -470,7 +470,7 @@ def _check_processes(config: RunConfig) -> bool:
         raise ConfigError(f"cai run started as one of {world_size()} processes, but stages {others} generate or "
                           "evaluate and would run in each", where="--stages",
                           fix=f"run those in one process (`cai run RECIPE --stages {','.join(others)}`), and only "
-                              f"{', '.join(TRAINING_STAGES)} under accelerate launch (see the README)")
+                              f"{', '.join(TRAINING_STAGES)} under accelerate launch (see docs/guides/gpu-7b.md)")
     return is_main()
 
 
