@@ -1,4 +1,4 @@
-"""The Python API: `import cai` stays light, and the README's example runs as written (on a tiny model)."""
+"""The Python API: `import cai` stays light, and the docs' example runs as written (on a tiny model)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-README = Path(__file__).parent.parent / "README.md"
+API_PAGE = Path(__file__).parent.parent / "docs" / "reference" / "api.md"
 
 
 def test_import_cai_loads_no_heavy_library_and_exports_the_api():
@@ -18,16 +18,16 @@ def test_import_cai_loads_no_heavy_library_and_exports_the_api():
     assert run.stdout.split("\n")[:2] == ["[]", "general"]
 
 
-def test_the_readme_python_example_runs(tmp_path, tiny_model_dir, monkeypatch):
-    block = re.search(r"## Python API\n.*?```python\n(.*?)```", README.read_text(), re.S)
-    assert block, "README has no Python API example"
+def test_the_documented_python_example_runs(tmp_path, tiny_model_dir, monkeypatch):
+    block = re.search(r"```python\n(.*?)```", API_PAGE.read_text(), re.S)
+    assert block, "docs/reference/api.md has no Python example"
     code = block.group(1).replace('"smollm2-135m"', repr(str(tiny_model_dir)))
     assert code != block.group(1)
     (tmp_path / "my-constitution.yaml").write_text((Path(__file__).parent.parent / "src" / "cai" / "constitutions"
                                                     / "customer-service.yaml").read_text())
     monkeypatch.chdir(tmp_path)
     printed = []
-    exec(compile(code, "README.md", "exec"), {"print": printed.append})  # noqa: S102 -- the documented example
+    exec(compile(code, str(API_PAGE), "exec"), {"print": printed.append})  # noqa: S102 -- the documented example
     replies, rates = printed
     assert len(replies) == 1 and isinstance(replies[0], str)
     assert (tmp_path / "runs/api/critique/records.jsonl").is_file()

@@ -1,4 +1,4 @@
-"""The GPU recipe and the accelerate configs: they load, their stages are wired, and the README's command
+"""The GPU recipe and the accelerate configs: they load, their stages are wired, and the GPU guide's command
 lines name files that exist. (Running them needs GPUs; the same code paths run here on the tiny model.)"""
 
 from __future__ import annotations
@@ -54,9 +54,8 @@ def test_accelerate_configs_parse(path):
         assert config.deepspeed_config["zero_stage"] == int(path.stem[-1])
 
 
-def test_readme_gpu_commands_name_shipped_files():
-    text = (ROOT / "README.md").read_text()
-    section = text[text.index("## On GPUs"):]
+def test_gpu_guide_commands_name_shipped_files():
+    section = (ROOT / "docs" / "guides" / "gpu-7b.md").read_text()
     named = set(re.findall(r"recipes/[\w./-]+\.yaml", section))
     assert {"recipes/gpu-7b.yaml", "recipes/accelerate/zero3.yaml"} <= named
     assert all((ROOT / n).is_file() for n in named), named

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
 
 import pytest
 
-from cai.evaluation.report import build_report
-from cai.evaluation.report_blocks import SideBySide, Table, Transcript, page
+from cai.report import build_report
+from cai.report.blocks import SideBySide, Table, Transcript, page
 
 ATTACK = "<script>document.title='pwned'</script><img src=x onerror=\"document.title='pwned'\">"
 
@@ -80,7 +81,7 @@ def test_every_block_escapes_what_it_shows(tmp_path):
     ("line one\nline  two", 40, "line one line two"),
 ])
 def test_titles_are_cut_at_a_word_boundary_and_marked(text, width, shown):
-    from cai.evaluation.report_blocks import shorten
+    from cai.report.blocks import shorten
 
     assert shorten(text, width) == shown and len(shown) <= width
 
@@ -127,13 +128,24 @@ def _chromium():
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
+def _chromium_or_skip() -> str:
+    """The browser's path; skips without one, except where CAI_REQUIRE_CHROMIUM is set (CI), where it fails."""
+    found = _chromium()
+    if found is None:
+        if os.environ.get("CAI_REQUIRE_CHROMIUM"):
+            pytest.fail("CAI_REQUIRE_CHROMIUM is set but no chromium, chromium-browser or google-chrome is on PATH: "
+                        "run bash scripts/install-chromium.sh")
+        pytest.skip("no headless Chromium here (bash scripts/install-chromium.sh)")
+    return found
+
+
 @pytest.mark.slow
-@pytest.mark.skipif(_chromium() is None, reason="no headless Chromium here (apt-get install chromium)")
 def test_chromium_renders_the_page_and_runs_no_model_script(tmp_path):
+    chromium = _chromium_or_skip()
     _run_dir(tmp_path / "run")
     build_report([tmp_path / "run"], tmp_path / "report")
     html = tmp_path / "report" / "report.html"
-    flags = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1280,2000",
+    flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1280,2000",
              f"--user-data-dir={tmp_path / 'profile'}"]
     dom = subprocess.run([*flags, "--dump-dom", html.as_uri()], capture_output=True, text=True, timeout=120).stdout
     assert "<title>cai evaluation report</title>" in dom and "pwned" in dom  # shown as text ...

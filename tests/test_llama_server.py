@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.llama_server, pytest.mark.slow]
 PAIRS = Path(__file__).parent / "fixtures" / "pairs" / "hh8.jsonl"
 # How far a judge's P(option) may be from the fp32 reference on the same weights (cai's fp32 path on the
 # dequantised GGUF). llama.cpp computes in Q4_1 with activations rounded to 8 bits; cai's default engine
-# computes in bf16. Both stay this close (the README gives the measured figures), so the served reading
+# computes in bf16. Both stay this close (docs/results.md gives the measured figures), so the served reading
 # and the default local one may differ by twice this.
 TOLERANCE = 0.05
 

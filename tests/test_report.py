@@ -7,7 +7,7 @@ import json
 import pytest
 
 from cai.errors import ConfigError
-from cai.evaluation.report import build_report, collect
+from cai.report import build_report, collect
 
 
 def _write(path, data):
@@ -107,8 +107,8 @@ def test_label_summaries_and_dpo_runs_are_reported_and_small_held_out_sets_get_a
 
 
 def test_pairs_built_without_a_judge_have_no_position_consistency_and_name_both_sources(tmp_path):
-    from cai.evaluation.report import label_summary
     from cai.feedback.constructed import HELPFUL_SOURCE, SOURCE
+    from cai.report.results import label_summary
 
     pair = {"id": "p", "prompt": [], "chosen": [], "rejected": [], "prompt_id": "p", "p_chosen": 0.9,
             "position_consistent": True, "provenance": {"model": "pol"}}
@@ -119,7 +119,7 @@ def test_pairs_built_without_a_judge_have_no_position_consistency_and_name_both_
 
 
 def test_tradeoff_points_that_coincide_share_a_label_and_runs_tell_a_model_apart():
-    from cai.evaluation.report import _points
+    from cai.report.plots import _points
 
     rows = [{"model": "smollm2-135m", "source": "/r/a/evaluate/refusals.json", "safe_refusal": 0.1,
              "harmful_refusal": 0.2},
@@ -138,7 +138,7 @@ def test_tradeoff_points_that_coincide_share_a_label_and_runs_tell_a_model_apart
 def test_trained_on_names_the_label_source_the_run_used(tmp_path, label_source, shown):
     import yaml
 
-    from cai.evaluation.report import trained_on
+    from cai.report.results import trained_on
 
     run = tmp_path / "run"
     run.mkdir()

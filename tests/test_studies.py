@@ -167,7 +167,7 @@ def test_per_principle_first_answers_match_the_red_team_rates_and_degenerate_rep
     per principle, 0.625 against 0.500)."""
     from cai.evaluation.jailbreak_study import recount, report_blocks, shown_figures, table
     from cai.evaluation.redteam import success_rates
-    from cai.evaluation.report_blocks import Table
+    from cai.report.blocks import Table
 
     loop = "Sure, here is how: " + "and I am a Muslim, " * 20
     replies = [("forced-opening", "Sure, here is exactly how."), ("forced-opening", "I'm sorry, I can't help."),
@@ -201,7 +201,7 @@ def test_compare_runs_both_constitutions_on_the_same_prompts_and_reports(tmp_pat
     from cai.constitution import parse_constitution
     from cai.critique import CritiqueOptions
     from cai.evaluation.compare import compare
-    from cai.evaluation.report import build_report
+    from cai.report import build_report
 
     strict = parse_constitution("name: strict\nversion: 1\nprinciples:\n"
                                 "  - {id: harm, critique: c, revision: decline it, preference: p}\n", source="s")
@@ -245,8 +245,8 @@ def test_helpfulness_win_rates_and_elo_follow_the_judge(tmp_path):
 
 def test_jailbreak_study_end_to_end_on_scripted_models(tmp_path):
     from cai.evaluation.jailbreak_study import report_blocks, run
-    from cai.evaluation.report_blocks import Table
     from cai.prompts import PromptRow
+    from cai.report.blocks import Table
 
     def stubborn(prompt, seed):  # refuses only plain-text requests that say "hurt"
         return "I can't help with that." if "hurt" in prompt else "Sure, here it is."
@@ -331,7 +331,7 @@ def test_the_round_curve_legend_covers_no_data():
 def test_cai_vs_sft_names_its_held_out_sets_and_refuses_trained_prompts(tmp_path, monkeypatch):
     from cai.errors import ConfigError
     from cai.evaluation import cai_vs_sft
-    from cai.evaluation.report import build_report
+    from cai.report import build_report
     from cai.train import sft
     from cai.train.sft import SFTOptions
 

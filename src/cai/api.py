@@ -20,27 +20,66 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
+
+if TYPE_CHECKING:
+    from cai.backends.base import Backend
+    from cai.constitution import Constitution
+
+# what the calls accept (names, not imports: `import cai` stays light)
+ModelLike = Union["Backend", str, Path]  # a loaded backend or a model spec
+ConstitutionLike = Union["Constitution", str, Path]  # a loaded constitution, a YAML file or a shipped name
+Prompts = str | Path | Sequence[str | tuple[str, str]]  # a source, or strings / (id, prompt) pairs
 
 
-def load_constitution(path_or_name: str | Path):
-    """A ``Constitution`` from a YAML file or a shipped name (general, seed, redteam, customer-service)."""
+def load_constitution(path_or_name: str | Path) -> Constitution:
+    """Load and validate a constitution.
+
+    Args:
+        path_or_name: a YAML file, or a shipped name (general, seed, redteam, customer-service).
+
+    Returns:
+        The validated ``Constitution``.
+
+    Raises:
+        ConfigError: the file is missing or invalid (the message names the line, the field and a fix).
+    """
     from cai.constitution import load_constitution as load
 
     return load(path_or_name)
 
 
-def load_model(spec: str = "smollm2-135m", **options: Any):
-    """A generation backend (``generate``, ``option_logprobs``) for any model spec: the embedded name, a local
-    directory, a .gguf file, a Hub id or ``openai:MODEL@URL``. ``options``: dtype, batch_size, device."""
+def load_model(spec: str = "smollm2-135m", **options: Any) -> Backend:
+    """Load a model as a generation backend (``generate``, ``option_logprobs``).
+
+    Args:
+        spec: the embedded name, a local directory, a .gguf file, a Hub id or ``openai:MODEL@URL``.
+        **options: backend options: ``dtype``, ``batch_size``, ``device``.
+
+    Returns:
+        The backend; pass it to the other calls to load the model once.
+    """
     from cai.backends import load_backend
 
     return load_backend(spec, **options)
 
 
-def generate(model, prompts: Sequence[str], *, max_new_tokens: int = 256, temperature: float = 0.7,
+def generate(model: ModelLike, prompts: Sequence[str], *, max_new_tokens: int = 256, temperature: float = 0.7,
              top_p: float = 0.95, seed: int = 0, system_prompt: str | None = None) -> list[str]:
-    """One reply per prompt (in order); ``model`` is a backend or a model spec."""
+    """Generate one reply per prompt.
+
+    Args:
+        model: a backend from ``load_model``, or a model spec.
+        prompts: the user messages, one conversation each.
+        max_new_tokens: token budget of each reply.
+        temperature: sampling temperature (0: greedy).
+        top_p: nucleus sampling threshold.
+        seed: sampling seed (each row is seeded from it and its prompt).
+        system_prompt: a system turn before each prompt.
+
+    Returns:
+        The replies, in the order of ``prompts``.
+    """
     from cai.backends.base import SamplingParams
     from cai.generation import conversation
 
@@ -50,8 +89,20 @@ def generate(model, prompts: Sequence[str], *, max_new_tokens: int = 256, temper
     return [c.text for c in backend.generate([conversation(p, system_prompt) for p in prompts], params)]
 
 
-def critique_revise(prompts, out: str | Path, *, model="smollm2-135m", constitution="general", **options: Any) -> dict:
-    """SL-CAI critique and revision into ``out`` (records.jsonl, sft.jsonl); returns the summary counts."""
+def critique_revise(prompts: Prompts, out: str | Path, *, model: ModelLike = "smollm2-135m",
+                    constitution: ConstitutionLike = "general", **options: Any) -> dict:
+    """Answer, critique and revise each prompt (SL-CAI) into ``out``: records.jsonl and sft.jsonl.
+
+    Args:
+        prompts: strings, (id, prompt) pairs, or a source (a file, a shipped set, ``hf:owner/name``).
+        out: the output directory; a call into one that holds part of the work resumes it.
+        model: a backend or a model spec.
+        constitution: a ``Constitution``, a YAML file or a shipped name.
+        **options: ``CritiqueOptions`` fields (``rounds``, ``max_new_tokens``, ``temperature``, ...).
+
+    Returns:
+        The summary counts (prompts, usable revisions, problems).
+    """
     from cai.critique import CritiqueOptions, run_critique
 
     rows = _rows(prompts)
@@ -59,10 +110,21 @@ def critique_revise(prompts, out: str | Path, *, model="smollm2-135m", constitut
                         constitution=_constitution(constitution), options=CritiqueOptions(**options))
 
 
-def label(prompts, out: str | Path, *, policy="smollm2-135m", judge=None, constitution="general",
-          **options: Any) -> dict:
-    """RLAIF preference labels into ``out/pairs.jsonl`` (the judge defaults to the policy); returns the
-    summary (pairs, mean p_chosen, position consistency)."""
+def label(prompts: Prompts, out: str | Path, *, policy: ModelLike = "smollm2-135m", judge: ModelLike | None = None,
+          constitution: ConstitutionLike = "general", **options: Any) -> dict:
+    """Sample response pairs and label them with the AI judge (RLAIF) into ``out/pairs.jsonl``.
+
+    Args:
+        prompts: strings, (id, prompt) pairs, or a source (a file, a shipped set, ``hf:owner/name``).
+        out: the output directory; a call into one that holds part of the work resumes it.
+        policy: the backend or model spec that writes the responses.
+        judge: the backend or model spec that labels them (default: the policy).
+        constitution: a ``Constitution``, a YAML file or a shipped name.
+        **options: ``LabelConfig`` fields (``max_new_tokens``, ``seed``, ``judge``, ...).
+
+    Returns:
+        The summary: pairs, mean p_chosen, position consistency.
+    """
     from cai.feedback.preferences import LabelConfig, label_prompts
 
     backend = _backend(policy)
@@ -73,7 +135,17 @@ def label(prompts, out: str | Path, *, policy="smollm2-135m", judge=None, consti
 
 
 def train_sft(data: str | Path, out: str | Path, *, model: str = "smollm2-135m", **options: Any) -> Path:
-    """Fine-tune ``model`` on sft.jsonl; returns the saved model's directory (a model spec)."""
+    """Fine-tune a model on SL-CAI revisions (loss on the response tokens only).
+
+    Args:
+        data: an sft.jsonl from ``critique_revise`` or ``cai critique``.
+        out: the directory to save the model into.
+        model: the starting model spec.
+        **options: ``SFTOptions`` fields (``max_steps``, ``learning_rate``, ``lora``, ...).
+
+    Returns:
+        The saved model's directory, usable as a model spec.
+    """
     from cai.train.sft import SFTOptions
     from cai.train.sft import train_sft as train
 
@@ -81,7 +153,17 @@ def train_sft(data: str | Path, out: str | Path, *, model: str = "smollm2-135m",
 
 
 def train_reward(pairs: str | Path, out: str | Path, *, model: str = "smollm2-135m", **options: Any) -> dict:
-    """A reward model on pairs.jsonl into ``out``; returns its report (held-out accuracy and n)."""
+    """Train a reward model on soft preference labels.
+
+    Args:
+        pairs: a pairs.jsonl from ``label`` or ``cai label``.
+        out: the directory to save the reward model into.
+        model: the model spec to start from.
+        **options: ``RewardOptions`` fields.
+
+    Returns:
+        Its report: held-out accuracy and the number of pairs it was measured on.
+    """
     from cai.train.reward import RewardOptions
     from cai.train.reward import train_reward as train
 
@@ -89,16 +171,38 @@ def train_reward(pairs: str | Path, out: str | Path, *, model: str = "smollm2-13
 
 
 def train_dpo(pairs: str | Path, out: str | Path, *, model: str = "smollm2-135m", **options: Any) -> Path:
-    """DPO on pairs.jsonl; returns the saved model's directory."""
+    """Train a policy with DPO on labelled pairs.
+
+    Args:
+        pairs: a pairs.jsonl from ``label`` or ``cai label``.
+        out: the directory to save the policy into.
+        model: the starting policy (usually the SFT model's directory).
+        **options: ``DPOOptions`` fields.
+
+    Returns:
+        The saved model's directory, usable as a model spec.
+    """
     from cai.train.dpo import DPOOptions
     from cai.train.dpo import train_dpo as train
 
     return train(pairs, out, model=model, options=DPOOptions(**options))
 
 
-def refusal_rates(models: Sequence[str], *, harmful="redteam", safe="helpful", limit: int | None = 32,
-                  max_new_tokens: int = 64, seed: int = 0) -> dict[str, dict[str, float]]:
-    """Evaluation: per model spec, the share of harmful and of safe prompts it refuses (greedy replies)."""
+def refusal_rates(models: Sequence[ModelLike], *, harmful: str = "redteam", safe: str = "helpful",
+                  limit: int | None = 32, max_new_tokens: int = 64, seed: int = 0) -> dict[str, dict[str, float]]:
+    """Measure how often each model refuses harmful and safe prompts (greedy replies).
+
+    Args:
+        models: model specs (or backends) to compare.
+        harmful: the harmful prompt source (a shipped set and split, or a file).
+        safe: the safe prompt source.
+        limit: use only the first N prompts of each set (None: all).
+        max_new_tokens: token budget of each reply.
+        seed: sampling seed.
+
+    Returns:
+        Per model spec: ``harmful_refusal`` and ``safe_refusal`` rates.
+    """
     from cai.evaluation.refusals import refusal_comparison
 
     sets = {name: [r.prompt for r in _rows(source, limit)] for name, source in (("harmful", harmful),

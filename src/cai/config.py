@@ -27,23 +27,31 @@ STAGES: tuple[str, ...] = ("critique", "sft", "label", "reward", "ppo", "grpo", 
 
 
 class PromptSet(BaseModel):
+    """A set of prompts: where they come from and which of them."""
+
     model_config = ConfigDict(extra="forbid")
-    source: str = "redteam"
-    limit: int | None = Field(None, ge=1)
-    column: str | None = None
-    split: str = "train"
+    source: str = Field("redteam", description=(
+        "a file (.jsonl, .csv, .txt), a shipped set (redteam, helpful, mixed, optionally :train or :eval) or "
+        "hf:owner/name"))
+    limit: int | None = Field(None, ge=1, description="use only the first N prompts")
+    column: str | None = Field(None, description="the prompt column of a CSV, JSONL or Hugging Face dataset")
+    split: str = Field("train", description="the split of a shipped set or dataset when source names none")
 
 
 class RunConfig(BaseModel):
     """A whole CAI run: which model, constitution and prompts, and each stage's options."""
 
     model_config = ConfigDict(extra="forbid")
-    name: str = "run"
-    model: str = "smollm2-135m"
-    constitution: str = "general"
+    name: str = Field("run", description="the run's name (recorded in the manifest and the report)")
+    model: str = Field("smollm2-135m", description=(
+        "the base model: embedded name, local directory, .gguf file, Hub id or openai:MODEL@URL"))
+    constitution: str = Field("general", description=(
+        "a shipped constitution (general, seed, redteam, customer-service) or a YAML file"))
     judge_model: str | None = Field(None, description="AI judge for labels; default: the base model")
-    dtype: str = "auto"
-    stages: list[Stage] = Field(default_factory=lambda: ["critique", "sft", "label", "reward", "ppo", "evaluate"])
+    dtype: str = Field("auto", description="precision of generation: auto, fp32, bf16 or fp16")
+    stages: list[Stage] = Field(default_factory=lambda: ["critique", "sft", "label", "reward", "ppo", "evaluate"],
+                                description=(
+        "the stages to run, in order (critique, sft, label, reward, ppo, grpo, dpo, studies, evaluate)"))
     rounds: int = Field(1, ge=1, description="alternating rounds of the SL stages then the RL stages, each "
                                              "from the policy the last round ended with (cai.rounds)")
     seeds: list[int] | None = Field(None, min_length=1, description=(
@@ -52,28 +60,42 @@ class RunConfig(BaseModel):
     seed_sft: bool = Field(False, description="with seeds: round 1's SFT once per seed too (else shared)")
     rl_iterations: int = Field(1, ge=1, description="RL stages per round, each on fresh pairs from the policy "
                                                     "the last one trained (iterative DPO)")
-    critique_prompts: PromptSet = Field(default_factory=PromptSet)
+    critique_prompts: PromptSet = Field(default_factory=PromptSet, description=(
+        "the prompts SL-CAI answers, critiques and revises (training split)"))
     helpful_prompts: PromptSet | None = Field(None, description=(
         "harmless prompts whose plain answers are mixed into the SFT data (e.g. {source: helpful})"))
     rl_prompts: PromptSet = Field(default_factory=lambda: PromptSet(source="mixed", split="rl"), description=(
-        "prompts of the judge-labelled, PPO and GRPO stages: by default the shipped sets' rl split, which SFT's "
-        "critique prompts and the evaluation never see"))
-    critique: CritiqueOptions = Field(default_factory=CritiqueOptions)
-    sft: SFTOptions = Field(default_factory=SFTOptions)
-    label: LabelConfig = Field(default_factory=LabelConfig)
-    reward: RewardOptions = Field(default_factory=RewardOptions)
-    ppo: PPOOptions = Field(default_factory=PPOOptions)
+        "the prompts the label, PPO and GRPO stages sample responses to: by default the shipped sets' rl split, "
+        "which SFT's critique prompts and the evaluation never see"))
+    critique: CritiqueOptions = Field(default_factory=CritiqueOptions, description=(
+        "how the critique-revision loop runs"))
+    sft: SFTOptions = Field(default_factory=SFTOptions, description="supervised fine-tuning on the revisions")
+    label: LabelConfig = Field(default_factory=LabelConfig, description="sampling response pairs and labelling them")
+    reward: RewardOptions = Field(default_factory=RewardOptions, description="the reward model")
+    ppo: PPOOptions = Field(default_factory=PPOOptions, description="PPO against the reward model")
     grpo: OnlineRLOptions = Field(default_factory=OnlineRLOptions, description="TRL GRPO/RLOO (stage grpo)")
-    dpo: DPOOptions = Field(default_factory=DPOOptions)
-    evaluate: EvaluateOptions = Field(default_factory=EvaluateOptions)
-    studies: StudyOptions = Field(default_factory=StudyOptions)
+    dpo: DPOOptions = Field(default_factory=DPOOptions, description="DPO on the labelled pairs")
+    evaluate: EvaluateOptions = Field(default_factory=EvaluateOptions, description=(
+        "the held-out evaluation and the run's report"))
+    studies: StudyOptions = Field(default_factory=StudyOptions, description="the studies stage")
     prices: dict[str, dict[Literal["prompt", "generated"], float]] = Field(
         default_factory=dict, description="money per million tokens by model spec, e.g. "
                                           "{'openai:gpt-4o@https://...': {'prompt': 2.5, 'generated': 10}}")
 
 
 def load_config(path: str | Path) -> RunConfig:
-    """Read a recipe; errors name the file and the field."""
+    """Read and validate a recipe.
+
+    Args:
+        path: the recipe YAML file.
+
+    Returns:
+        The ``RunConfig``, with every default filled in.
+
+    Raises:
+        ConfigError: the file is missing, is not YAML, or has an unknown key or a bad value (the message
+            names the file and the field).
+    """
     import yaml
     from pydantic import ValidationError
 

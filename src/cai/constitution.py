@@ -194,10 +194,16 @@ class Constitution(_Strict):
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
     def ref(self) -> ConstitutionRef:
+        """The name, version and hash that records cite (their provenance)."""
         return ConstitutionRef(name=self.name, version=self.version, hash=self.hash)
 
     # -- lookup --------------------------------------------------------------------------------------------
     def principle(self, principle_id: str) -> Principle:
+        """The principle with this id.
+
+        Raises:
+            ConfigError: no principle has that id (the message suggests the closest).
+        """
         for p in self.principles:
             if p.id == principle_id:
                 return p
@@ -436,7 +442,17 @@ def _read_text(path_or_name: str | Path) -> tuple[str, str]:
 
 
 def load_constitution(path_or_name: str | Path) -> Constitution:
-    """Load a constitution from a YAML file path or a shipped name (see ``SHIPPED``)."""
+    """Load a constitution from a YAML file path or a shipped name, validating it strictly.
+
+    Args:
+        path_or_name: a YAML file, or a shipped name (see ``SHIPPED``).
+
+    Returns:
+        The validated ``Constitution``.
+
+    Raises:
+        ConfigError: the file is missing or invalid; the message names the line, the field and a fix.
+    """
     text, source = _read_text(path_or_name)
     constitution = parse_constitution(text, source=source)
     logger.debug("loaded constitution %s v%s (%d principles, %s)", constitution.name, constitution.version,
@@ -506,7 +522,15 @@ class ConstitutionDiff(BaseModel):
 
 
 def diff(a: Constitution, b: Constitution) -> ConstitutionDiff:
-    """Compare two constitutions principle by principle (by id) and key by key."""
+    """Compare two constitutions principle by principle (by id) and key by key.
+
+    Args:
+        a: the old constitution.
+        b: the new constitution.
+
+    Returns:
+        What changed: principles added, removed and changed, and the metadata.
+    """
     old = {p.id: p for p in a.principles}
     new = {p.id: p for p in b.principles}
     changed = {}

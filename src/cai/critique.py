@@ -42,14 +42,15 @@ class CritiqueOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     rounds: int = Field(4, ge=1, le=16, description="critique-revision rounds per prompt (the paper uses 4)")
-    strategy: Literal["random", "round-robin"] = "random"
-    seed: int = 0
-    max_new_tokens: int = Field(192, ge=1)
-    temperature: float = Field(0.7, ge=0)
-    top_p: float = Field(0.95, gt=0, le=1)
+    strategy: Literal["random", "round-robin"] = Field("random", description=(
+        "how principles are drawn for each round: random (weighted, seeded) or round-robin"))
+    seed: int = Field(0, description="seed of principle sampling and generation")
+    max_new_tokens: int = Field(192, ge=1, description="token budget of each answer, critique and revision")
+    temperature: float = Field(0.7, ge=0, description="sampling temperature (0 = greedy)")
+    top_p: float = Field(0.95, gt=0, le=1, description="nucleus sampling threshold")
     few_shot: int = Field(0, ge=0, description="how many of the constitution's examples to show first")
     early_stop: bool = Field(False, description="stop a prompt's rounds once a critique finds nothing to fix")
-    system_prompt: str | None = None
+    system_prompt: str | None = Field(None, description="a system turn before each conversation")
     chunk_size: int = Field(64, ge=1, description="prompts carried through the loop together")
     critique_step: bool = Field(True, description="false: critique-free revision (revise right after answering)")
 

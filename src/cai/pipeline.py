@@ -205,8 +205,8 @@ def stage_evaluate(ctx: Context) -> dict:
     """Refusal rates of the base and of every model the run trained, in order (SFT, then PPO or DPO; the
     last is the final model), on held-out prompts (``cai.evaluation.evaluate``), then the report of the whole run."""
     from cai.evaluation.evaluate import evaluate
-    from cai.evaluation.report import build_report
     from cai.models import is_served_spec, resolve
+    from cai.report import build_report
 
     base = ctx.config.model if is_served_spec(ctx.config.model) else str(resolve(ctx.config.model).spec)
     models = list(dict.fromkeys([base, *ctx.trained.values(), ctx.policy]))
@@ -276,6 +276,7 @@ def _run_single(config: RunConfig, out: Path, redo: tuple[str, ...], start: str 
     from cai import __version__
     from cai.jsonl import write_atomic
     from cai.logs import log_to_run_dir
+    from cai.train.artifacts import library_versions
 
     main = _check_processes(config)
     out = Path(out)
@@ -284,7 +285,7 @@ def _run_single(config: RunConfig, out: Path, redo: tuple[str, ...], start: str 
         log_to_run_dir(out)
     manifest_path = out / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {
-        "name": config.name, "cai_version": __version__, "versions": _versions(), "stages": {}}
+        "name": config.name, "cai_version": __version__, "versions": library_versions(), "stages": {}}
     manifest.pop("failed", None)
 
     def save() -> None:
@@ -325,7 +326,7 @@ def _run_single(config: RunConfig, out: Path, redo: tuple[str, ...], start: str 
     manifest["final_model"] = ctx.policy
     save()
     if "evaluate" in config.stages and "evaluate" in plan and main:  # the report's cost ledger holds evaluate too
-        from cai.evaluation.report import build_report
+        from cai.report import build_report
 
         build_report([out], out / "report")
     return manifest
@@ -494,7 +495,7 @@ def _check_processes(config: RunConfig) -> bool:
         raise ConfigError(f"cai run started as one of {world_size()} processes, but stages {others} generate or "
                           "evaluate and would run in each", where="--stages",
                           fix=f"run those in one process (`cai run RECIPE --stages {','.join(others)}`), and only "
-                              f"{', '.join(TRAINING_STAGES)} under accelerate launch (see the README)")
+                              f"{', '.join(TRAINING_STAGES)} under accelerate launch (see docs/guides/gpu-7b.md)")
     return is_main()
 
 
@@ -502,15 +503,3 @@ def _constitution_ref(config: RunConfig) -> dict:
     from cai.constitution import load_constitution
 
     return load_constitution(config.constitution).ref().model_dump()
-
-
-def _versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for pkg in ("torch", "transformers", "trl", "peft", "datasets"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = None
-    return out

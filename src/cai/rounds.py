@@ -214,6 +214,6 @@ def _evaluate(config: RunConfig, out: Path, base: str, models: list[dict], manif
 
 
 def _report(out: Path) -> None:
-    from cai.evaluation.report import build_report
+    from cai.report import build_report
 
     build_report([out], out / "report")

@@ -2,7 +2,7 @@
 
 Intra-op threads wait for each other at the end of every matmul. When another process holds one of the
 cores, the thread scheduled there is late to every one of those barriers, and generation with 2 threads
-on a 2-core machine ran several times slower than with 1 (figures in the README). So the default,
+on a 2-core machine ran several times slower than with 1 (figures in benchmarks/README.md). So the default,
 ``auto``, counts the cores this process may use and subtracts the cores other work keeps busy *now*
 (CPU time sampled from ``/proc/stat`` over a few tens of milliseconds at start-up, rounded; the 1-minute load
 average where there is no ``/proc/stat``): all cores on an idle machine, fewer on a busy one, never fewer

@@ -28,7 +28,7 @@ COMMAND_MODULES = ["env", "constitution", "generate", "critique", "sft", "label"
 def _options(
     threads: str = typer.Option("auto", "--threads", envvar="CAI_THREADS",
                                 help="CPU threads for torch: a number, or auto (the cores not already busy "
-                                     "with other work, by the load average; see cai/threads.py)"),
+                                     "with other work, sampled at start-up; see cai/threads.py)"),
 ) -> None:
     """Constitutional AI toolkit: constitutions, SL-CAI critique-revision, RLAIF, red-teaming, evaluation."""
     from cai.threads import apply_threads, parse_threads

@@ -16,8 +16,8 @@ def report(
     out: Path = typer.Option(..., "--out", "-o", help="where report.md, report.html, report.json and the plots go"),
 ) -> None:
     """Refusal trade-off, jailbreak success, training curves and judge figures, side by side."""
-    from cai.evaluation.report import build_report
     from cai.logs import log_to_run_dir, setup_console
+    from cai.report import build_report
 
     setup_console()
     figures = build_report(paths, out)

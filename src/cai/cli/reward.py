@@ -39,7 +39,7 @@ def reward(
         dtype=dtype, seed=seed,
     )
     report = train_reward(pairs, out, model=model, options=options)
-    from cai.evaluation.report import SMALL_EVAL
+    from cai.report.results import SMALL_EVAL
 
     accuracy = "n/a (no held-out pairs)" if report.eval_accuracy is None else f"{report.eval_accuracy:.3f}" + (
         f" (on only {report.n_eval} pairs: one pair moves it by {1 / report.n_eval:.2f}; label more prompts for a "

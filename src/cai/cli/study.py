@@ -66,8 +66,8 @@ def loader(dtype: str):
 
 def finish(out: Path, name: str, data: dict) -> None:
     """Write ``out/<name>.json`` and the report of ``out``."""
-    from cai.evaluation.report import build_report
     from cai.evaluation.round_quality import write_json
+    from cai.report import build_report
 
     path = write_json(out / f"{name}.json", data)
     build_report([out], out / "report")

@@ -4,6 +4,6 @@ The refusal check on harmful and safe prompts (``refusals``, with ``replies`` fo
 answer), red-teaming in jailbreak templates (``redteam``), the pipeline's ``evaluate`` and ``studies``
 stages (``evaluate``, ``study_stage``), the studies of ``cai compare`` and ``cai study`` (``compare``,
 ``round_quality``, ``principle_effect``, ``cai_vs_sft``, ``jailbreak_study`` with ``attacker`` and
-``obfuscation``, ``helpfulness`` with ``win_rate`` and ``elo``), and the report that gathers their files into
-Markdown and HTML (``report``, ``report_sections``, ``report_blocks``, ``report_extras``).
+``obfuscation``, ``helpfulness`` with ``win_rate`` and ``elo``). The report that gathers their files into
+Markdown and HTML is the package ``cai.report``.
 """

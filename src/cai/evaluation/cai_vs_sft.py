@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cai.evaluation.report_blocks import Block, Heading, Para, Table
+from cai.report.blocks import Block, Heading, Para, Table
 
 
 def training_sets(records: Sequence[dict[str, Any]], system_prompt: str | None = None

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cai.evaluation.report_blocks import Block, Heading, Para, Plot, SideBySide, Table, plot_name, shorten
+from cai.report.blocks import Block, Heading, Para, Plot, SideBySide, Table, plot_name, shorten
 
 EXAMPLES = 6  # prompts of each set shown side by side
 

@@ -18,16 +18,18 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class EvaluateOptions(BaseModel):
+    """The evaluate stage: held-out prompt sets and how replies are generated."""
+
     model_config = ConfigDict(extra="forbid")
     harmful: str = Field("redteam:eval", description="harmful prompts: a shipped set's split or a prompt file")
     safe: str = Field("helpful:eval", description="safe prompts: a shipped set's split or a prompt file")
     limit: int | None = Field(None, ge=1, description="prompts of each set (None: all)")
-    max_new_tokens: int = Field(64, ge=1)
+    max_new_tokens: int = Field(64, ge=1, description="token budget of each reply")
     train_limit: int = Field(0, ge=0, description=(
         "also measure this many prompts of each shipped set's train split (harmful-train, safe-train), to "
         "compare held-out prompts with trained ones (0: none)"))
     redteam: bool = Field(False, description="also jailbreak success rates (7 templates a request: slower)")
-    seed: int = 0
+    seed: int = Field(0, description="seed of sampling")
 
 
 def eval_sets(options: EvaluateOptions) -> tuple[dict[str, list], dict[str, list[str]]]:

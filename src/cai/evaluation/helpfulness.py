@@ -18,7 +18,7 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
-from cai.evaluation.report_blocks import Block, Heading, Para, Table
+from cai.report.blocks import Block, Heading, Para, Table
 
 PRINCIPLE = ("helpful", "Choose the response that answers the user's request more helpfully, accurately and "
                         "completely.")

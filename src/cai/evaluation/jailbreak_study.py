@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cai.evaluation.report_blocks import Block, Heading, Para, Table
+from cai.report.blocks import Block, Heading, Para, Table
 
 DEGENERATE_ROW = "degenerate replies (left out of the rates)"
 

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cai.evaluation.report_blocks import Block, Heading, Para, Table
+from cai.report.blocks import Block, Heading, Para, Table
 
 
 def effects(records: Sequence[dict[str, Any]], principle_ids: Sequence[str] = (),

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from cai.evaluation.report_blocks import Block, Heading, Para, Plot, Table, plot_name
+from cai.report.blocks import Block, Heading, Para, Plot, Table, plot_name
 
 log = logging.getLogger(__name__)
 SAME = 0.9  # word-level similarity at or above which a revision "changes nothing"

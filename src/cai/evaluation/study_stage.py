@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class StudyOptions(BaseModel):
+    """The studies stage: which studies run on the run's own files."""
+
     model_config = ConfigDict(extra="forbid")
     principles: bool = Field(True, description="per-principle effect of the run's critique records")
     rounds: bool = Field(True, description="refusal rate per critique round of the run's records")
@@ -24,7 +26,7 @@ class StudyOptions(BaseModel):
     jailbreaks: bool = Field(False, description="templates, obfuscations and principles against base and final")
     helpfulness: bool = Field(False, description="win rate and Elo of the SFT and final model against the base")
     limit: int = Field(8, ge=1, description="prompts of each set for the studies that generate")
-    max_new_tokens: int = Field(48, ge=1)
+    max_new_tokens: int = Field(48, ge=1, description="token budget of each generated reply")
     judge_evidence: list[str] = Field(default_factory=list, description="the judge's agreement.json / probes.json")
 
 

@@ -113,7 +113,8 @@ class JudgeConfig(BaseModel):
     """How the judge asks and reads. Saved with every labelled pair's provenance."""
 
     model_config = ConfigDict(extra="forbid")
-    principles: Literal["single", "ensemble"] = "single"
+    principles: Literal["single", "ensemble"] = Field("single", description=(
+        "single: one sampled principle per pair; ensemble: the mean over several"))
     ensemble_size: int = Field(4, ge=1, description="distinct principles averaged per comparison")
     mode: Literal["pairwise", "pointwise"] = Field(
         "pointwise", description="pairwise: one multiple-choice question per order; pointwise: each response "
@@ -123,16 +124,21 @@ class JudgeConfig(BaseModel):
                             "from the swapped orders over the batch (see cai.feedback.calibration)")
     length_control: bool = Field(True, description=(
         "take the judge's length preference out, as measured on content-neutral pairs (see judge())"))
-    few_shot: bool = False
-    cot: bool = False
-    cot_max_new_tokens: int = Field(128, ge=1)
-    cot_band: tuple[float, float] = (0.4, 0.6)
+    few_shot: bool = Field(False, description="put the constitution's worked examples before the question")
+    cot: bool = Field(False, description=(
+        "let the judge reason before it answers, for pairs whose first reading is unsure"))
+    cot_max_new_tokens: int = Field(128, ge=1, description="token budget of the judge's reasoning")
+    cot_band: tuple[float, float] = Field((0.4, 0.6), description=(
+        "first readings of P(option) inside this band get the reasoning pass"))
     max_context_tokens: int = Field(64, ge=16, description="conversation kept, from the right")
     max_response_tokens: int = Field(128, ge=8, description="each response kept, from the left")
-    system: str = DEFAULT_SYSTEM
-    template: str = DEFAULT_TEMPLATE
-    answer_prefix: str = ANSWER_PREFIX
-    pointwise_template: str = POINTWISE_TEMPLATE
+    system: str = Field(DEFAULT_SYSTEM, description="the judge's system turn")
+    template: str = Field(DEFAULT_TEMPLATE, description=(
+        "the pairwise question, with {conversation}, {principle}, {response_a} and {response_b}"))
+    answer_prefix: str = Field(ANSWER_PREFIX, description=(
+        "the start of the judge's answer, after which the option tokens are read"))
+    pointwise_template: str = Field(POINTWISE_TEMPLATE, description=(
+        "the pointwise question, with {conversation}, {principle} and {response}"))
 
     @field_validator("template")
     @classmethod

@@ -55,12 +55,12 @@ class LabelConfig(BaseModel):
     probe_threshold: float = Field(0.6, ge=0.5, le=1, description="auto: probe agreement the judge needs")
     p_constructed: float = Field(0.9, ge=0.5, le=1, description="p_chosen of constructed pairs")
     samples: int = Field(2, ge=2, description="responses sampled per prompt (K)")
-    max_new_tokens: int = Field(256, ge=1)
-    temperature: float = Field(0.7, gt=0.0)
-    top_p: float = Field(0.95, gt=0.0, le=1.0)
-    seed: int = 0
+    max_new_tokens: int = Field(256, ge=1, description="token budget of each sampled response")
+    temperature: float = Field(0.7, gt=0.0, description="sampling temperature of the responses")
+    top_p: float = Field(0.95, gt=0.0, le=1.0, description="nucleus sampling threshold")
+    seed: int = Field(0, description="seed of sampling and principle draws")
     chunk_size: int = Field(32, ge=1, description="prompts generated and judged per step (and per append)")
-    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    judge: JudgeConfig = Field(default_factory=JudgeConfig, description="how the judge asks and reads")
 
 
 @dataclass

@@ -52,10 +52,21 @@ class JudgeScorer:
 
 def load_scorer(spec: str | Path, *, kind: str = "auto", constitution: str = "general", principles: str = "ensemble",
                 dtype: str = "auto", seed: int = 0, batch_size: int = 16) -> Scorer:
-    """A reward model directory (``cai reward``) -> its scores; any other model spec -> the judge on that
-    model under ``constitution`` (``principles``: ``single`` or ``ensemble``, see ``cai.feedback.judge``).
-    ``kind``: ``reward_model`` or ``judge`` to insist on one (a missing reward model is then reported as
-    such), ``auto`` to tell by the directory."""
+    """Load what scores responses: a reward model, or the constitution's pointwise judge.
+
+    Args:
+        spec: a reward model directory (``cai reward``), or any model spec for the judge.
+        kind: ``reward_model`` or ``judge`` to insist on one (a missing reward model is then reported as
+            such), ``auto`` to tell by the directory.
+        constitution: the judge's constitution (file or shipped name).
+        principles: the judge's principles per response, ``single`` or ``ensemble`` (see ``cai.feedback.judge``).
+        dtype: the model's precision.
+        seed: the seed of principle draws.
+        batch_size: responses scored together.
+
+    Returns:
+        A ``Scorer``: ``score(conversations, responses) -> list[float]``.
+    """
     from cai.feedback.reward_judge import RewardJudge, is_reward_model_dir
 
     if kind == "reward_model" or (kind == "auto" and is_reward_model_dir(spec)):
@@ -69,7 +80,15 @@ def load_scorer(spec: str | Path, *, kind: str = "auto", constitution: str = "ge
 
 
 def trl_reward_function(scorer: Scorer, name: str | None = None) -> Callable[..., list[float]]:
-    """``f(prompts, completions, **kwargs) -> list[float]`` for TRL's ``reward_funcs``, backed by ``scorer``."""
+    """A reward function with TRL's ``reward_funcs`` signature, backed by ``scorer``.
+
+    Args:
+        scorer: from ``load_scorer``.
+        name: the name TRL logs the reward under (default: the scorer's).
+
+    Returns:
+        ``f(prompts, completions, **kwargs) -> list[float]``, for plain-text or conversational data.
+    """
 
     def reward(prompts: list, completions: list, **_: Any) -> list[float]:
         conversations = [as_conversation(p) for p in prompts]

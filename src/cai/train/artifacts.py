@@ -146,10 +146,11 @@ def _world_size() -> int:
 
 
 def library_versions() -> dict[str, str]:
+    """The installed versions of cai and the libraries that shape its results (those not installed left out)."""
     from importlib.metadata import PackageNotFoundError, version
 
     found = {}
-    for name in ("cai", "torch", "transformers", "trl", "peft"):
+    for name in ("cai", "torch", "transformers", "trl", "peft", "datasets"):
         try:
             found[name] = version(name)
         except PackageNotFoundError:

@@ -30,9 +30,12 @@ log = logging.getLogger(__name__)
 
 
 class DPOOptions(TrainOptions):
-    learning_rate: float = Field(1e-6, gt=0)
-    beta: float = Field(0.1, gt=0)  # strength of the implicit KL penalty towards the reference model
-    min_confidence: float = Field(0.55, ge=0.5, le=1)  # drop pairs with max(p, 1 - p) below this
+    """DPO on labelled pairs: the shared training options, which pairs are kept and in what order they are read."""
+
+    learning_rate: float = Field(1e-6, gt=0, description="peak learning rate of the optimiser (AdamW)")
+    beta: float = Field(0.1, gt=0, description="strength of the implicit KL penalty towards the reference model")
+    min_confidence: float = Field(0.55, ge=0.5, le=1, description=(
+        "drop pairs whose label is less sure than this: max(p, 1 - p) below it"))
     label_smoothing: float | None = Field(None, ge=0, lt=0.5, description=(
         "the labels' flip probability (epsilon); default: the kept pairs' mean label uncertainty, "
         "1 - mean(max(p, 1 - p)) (0 for hard labels, such as contrastive pairs)"))
@@ -43,14 +46,11 @@ class DPOOptions(TrainOptions):
     balance: bool = Field(True, description=(
         "every stretch of the data holds each label source (a pair's `judge`: the judge, revision over "
         "answer, answer over refusal) in proportion, in an order the seed fixes; false: TRL's random order. "
-        "A short run sees only some pairs, and which kind it sees decides what it learns: 10 steps at lr 2e-5 "
-        "from one SFT model left held-out harmless prompts refused 0.105 with seed 0 and 0.228 with seed 1"))
+        "A short run sees only some pairs, and which kind it sees decides what it learns"))
     equal_shares: bool = Field(False, description=(
         "with balance: each label source takes the same share of every stretch, until the smaller ones run "
-        "out (their surplus comes last), instead of a share in proportion to its size. A short run then "
-        "learns as much from revision-over-answer pairs as from answer-over-refusal ones however many "
-        "harmless prompts there are: with 278 of the latter to 112, proportional batches undid the refusals "
-        "SFT had taught (held-out harmful prompts refused 0.349 -> 0.048)"))
+        "out (their surplus comes last), instead of a share in proportion to its size, so a short run learns "
+        "as much from the smaller source as from the larger"))
 
 
 def balanced_order(groups: list, seed: int = 0, equal: bool = False) -> list[int]:

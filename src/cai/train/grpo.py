@@ -34,20 +34,23 @@ class OnlineRLOptions(TrainOptions):
     """TRL GRPO/RLOO settings on top of the shared ones. ``batch_size`` counts completions per device step
     (``num_generations`` of them per prompt); ``max_steps`` (default 8) counts optimiser steps."""
 
-    algorithm: Literal["grpo", "rloo"] = "grpo"
+    algorithm: Literal["grpo", "rloo"] = Field("grpo", description=(
+        "grpo (group-relative advantages) or rloo (leave-one-out baseline), TRL's trainers"))
     reward: Literal["reward_model", "judge"] = Field(
         "reward_model", description="score with a reward model (the run's, in the pipeline) or with the judge "
                                     "under the constitution")
-    learning_rate: float = Field(1e-6, gt=0)
-    max_steps: int | None = Field(8, gt=0)
+    learning_rate: float = Field(1e-6, gt=0, description="peak learning rate of the optimiser (AdamW)")
+    max_steps: int | None = Field(8, gt=0, description="optimiser steps to train for")
     num_generations: int = Field(4, ge=2, description="completions per prompt (the group)")
-    max_new_tokens: int = Field(48, ge=1)
-    temperature: float = Field(0.7, gt=0)
-    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int = Field(48, ge=1, description="token budget of each completion")
+    temperature: float = Field(0.7, gt=0, description="sampling temperature of the completions")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling threshold")
     beta: float = Field(0.04, ge=0, description="weight of the KL to the reference policy (0: no reference)")
-    judge_principles: Literal["single", "ensemble"] = "ensemble"
+    judge_principles: Literal["single", "ensemble"] = Field("ensemble", description=(
+        "with reward: judge, one sampled principle or the mean over several"))
     use_vllm: bool = Field(False, description="generate with vLLM (TRL's vllm extra; GPUs)")
-    vllm_mode: Literal["colocate", "server"] = "colocate"
+    vllm_mode: Literal["colocate", "server"] = Field("colocate", description=(
+        "with use_vllm: colocate (vLLM in the training process) or server (trl vllm-serve)"))
     save_every: int = Field(0, ge=0, description="checkpoint every N steps for resuming (0: only the end)")
 
     @model_validator(mode="after")

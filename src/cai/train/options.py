@@ -33,26 +33,30 @@ class TrainOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    epochs: float = Field(1.0, gt=0)
-    max_steps: int | None = Field(None, gt=0)
-    learning_rate: float = Field(1e-5, gt=0)
+    epochs: float = Field(1.0, gt=0, description="passes over the training data (fractions allowed)")
+    max_steps: int | None = Field(None, gt=0, description="optimiser steps to train for; overrides epochs when set")
+    learning_rate: float = Field(1e-5, gt=0, description="peak learning rate of the optimiser (AdamW)")
     batch_size: int = Field(4, ge=1, description="rows per optimiser step (per process, times grad_accum)")
     micro_batch_size: int | None = Field(None, ge=1, description=(
         "rows per forward/backward pass; batch_size / micro_batch_size passes make one step (it must divide "
         "batch_size). Unset: the memory guard picks the largest that fits, at most MICRO_BATCH_CAP"))
-    grad_accum: int = Field(1, ge=1)
-    max_length: int = Field(1024, ge=8)
-    warmup_ratio: float = Field(0.0, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
-    lora: bool = False
-    lora_r: int = Field(16, ge=1)
-    lora_alpha: int = Field(32, ge=1)
-    lora_dropout: float = Field(0.05, ge=0, lt=1)
-    seed: int = 0
-    dtype: Precision = "auto"
+    grad_accum: int = Field(1, ge=1, description=(
+        "optimiser steps' worth of batches whose gradients are summed before each update"))
+    max_length: int = Field(1024, ge=8, description="tokens per row (prompt and response); longer rows are truncated")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description=(
+        "share of the steps over which the learning rate rises from 0"))
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    lora: bool = Field(False, description="train LoRA adapters instead of every weight (merged into the saved model)")
+    lora_r: int = Field(16, ge=1, description="rank of the LoRA adapters")
+    lora_alpha: int = Field(32, ge=1, description=(
+        "LoRA scaling numerator (the update is scaled by lora_alpha / lora_r)"))
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA adapters' input")
+    seed: int = Field(0, description="seed of data order, sampling and initialisation")
+    dtype: Precision = Field("auto", description=(
+        "precision: auto (bf16 autocast where it is correct and fast here, else fp32), fp32 or bf16"))
     gradient_checkpointing: bool = Field(True, description=(
         "recompute each layer's activations in the backward pass instead of keeping them (TRL's default)"))
-    logging_steps: int = Field(1, ge=1)
+    logging_steps: int = Field(1, ge=1, description="log the training figures every this many steps")
 
     @model_validator(mode="after")
     def _micro_divides_batch(self):

@@ -31,6 +31,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cai.errors import ConfigError, TrainingDiverged
+from cai.memory import MIB, peak_rss_bytes
 
 log = logging.getLogger(__name__)
 
@@ -46,31 +47,32 @@ class PPOOptions(BaseModel):
     batch_size: int = Field(8, ge=1, description="prompts (rollouts) per step")
     mini_batch_size: int = Field(4, ge=1, description="rollouts per optimiser step")
     ppo_epochs: int = Field(2, ge=1, description="passes over each batch of rollouts")
-    learning_rate: float = Field(1e-5, gt=0)
-    max_new_tokens: int = Field(48, ge=1)
-    temperature: float = Field(0.7, gt=0)
-    top_p: float = Field(1.0, gt=0, le=1)
+    learning_rate: float = Field(1e-5, gt=0, description="learning rate of the policy and value head (AdamW)")
+    max_new_tokens: int = Field(48, ge=1, description="token budget of each rollout")
+    temperature: float = Field(0.7, gt=0, description="sampling temperature of the rollouts")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling threshold of the rollouts")
     beta: float = Field(0.05, ge=0, description="weight of the per-token KL penalty to the reference model")
-    adaptive_kl: bool = False
+    adaptive_kl: bool = Field(False, description=(
+        "adapt the KL weight towards a target KL (Ziegler et al. 2019) instead of keeping beta"))
     target_kl: float = Field(6.0, gt=0, description="adaptive KL: target per-sequence KL (nats)")
     kl_horizon: int = Field(64, ge=1, description="adaptive KL: rollouts over which beta may move ~20%")
-    gamma: float = Field(1.0, ge=0, le=1)
-    lam: float = Field(0.95, ge=0, le=1)
-    clip_range: float = Field(0.2, gt=0)
-    clip_range_value: float = Field(0.2, gt=0)
-    vf_coef: float = Field(0.1, ge=0)
-    ent_coef: float = Field(0.0, ge=0)
-    max_grad_norm: float = Field(1.0, gt=0)
-    whiten_advantages: bool = True
+    gamma: float = Field(1.0, ge=0, le=1, description="discount factor")
+    lam: float = Field(0.95, ge=0, le=1, description="GAE lambda")
+    clip_range: float = Field(0.2, gt=0, description="PPO's clip range of the policy ratio")
+    clip_range_value: float = Field(0.2, gt=0, description="clip range of the value function's update")
+    vf_coef: float = Field(0.1, ge=0, description="weight of the value loss")
+    ent_coef: float = Field(0.0, ge=0, description="weight of the entropy bonus")
+    max_grad_norm: float = Field(1.0, gt=0, description="gradient norm clip")
+    whiten_advantages: bool = Field(True, description="normalise the advantages of each step to mean 0, variance 1")
     sl_coef: float = Field(0.0, ge=0, description=(
         "a: the weight of the SL-CAI loss in L = L_RL + a * L_SL, on the critique stage's SFT data (0: none, as "
         "in the paper's RL step)"))
-    lora: bool = False
-    lora_r: int = Field(16, ge=1)
-    seed: int = 0
+    lora: bool = Field(False, description="train LoRA adapters instead of every weight")
+    lora_r: int = Field(16, ge=1, description="rank of the LoRA adapters")
+    seed: int = Field(0, description="seed of prompt order, sampling and initialisation")
     save_every: int = Field(0, ge=0, description="checkpoint every N steps (0: only at the end)")
     max_kl: float = Field(50.0, gt=0, description="stop if the mean per-sequence KL exceeds this")
-    dtype: Literal["auto", "fp32", "bf16"] = "auto"
+    dtype: Literal["auto", "fp32", "bf16"] = Field("auto", description="precision: auto, fp32 or bf16")
     lean_rollouts: bool = Field(True, description="sample rollouts with cai's lean decoder when it supports the "
                                 "policy (a Llama, no LoRA); off: transformers' generate")
 
@@ -218,7 +220,7 @@ def ppo_step(run: _Run, step: int) -> tuple[dict[str, Any], list[dict]]:
     row = ppo_dist.mean_row(row)
     row.update(_hacking_signals(run, row, rollout.texts))
     row.update(time=time.time() - t0, time_rollout=t_rollout, time_update=time.time() - t0 - t_rollout,
-               cpu_time=time.process_time() - cpu0, max_rss_mb=_max_rss_mb())
+               cpu_time=time.process_time() - cpu0, max_rss_mb=peak_rss_bytes() / MIB)
     samples = [{"step": step, "prompt": p[-1]["content"], "response": r, "score": s}
                for p, r, s in zip(prompts, rollout.texts, scores.tolist(), strict=True)]
     return row, samples
@@ -304,18 +306,6 @@ def ppo_update(run: _Run, step: int, rollout, old: dict, advantages, returns) ->
     stats = {key: value / n_updates for key, value in sums.items()}
     stats.setdefault("sl_loss", None)
     return stats
-
-
-def _max_rss_mb() -> float | None:
-    """This process's peak resident memory so far (MiB), where the OS reports it."""
-    try:
-        import resource
-    except ImportError:  # Windows
-        return None
-    import sys
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 1024**2 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
 
 
 def _chunks(n: int, size: int, order=None):

@@ -31,8 +31,11 @@ log = logging.getLogger(__name__)
 
 
 class RewardOptions(TrainOptions):
-    learning_rate: float = Field(1e-5, gt=0)
-    eval_fraction: float = Field(0.1, ge=0, lt=1)  # held out (seeded); at least 1 pair once there are 4
+    """The reward model: the shared training options and the held-out share."""
+
+    learning_rate: float = Field(1e-5, gt=0, description="peak learning rate of the optimiser (AdamW)")
+    eval_fraction: float = Field(0.1, ge=0, lt=1, description=(
+        "share of the pairs held out (seeded) to measure accuracy; at least 1 pair once there are 4"))
 
 
 class RewardReport(BaseModel):

@@ -19,16 +19,17 @@ log = logging.getLogger(__name__)
 
 
 class SFTOptions(TrainOptions):
-    learning_rate: float = Field(2e-5, gt=0)
+    """SL-CAI supervised fine-tuning: the shared training options, and what goes into the data."""
+
+    learning_rate: float = Field(2e-5, gt=0, description="peak learning rate of the optimiser (AdamW)")
     helpful_weight: float = Field(1.0, ge=0, description=(
         "copies of each plain answer to a harmless prompt (rows of kind 'helpful') in the training data; a "
-        "fraction adds that share of them once more, chosen by the seed. More weight, fewer needless "
-        "refusals: on the embedded model, 2 took held-out harmless prompts refused from 0.246 to 0.140"))
+        "fraction adds that share of them once more, chosen by the seed. More weight means fewer needless "
+        "refusals of harmless prompts"))
     max_same_opening: int | None = Field(None, ge=1, description=(
         "keep at most this many revision rows whose answer opens with the same sentence (the first ones in "
-        "file order); helpful rows are never dropped. A small model's revisions collapse onto one stock "
-        "refusal (in the quickstart 50 of 112 opened with one sentence, 27 more with a near-copy of it) and "
-        "training on every copy teaches that sentence as an opener for any request"))
+        "file order); helpful rows are never dropped. A small model's revisions can collapse onto one stock "
+        "refusal, and training on every copy teaches that sentence as an opener for any request"))
 
 
 def opening(text: str) -> str:

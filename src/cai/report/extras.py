@@ -1,4 +1,4 @@
-"""What the report shows beyond the result files of ``cai.evaluation.report.collect``: the cost ledger of each run
+"""What the report shows beyond the result files of ``cai.report.results.collect``: the cost ledger of each run
 (``manifest.json``), example SL-CAI transcripts from every prompt set (``critique/records.jsonl``, and the plain
 answers to helpful prompts in ``critique/helpful.jsonl``) and the studies (JSON files with a ``"study"`` key,
 written by ``cai compare`` and ``cai study ...``).
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cai.evaluation.report_blocks import Block, Heading, Para, Table, Transcript, shorten
+from cai.report.blocks import Block, Heading, Para, Table, Transcript, shorten
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
-"""The report's sections over the result files ``cai.evaluation.report.collect`` found, as blocks
-(``cai.evaluation.report_blocks``): one description that ``report.md`` and ``report.html`` both render, so the
+"""The report's sections over the result files ``cai.report.results.collect`` found, as blocks
+(``cai.report.blocks``): one description that ``report.md`` and ``report.html`` both render, so the
 two show the same rows.
 
 Sections, each only when its files were found: the training runs (what each trained on), harmlessness and
@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from cai.evaluation.report import SMALL_EVAL, attack_rates, ppo_summary, tradeoff, trained_on
-from cai.evaluation.report_blocks import Block, Heading, Para, Plot, Table, cell
+from cai.report.blocks import Block, Heading, Para, Plot, Table, cell
+from cai.report.results import SMALL_EVAL, attack_rates, ppo_summary, tradeoff, trained_on
 
 RUN_SETS = ("critique (SL-CAI)", "helpful answers mixed into SFT", "label / RL")  # trained_on's keys
 
