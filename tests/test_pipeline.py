@@ -155,3 +155,4 @@ def test_dpo_pipeline_evaluates_the_dpo_model_also_after_a_resume(tmp_path, tiny
     assert list(again["stages"]["evaluate"]["refusals"]) == expected and again["final_model"] == str(out / "dpo")
     refusals = json.loads((out / "evaluate" / "refusals.json").read_text())
     assert refusals["harmful"] == "redteam:eval" and [m["model_spec"] for m in refusals["models"]] == expected
+    assert [(m["stage"], m["round"]) for m in refusals["models"]] == [("base", 0), ("sft", 1), ("dpo", 1)]

@@ -97,6 +97,9 @@ def test_two_rounds_over_two_seeds_run_evaluate_per_seed_and_resume(tmp_path, ti
     diffs = [d for d in refusals["differences"] if d["round"] == 2 and d["set"] == "harmful"]
     assert len(diffs) == 1 and [p["seed"] for p in diffs[0]["per_seed"]] == [0, 1]
     assert diffs[0]["ci95"][0] <= diffs[0]["mean"] <= diffs[0]["ci95"][1]
+    report = (out / "report" / "report.md").read_text()
+    assert "## Rounds and seeds" in report and "round 2 dpo: mean of 2 seeds" in report
+    assert (out / "report" / "rounds.png").is_file()
 
 
 def test_paired_bootstrap_interval_is_above_zero_only_for_a_consistent_gain():

@@ -210,7 +210,8 @@ def stage_evaluate(ctx: Context) -> dict:
 
     base = ctx.config.model if is_served_spec(ctx.config.model) else str(resolve(ctx.config.model).spec)
     models = list(dict.fromkeys([base, *ctx.trained.values(), ctx.policy]))
-    summary = evaluate(models, ctx.out / "evaluate", ctx.config.evaluate, ctx.backend)
+    stages = {model: stage for stage, model in ctx.trained.items()}
+    summary = evaluate(models, ctx.out / "evaluate", ctx.config.evaluate, ctx.backend, stages=stages)
     ctx.release()
     build_report([ctx.out], ctx.out / "report")
     for spec, figures in summary.items():

@@ -49,9 +49,11 @@ def eval_sets(options: EvaluateOptions) -> tuple[dict[str, list], dict[str, list
     return rows, sets
 
 
-def evaluate(models: Sequence[str], out_dir: Path, options: EvaluateOptions, load: Callable[[str], Any]
-             ) -> dict[str, Any]:
-    """Refusal rates (and jailbreak rates) of each model spec into ``out_dir``; ``load`` gives a backend."""
+def evaluate(models: Sequence[str], out_dir: Path, options: EvaluateOptions, load: Callable[[str], Any],
+             stages: dict[str, str] | None = None) -> dict[str, Any]:
+    """Refusal rates (and jailbreak rates) of each model spec into ``out_dir``; ``load`` gives a backend.
+    ``stages``: the stage that trained each model (its entry in refusals.json then carries ``stage`` and
+    ``round`` 1; the base model, stage ``base`` and round 0)."""
     from cai.backends.base import SamplingParams
     from cai.evaluation.redteam import TEMPLATES, attack_models, attacks
     from cai.evaluation.refusals import refusal_comparison
@@ -62,6 +64,10 @@ def evaluate(models: Sequence[str], out_dir: Path, options: EvaluateOptions, loa
     rows, sets = eval_sets(options)
     reports = refusal_comparison(((spec, load(spec)) for spec in models), sets,
                                  max_new_tokens=options.max_new_tokens, seed=options.seed)
+    if stages is not None:
+        for r in reports:
+            stage = stages.get(r["model_spec"], "base")
+            r.update({"stage": stage, "round": 0 if stage == "base" else 1})
     write_atomic(out_dir / "refusals.json", json.dumps({"harmful": options.harmful, "safe": options.safe,
                                                         "models": reports}, indent=2) + "\n")
     summary = {r["model_spec"]: {"harmful_refusal": r["sets"]["harmful"]["refusal_rate"],

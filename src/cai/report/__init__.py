@@ -26,6 +26,7 @@ from cai.report.blocks import page, to_markdown
 from cai.report.extras import collect_extras, ledger_blocks, study_blocks, transcript_blocks
 from cai.report.plots import draw
 from cai.report.results import attack_rates, collect, ppo_summary, tradeoff, trained_on
+from cai.report.rounds import differences, round_rows
 from cai.report.sections import core_blocks
 
 TITLE = "cai evaluation report"
@@ -60,7 +61,8 @@ def build_report(paths: Sequence[str | Path], out_dir: str | Path) -> dict[str, 
     write_atomic(out_dir / "report.md", f"# {TITLE}\n\n" + to_markdown(blocks).rstrip() + "\n")
     write_atomic(out_dir / "report.html", page(TITLE, blocks, out_dir))
     figures = {"sources": {k: [i["source"] for i in v] for k, v in found.items() if v},
-               "tradeoff": tradeoff(found), "attack_rates": attack_rates(found),
+               "tradeoff": tradeoff(found), "rounds": round_rows(found), "differences": differences(found),
+               "attack_rates": attack_rates(found),
                "ppo": [{k: v for k, v in s.items() if k not in ("step", "reward", "kl")} for s in ppo_summary(found)],
                "reward": [{"source": i["source"], **i["data"]} for i in found["reward"]],
                "labels": [{"source": i["source"], **i["data"]} for i in found["labels"]],

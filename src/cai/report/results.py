@@ -117,7 +117,10 @@ def tradeoff(found) -> list[dict[str, Any]]:
     for item in found["refusals"]:
         for m in item["data"].get("models", []):
             sets = m.get("sets", {})
-            rows.append({"model": m.get("model_spec") or m.get("model"), "source": item["source"],
+            model = m.get("model_spec") or m.get("model")
+            if m.get("seeds"):
+                model = f"round {m.get('round')} {m.get('stage')}: mean of {len(m['seeds'])} seeds"
+            rows.append({"model": model, "source": item["source"],
                          "harmful_refusal": sets.get("harmful", {}).get("refusal_rate"),
                          "safe_refusal": sets.get("safe", {}).get("refusal_rate"),
                          "n_harmful": sets.get("harmful", {}).get("n"), "n_safe": sets.get("safe", {}).get("n"),

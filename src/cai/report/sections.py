@@ -13,6 +13,7 @@ from typing import Any
 
 from cai.report.blocks import Block, Heading, Para, Plot, Table, cell
 from cai.report.results import SMALL_EVAL, attack_rates, ppo_summary, tradeoff, trained_on
+from cai.report.rounds import rounds_blocks
 
 RUN_SETS = ("critique (SL-CAI)", "helpful answers mixed into SFT", "label / RL")  # trained_on's keys
 
@@ -20,7 +21,8 @@ RUN_SETS = ("critique (SL-CAI)", "helpful answers mixed into SFT", "label / RL")
 def core_blocks(found, plots: dict[str, str], note: str | None = None) -> list[Block]:
     """Every section of the result files in ``found``; ``plots`` maps plot names to PNGs beside the report."""
     blocks: list[Block] = [Para(note, note=True)] if note else []
-    return (blocks + runs_blocks(found) + refusal_blocks(found, plots) + jailbreak_blocks(found, plots)
+    return (blocks + runs_blocks(found) + refusal_blocks(found, plots) + rounds_blocks(found, plots)
+            + jailbreak_blocks(found, plots)
             + label_blocks(found) + training_blocks(found, plots) + judge_blocks(found))
 
 
