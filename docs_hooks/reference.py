@@ -178,6 +178,7 @@ def records_page() -> str:
     """records.jsonl, pairs.jsonl, refusals.json and manifest.json: fields and one example each."""
     from cai.config import RunConfig
     from cai.evaluation.refusals import refusal_comparison
+    from cai.ledger import measure
     from cai.pipeline import stage_settings
     from cai.records import CritiqueRecord, CritiqueRound, PreferencePair, Provenance
     from cai.train.artifacts import library_versions
@@ -202,21 +203,20 @@ def records_page() -> str:
     replies = _Replies(["I can't help with making a fake ID.", "Run `kill PID` with the process's id."])
     refusals = {"harmful": "redteam:eval", "safe": "helpful:eval",
                 "models": refusal_comparison([("smollm2-135m", replies)], sets, max_new_tokens=96)}
-    # the settings are those an empty recipe gives the sft stage (cai.pipeline.stage_settings); the figures are
-    # one run's, as the cost ledger (cai.ledger.measure) writes them
-    sft_settings = stage_settings(RunConfig(), "sft")
+    # the settings are those an empty recipe gives the sft stage (cai.pipeline.stage_settings), and the cost is
+    # what the cost ledger (cai.ledger.measure) writes, measured here around building this example
+    with measure() as cost:
+        sft_settings = stage_settings(RunConfig(), "sft")
     manifest = {"name": "quickstart", "cai_version": library_versions().get("cai", ""),
                 "versions": library_versions(),
-                "stages": {"sft": {"done": True, "seconds": 261.0, "settings": sft_settings,
-                                   "model": "runs/quickstart/sft",
-                                   "cost": {"wall_seconds": 260.84, "peak_rss_mib": 2662.4, "kernel_cpu_share": 0.04,
-                                            "minor_faults": 912345, "models": {}, "estimate_mib": 2810.0}}},
+                "stages": {"sft": {"done": True, "seconds": round(cost.entry["wall_seconds"], 1),
+                                   "settings": sft_settings, "model": "runs/quickstart/sft", "cost": cost.entry}},
                 "final_model": "runs/quickstart/dpo"}
     return "\n".join([
         "# Record formats", "",
         "Stages talk through files in the run directory. This page is generated from the code: the field tables "
         "from the records' pydantic models (`cai.records`), and each example is built by those models or by the "
-        "function that writes the file (model text is made up and shortened).", "",
+        "function that writes the file (the model text and the labels in them are made up, for illustration).", "",
         "## `critique/records.jsonl`", "",
         "One line per prompt: the whole SL-CAI trajectory (`cai critique`, the `critique` stage). "
         "`critique/sft.jsonl` holds the usable revisions only, as chat messages.", "", *_fields(CritiqueRecord), "",
@@ -235,5 +235,6 @@ def records_page() -> str:
         "## `manifest.json`", "",
         "Written by `cai run`: the library versions, and per stage its state, the recipe settings it read "
         "(a change to one of them refuses a resume until `--redo`), and its cost (wall time, peak memory, tokens "
-        "per model; the report's cost ledger). A failure adds `failed` with the stage and the error.", "",
+        "per model; the report's cost ledger). A failure adds `failed` with the stage and the error. The example's "
+        "cost was measured around building this page, so its figures are tiny.", "",
         "```json", json.dumps(manifest, indent=2), "```", ""])
