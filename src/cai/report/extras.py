@@ -119,8 +119,16 @@ def ledger_blocks(extras: Extras) -> list[Block]:
                 "Per stage and model: prompt and generated tokens of every generate call, wall time and the "
                 "stage's peak resident memory (money where the recipe prices the model, per million tokens).")]
         blocks += [Para(f"Run {item['data'].get('name', '-')} ({item['source']}):"),
-                   Table(LEDGER_HEADER, ledger_table(rows))]
+                   Table(LEDGER_HEADER, ledger_table(rows)), Para(run_environment(item["data"]))]
     return blocks
+
+
+def run_environment(manifest: dict) -> str:
+    """The library versions a run used and the dtype each stage ran in (its manifest.json)."""
+    versions = ", ".join(f"{k} {v}" for k, v in (manifest.get("versions") or {}).items() if v)
+    dtypes = "; ".join(f"{stage}: {info['dtype']}" for stage, info in manifest.get("stages", {}).items()
+                       if info.get("dtype"))
+    return f"Versions: {versions or 'not recorded'}. Precision per stage: {dtypes or 'not recorded'}."
 
 
 def transcript_blocks(extras: Extras) -> list[Block]:

@@ -41,7 +41,7 @@ class ModelCard(BaseModel):
     metrics: dict[str, float | int | None] = Field(default_factory=dict)
     versions: dict[str, str] = Field(default_factory=dict)
     world_size: int = Field(default_factory=lambda: _world_size())  # processes that trained it together
-    created_at: str = Field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat())
+    created_at: str = Field(default_factory=lambda: _dt.datetime.now(_dt.UTC).isoformat())
 
 
 def trained_model_id(base_id: str, stage: str, data_sha256: str) -> str:
