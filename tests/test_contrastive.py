@@ -6,6 +6,7 @@ import json
 
 from cai.backends.base import Completion
 from cai.constitution import load_constitution
+from cai.evaluation.refusals import is_refusal
 from cai.feedback.contrastive import (
     DEMONSTRATIONS,
     ContrastOptions,
@@ -16,7 +17,6 @@ from cai.feedback.contrastive import (
     steering,
     write_contrastive,
 )
-from cai.evaluation.refusals import is_refusal
 
 REFUSAL, ANSWER = "I'm sorry, but I can't help with that.", "Sure, here is a plan for your afternoon."
 
