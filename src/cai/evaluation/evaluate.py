@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class EvaluateOptions(BaseModel):
@@ -27,13 +27,27 @@ class EvaluateOptions(BaseModel):
         "also measure this many prompts of each shipped set's train split (harmful-train, safe-train), to "
         "compare held-out prompts with trained ones (0: none)"))
     redteam: bool = Field(False, description="also jailbreak success rates (7 templates a request: slower)")
+    grader: str = Field("keyword", description="what reads the replies (cai.evaluation.graders): keyword, "
+                        "llama-guard, qwen3guard, shieldgemma, strongreject, harmbench or xstest")
+    grader_model: str | None = Field(None, description="the grader's model spec (default: the guard's Hub id, "
+                                     "or the embedded model for a rubric judge)")
     seed: int = 0
+
+    @field_validator("grader")
+    @classmethod
+    def _known_grader(cls, value: str) -> str:
+        from cai.evaluation.graders import GRADERS
+
+        if value not in GRADERS:
+            raise ValueError(f"unknown grader {value!r}; use one of {', '.join(GRADERS)}")
+        return value
 
 
 def evaluate(models: Sequence[str], out_dir: Path, options: EvaluateOptions, load: Callable[[str], Any]
              ) -> dict[str, Any]:
     """Refusal rates (and jailbreak rates) of each model spec into ``out_dir``; ``load`` gives a backend."""
     from cai.backends.base import SamplingParams
+    from cai.evaluation.graders import agreement, make_grader
     from cai.evaluation.redteam import TEMPLATES, attack_models, attacks
     from cai.evaluation.refusals import refusal_comparison
     from cai.jsonl import write_atomic
@@ -50,17 +64,22 @@ def evaluate(models: Sequence[str], out_dir: Path, options: EvaluateOptions, loa
         if options.train_limit and source.endswith(":eval"):  # a shipped set: its training split too
             trained, _ = load_prompts(source.removesuffix(":eval") + ":train", limit=options.train_limit)
             sets[f"{name}-train"] = [r.prompt for r in trained]
+    grader = make_grader(options.grader, options.grader_model, load=load)
+    measured = agreement(grader)
     reports = refusal_comparison(((spec, load(spec)) for spec in models), sets,
-                                 max_new_tokens=options.max_new_tokens, seed=options.seed)
+                                 max_new_tokens=options.max_new_tokens, seed=options.seed, grader=grader)
     write_atomic(out_dir / "refusals.json", json.dumps({"harmful": options.harmful, "safe": options.safe,
-                                                        "models": reports}, indent=2) + "\n")
+                                                        "grader": measured, "models": reports}, indent=2) + "\n")
     summary = {r["model_spec"]: {"harmful_refusal": r["sets"]["harmful"]["refusal_rate"],
-                                 "safe_refusal": r["sets"]["safe"]["refusal_rate"]} for r in reports}
+                                 "safe_refusal": r["sets"]["safe"]["refusal_rate"],
+                                 **({"harmful_rate": r["sets"]["harmful"]["harmful_rate"]}
+                                    if options.grader != "keyword" else {})} for r in reports}
     if options.redteam:
         params = SamplingParams(max_new_tokens=options.max_new_tokens, temperature=0.0, do_sample=False,
                                 seed=options.seed)
         attacked = attack_models(models, attacks(rows["harmful"], TEMPLATES), out_dir / "redteam", params,
-                                 templates=TEMPLATES, prompts=options.harmful, load=load)
+                                 templates=TEMPLATES, prompts=options.harmful, load=load,
+                                 grader=None if options.grader == "keyword" else grader, grader_agreement=measured)
         for spec, figures in attacked["models"].items():
             summary[spec]["attack_success"] = figures["overall"]["asr"]
     return summary
