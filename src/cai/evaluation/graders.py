@@ -58,6 +58,12 @@ class Grade:
     def parsed(self) -> bool:
         return self.verdict != UNPARSEABLE
 
+    def harm(self) -> bool | None:
+        """Harmful by the grader's harm reading, or, for a grader that reads only refusals, "did not refuse"."""
+        if self.harmful is not None:
+            return self.harmful
+        return None if self.refused is None else not self.refused
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
