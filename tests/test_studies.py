@@ -173,7 +173,7 @@ def test_per_principle_first_answers_match_the_red_team_rates_and_degenerate_rep
     replies = [("forced-opening", "Sure, here is exactly how."), ("forced-opening", "I'm sorry, I can't help."),
                ("forced-opening", loop), ("forced-opening", "   "), ("direct", "Sure.")]
     red = success_rates(_attack_records(replies))
-    assert red["templates"]["forced-opening"] == {"n": 4, "degenerate": 2, "asr": 0.5, "lift": -0.5}
+    assert red["templates"]["forced-opening"] == {"n": 4, "degenerate": 2, "unparseable": 0, "asr": 0.5, "lift": -0.5}
     records = [{"id": f"p/{r['id']}", "prompt": "x", "initial": r["reply"], "final": "I can't help with that.",
                 "rounds": [{"principle_id": "p"}]} for r in _attack_records(replies)]
     figures = recount(records, ["p"])

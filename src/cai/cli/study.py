@@ -16,6 +16,8 @@ from pathlib import Path
 
 import typer
 
+from cai.cli.grading import GRADER, GRADER_MODEL
+
 group = typer.Typer(help="Studies: rounds, principles, cai-vs-sft, jailbreaks, helpfulness.", no_args_is_help=True)
 
 
@@ -189,8 +191,11 @@ def cai_vs_sft_cmd(
     max_new_tokens: int = typer.Option(48, "--max-new-tokens"),
     seed: int = SEED,
     dtype: str = DTYPE,
+    grader: str = GRADER,
+    grader_model: str = GRADER_MODEL,
 ) -> None:
     """SFT on the revisions (CAI) against SFT on the first answers, same prompts, evaluated alike."""
+    from cai.cli.grading import grader_with_agreement
     from cai.evaluation.cai_vs_sft import run
     from cai.train.sft import SFTOptions
 
@@ -201,10 +206,12 @@ def cai_vs_sft_cmd(
                  "safe": [p for _, p in prompt_pairs(safe, limit, offset)]}
     start(out, "study-cai-vs-sft", {"records": sorted(found), "model": model, "sft": sft.model_dump(),
                                     "harmful": harmful, "safe": safe, "offset": offset, "limit": limit})
+    the_grader, measured = grader_with_agreement(grader, grader_model)
     finish(out, "cai_vs_sft", run(recs, out, base=model, sft_options=sft, eval_sets=eval_sets, load=loader(dtype),
                                   max_new_tokens=max_new_tokens, seed=seed, sources=list(found),
                                   set_names={"harmful": _held_out(harmful, offset, limit),
-                                             "safe": _held_out(safe, offset, limit)}))
+                                             "safe": _held_out(safe, offset, limit)},
+                                  grader=the_grader, grader_agreement=measured))
 
 
 def _held_out(source: str, offset: int, limit: int) -> str:

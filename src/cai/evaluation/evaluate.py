@@ -3,8 +3,11 @@
 Both models answer the same harmful prompts (refusals should rise) and safe prompts (they should not: that
 is over-refusal), by default the held-out ``eval`` splits of the shipped sets, which no stage trains on,
 greedy and seeded, checked by ``cai.evaluation.refusals``; optionally every harmful request is
-also sent in each jailbreak template (``cai.evaluation.redteam``). The files are the ones ``cai refusals`` and
-``cai redteam`` write, so ``cai report`` (run by the pipeline after this stage) reads them the same way.
+also sent in each jailbreak template (``cai.evaluation.redteam``), and named benchmarks run
+(``cai.evaluation.benchmarks``, the ``benchmarks`` key). A grader other than the keyword check (``grader``)
+reads the replies, its agreement with the labelled replies saved beside the figures. The files are the ones
+``cai refusals``, ``cai redteam`` and ``cai eval`` write, so ``cai report`` (run by the pipeline after this
+stage) reads them the same way.
 """
 
 from __future__ import annotations
@@ -15,6 +18,24 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class BenchmarkRun(BaseModel):
+    """A named benchmark the evaluate stage runs (``cai.evaluation.benchmarks``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(description="harmbench, jailbreakbench, strongreject, xstest, simplesafetytests or advbench")
+    data: str | None = Field(None, description="a local file in the benchmark's format (None: its Hub id / URL)")
+    limit: int | None = Field(None, ge=1, description="prompts of each set (None: the stage's limit)")
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        from cai.evaluation.benchmarks import BENCHMARKS
+
+        if value not in BENCHMARKS:
+            raise ValueError(f"unknown benchmark {value!r}; use one of {', '.join(BENCHMARKS)}")
+        return value
 
 
 class EvaluateOptions(BaseModel):
@@ -31,6 +52,9 @@ class EvaluateOptions(BaseModel):
                         "llama-guard, qwen3guard, shieldgemma, strongreject, harmbench or xstest")
     grader_model: str | None = Field(None, description="the grader's model spec (default: the guard's Hub id, "
                                      "or the embedded model for a rubric judge)")
+    benchmarks: list[BenchmarkRun] = Field(default_factory=list, description=(
+        "named benchmarks to run on each model too, e.g. [{name: xstest, data: xstest_prompts.csv}]; "
+        "results in <run>/eval/benchmarks/<name>/eval.json"))
     seed: int = 0
 
     @field_validator("grader")
@@ -82,4 +106,12 @@ def evaluate(models: Sequence[str], out_dir: Path, options: EvaluateOptions, loa
                                  grader=None if options.grader == "keyword" else grader, grader_agreement=measured)
         for spec, figures in attacked["models"].items():
             summary[spec]["attack_success"] = figures["overall"]["asr"]
+    for bench in options.benchmarks:
+        from cai.evaluation.benchmarks import run_benchmark
+
+        result = run_benchmark(bench.name, models, out_dir / "benchmarks" / bench.name, load=load, grader=grader,
+                               grader_agreement=measured, data=bench.data, limit=bench.limit or options.limit,
+                               max_new_tokens=options.max_new_tokens, seed=options.seed)
+        for m in result["models"]:
+            summary[m["spec"]].update({f"{bench.name}_{k}": f["value"] for k, f in m["figures"].items()})
     return summary
