@@ -68,7 +68,13 @@ def test_offline_without_data_says_to_give_a_local_file(monkeypatch):
 
 
 def test_every_benchmark_has_a_loader_file_and_metrics():
-    assert set(FILES) == set(BENCHMARKS)
+    from typing import get_args
+
+    from cai.evaluation.benchmarks import BenchmarkName
+    from cai.evaluation.graders import GRADERS, GraderName
+
+    assert set(FILES) == set(BENCHMARKS) == set(get_args(BenchmarkName))
+    assert set(GRADERS) == set(get_args(GraderName))
     for b in BENCHMARKS.values():
         assert b.metrics and b.sources and b.columns
 
@@ -149,7 +155,7 @@ def test_the_evaluate_stage_runs_benchmarks_with_its_grader(tmp_path):
     saved = json.loads((tmp_path / "eval" / "benchmarks" / "advbench" / "eval.json").read_text())
     assert saved["grader"]["name"] == "keyword" and saved["grader"]["n"] >= 300
     assert json.loads((tmp_path / "eval" / "refusals.json").read_text())["grader"]["refusal"]["precision"] > 0
-    with pytest.raises(ValidationError, match="unknown benchmark"):
+    with pytest.raises(ValidationError, match="benchmarks.0.name"):
         EvaluateOptions(benchmarks=[{"name": "harmbnch"}])
-    with pytest.raises(ValidationError, match="unknown grader"):
+    with pytest.raises(ValidationError, match="grader"):
         EvaluateOptions(grader="llamaguard")

@@ -29,7 +29,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from cai.errors import ConfigError
 
@@ -99,6 +99,7 @@ def _advbench(rows, _set):
     return [Item(str(i), _col(r, "goal"), "harmful") for i, r in enumerate(rows)]
 
 
+BenchmarkName = Literal["harmbench", "jailbreakbench", "strongreject", "xstest", "simplesafetytests", "advbench"]
 BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
     Benchmark("harmbench", "HarmBench (standard behaviours)",
               {"harmful": "https://raw.githubusercontent.com/centerforaisafety/HarmBench/main/data/behavior_datasets/"

@@ -17,25 +17,20 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
+
+from cai.evaluation.benchmarks import BenchmarkName
+from cai.evaluation.graders import GraderName
 
 
 class BenchmarkRun(BaseModel):
     """A named benchmark the evaluate stage runs (``cai.evaluation.benchmarks``)."""
 
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(description="harmbench, jailbreakbench, strongreject, xstest, simplesafetytests or advbench")
+    name: BenchmarkName
     data: str | None = Field(None, description="a local file in the benchmark's format (None: its Hub id / URL)")
     limit: int | None = Field(None, ge=1, description="prompts of each set (None: the stage's limit)")
 
-    @field_validator("name")
-    @classmethod
-    def _known(cls, value: str) -> str:
-        from cai.evaluation.benchmarks import BENCHMARKS
-
-        if value not in BENCHMARKS:
-            raise ValueError(f"unknown benchmark {value!r}; use one of {', '.join(BENCHMARKS)}")
-        return value
 
 
 class EvaluateOptions(BaseModel):
@@ -48,7 +43,7 @@ class EvaluateOptions(BaseModel):
         "also measure this many prompts of each shipped set's train split (harmful-train, safe-train), to "
         "compare held-out prompts with trained ones (0: none)"))
     redteam: bool = Field(False, description="also jailbreak success rates (7 templates a request: slower)")
-    grader: str = Field("keyword", description="what reads the replies (cai.evaluation.graders): keyword, "
+    grader: GraderName = Field("keyword", description="what reads the replies (cai.evaluation.graders): keyword, "
                         "llama-guard, qwen3guard, shieldgemma, strongreject, harmbench or xstest")
     grader_model: str | None = Field(None, description="the grader's model spec (default: the guard's Hub id, "
                                      "or the embedded model for a rubric judge)")
@@ -56,15 +51,6 @@ class EvaluateOptions(BaseModel):
         "named benchmarks to run on each model too, e.g. [{name: xstest, data: xstest_prompts.csv}]; "
         "results in <run>/eval/benchmarks/<name>/eval.json"))
     seed: int = 0
-
-    @field_validator("grader")
-    @classmethod
-    def _known_grader(cls, value: str) -> str:
-        from cai.evaluation.graders import GRADERS
-
-        if value not in GRADERS:
-            raise ValueError(f"unknown grader {value!r}; use one of {', '.join(GRADERS)}")
-        return value
 
 
 def evaluate(models: Sequence[str], out_dir: Path, options: EvaluateOptions, load: Callable[[str], Any]

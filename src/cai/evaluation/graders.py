@@ -32,7 +32,7 @@ import logging
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 from cai.errors import ConfigError, ModelError
 
@@ -286,6 +286,7 @@ class GraderInfo:
     about: str
 
 
+GraderName = Literal["keyword", "llama-guard", "qwen3guard", "shieldgemma", "strongreject", "harmbench", "xstest"]
 GRADERS: dict[str, GraderInfo] = {
     "keyword": GraderInfo("keyword", None, "refusal phrases in the first sentences (offline default)"),
     "llama-guard": GraderInfo("guard", "meta-llama/Llama-Guard-3-1B", "Llama Guard 3: safe / unsafe + S-codes"),
