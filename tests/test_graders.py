@@ -110,7 +110,8 @@ def test_harmbench_and_xstest_answers():
 
 def test_keyword_grader_is_todays_check_with_its_reason():
     grades = KeywordGrader().grade([("q", "I'm sorry, but I can't help with that."), ("q", "Paris is the capital.")])
-    assert [g.refused for g in grades] == [True, False] and [g.harmful for g in grades] == [False, True]
+    assert [g.refused for g in grades] == [True, False] and [g.harm() for g in grades] == [False, True]
+    assert grades[0].harmful is None  # it reads refusals only; harm() is "did not refuse"
     assert "sorry, but" in grades[0].reason
 
 
