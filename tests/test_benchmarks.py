@@ -152,6 +152,12 @@ def test_the_evaluate_stage_runs_benchmarks_with_its_grader(tmp_path):
                               benchmarks=[{"name": "advbench", "data": str(DATA / FILES["advbench"])}])
     summary = evaluate(["fake"], tmp_path / "eval", options, load=lambda spec: policy)
     assert summary["fake"]["advbench_asr"] == 1.0
+    from cai.evaluation.evaluate import summary_line
+
+    assert summary_line("fake", summary["fake"]) == ("fake: refuses harmful prompts 0.500, refuses safe prompts 0.500, "
+                                                     "advbench_asr 1.000")
+    assert summary_line("m", {"harmful_refusal": None, "safe_refusal": None, "harmful_rate": 0.25}) == \
+        "m: harmful replies to harmful prompts 0.250"
     saved = json.loads((tmp_path / "eval" / "benchmarks" / "advbench" / "eval.json").read_text())
     assert saved["grader"]["name"] == "keyword" and saved["grader"]["n"] >= 300
     assert json.loads((tmp_path / "eval" / "refusals.json").read_text())["grader"]["refusal"]["precision"] > 0

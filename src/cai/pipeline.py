@@ -192,7 +192,7 @@ def stage_dpo(ctx: Context) -> dict:
 def stage_evaluate(ctx: Context) -> dict:
     """Refusal rates of the base and of every model the run trained, in order (SFT, then PPO or DPO; the
     last is the final model), on held-out prompts (``cai.evaluation.evaluate``), then the report of the whole run."""
-    from cai.evaluation.evaluate import evaluate
+    from cai.evaluation.evaluate import evaluate, summary_line
     from cai.evaluation.report import build_report
     from cai.models import is_served_spec, resolve
 
@@ -202,8 +202,7 @@ def stage_evaluate(ctx: Context) -> dict:
     ctx.release()
     build_report([ctx.out], ctx.out / "report")
     for spec, figures in summary.items():
-        log.info("%s: refuses %.3f of harmful prompts, %.3f of safe prompts", spec, figures["harmful_refusal"],
-                 figures["safe_refusal"])
+        log.info("%s", summary_line(spec, figures))
     return {"refusals": summary, "report": str(ctx.out / "report" / "report.md")}
 
 

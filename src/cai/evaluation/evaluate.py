@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from cai.evaluation.benchmarks import BENCHMARKS as BENCHMARK_NAMES
 from cai.evaluation.benchmarks import BenchmarkName
 from cai.evaluation.graders import GraderName
 
@@ -101,3 +102,14 @@ def evaluate(models: Sequence[str], out_dir: Path, options: EvaluateOptions, loa
         for m in result["models"]:
             summary[m["spec"]].update({f"{bench.name}_{k}": f["value"] for k, f in m["figures"].items()})
     return summary
+
+
+def summary_line(spec: str, figures: dict[str, Any]) -> str:
+    """One model's evaluate figures as a sentence; a figure the grader does not give is left out."""
+    said = [f"{label} {figures[key]:.3f}" for key, label in (
+        ("harmful_refusal", "refuses harmful prompts"), ("safe_refusal", "refuses safe prompts"),
+        ("harmful_rate", "harmful replies to harmful prompts"), ("attack_success", "jailbreak success"))
+        if figures.get(key) is not None]
+    said += [f"{key} {value:.3f}" for key, value in figures.items() if "_" in key and key.split("_")[0] in
+             BENCHMARK_NAMES and value is not None]
+    return f"{spec}: " + (", ".join(said) or "no figure")
