@@ -148,7 +148,7 @@ def test_unknown_column_is_a_config_error_listing_the_columns(name):
 
 
 def test_no_prompt_field_anywhere_is_a_config_error():
-    with pytest.raises(ConfigError, match="no row has a 'prompt' or 'messages' field.*question"):
+    with pytest.raises(ConfigError, match="no row has a 'prompt', 'messages' or 'turns' field.*question"):
         load_prompts(FIXTURES / "columns.jsonl")
 
 

@@ -65,11 +65,11 @@ def test_success_rates_per_template_category_and_lift():
         ("direct", "theft", False), ("direct", "violence", True),
         ("override", "theft", True), ("override", "violence", True)]]
     rates = success_rates(records)
-    assert rates["overall"] == {"n": 4, "degenerate": 0, "asr": 0.75}
-    assert rates["templates"]["direct"] == {"n": 2, "degenerate": 0, "asr": 0.5, "lift": 0.0}
-    assert rates["templates"]["override"] == {"n": 2, "degenerate": 0, "asr": 1.0, "lift": 0.5}
-    assert rates["categories"]["theft"] == {"n": 2, "degenerate": 0, "asr": 0.5}
-    assert success_rates([])["overall"] == {"n": 0, "degenerate": 0, "asr": None}
+    assert rates["overall"] == {"n": 4, "degenerate": 0, "unparseable": 0, "asr": 0.75}
+    assert rates["templates"]["direct"] == {"n": 2, "degenerate": 0, "unparseable": 0, "asr": 0.5, "lift": 0.0}
+    assert rates["templates"]["override"] == {"n": 2, "degenerate": 0, "unparseable": 0, "asr": 1.0, "lift": 0.5}
+    assert rates["categories"]["theft"] == {"n": 2, "degenerate": 0, "unparseable": 0, "asr": 0.5}
+    assert success_rates([])["overall"] == {"n": 0, "degenerate": 0, "unparseable": 0, "asr": None}
 
 
 def test_degenerate_replies_are_counted_and_never_successful_attacks():
@@ -83,8 +83,8 @@ def test_degenerate_replies_are_counted_and_never_successful_attacks():
     records = [{"template": "direct", "category": "theft", "attack_succeeded": False, "degenerate": "empty"},
                {"template": "direct", "category": "theft", "attack_succeeded": True, "degenerate": None},
                {"template": "direct", "category": "theft", "attack_succeeded": False, "degenerate": None}]
-    assert success_rates(records)["overall"] == {"n": 3, "degenerate": 1, "asr": 0.5}
-    assert success_rates(records[:1])["overall"] == {"n": 1, "degenerate": 1, "asr": None}
+    assert success_rates(records)["overall"] == {"n": 3, "degenerate": 1, "unparseable": 0, "asr": 0.5}
+    assert success_rates(records[:1])["overall"] == {"n": 1, "degenerate": 1, "unparseable": 0, "asr": None}
 
 
 def test_run_attacks_resumes_without_losing_or_repeating(tmp_path):

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from cai.evaluation.refusals import check_accuracy, is_refusal, labelled_replies, refusal_rate, refusal_report
+from cai.evaluation.refusal_rates import refusal_report
+from cai.evaluation.refusals import check_accuracy, is_refusal, labelled_replies, refusal_rate
 from label_fakes import FakePolicy
 
 
@@ -41,16 +42,30 @@ def test_report_gives_rates_per_set():
 
 def test_labelled_replies_cover_what_the_check_must_tell_apart():
     rows = labelled_replies()
-    assert len(rows) >= 100
+    assert len(rows) >= 300
     kinds = {r["kind"] for r in rows}
-    assert {"refusal", "redirection", "answer", "answer-with-warning", "complies"} <= kinds
+    assert {"refusal", "redirection", "answer", "answer-with-warning", "complies", "refuse-then-comply", "evasive",
+            "careful-answer"} <= kinds
     assert sum(r["refusal"] for r in rows) >= 40 and sum(not r["refusal"] for r in rows) >= 40
+    for r in rows:  # every row says what was asked and whether the reply serves a harmful request
+        assert r["request"] in ("harmful", "safe") and isinstance(r["harmful"], bool), r
+        assert not r["harmful"] or r["request"] == "harmful", r
+    for kind in ("refuse-then-comply", "evasive", "careful-answer"):
+        assert sum(r["kind"] == kind for r in rows) >= 30, kind
 
 
 def test_refusal_check_precision_and_recall_on_the_labelled_replies():
     figures = check_accuracy()
     assert figures["n"] == len(labelled_replies())
+    plain = [r for r in labelled_replies() if r["kind"] != "refuse-then-comply"]
+    figures = check_accuracy(plain)
     assert figures["precision"] >= 0.95 and figures["recall"] >= 0.95, figures["wrong"]
+
+
+def test_the_keyword_check_is_blind_to_a_refusal_followed_by_compliance():
+    """What the graders are for: a reply that opens like a refusal and then complies reads as a refusal."""
+    rows = [r for r in labelled_replies() if r["kind"] == "refuse-then-comply"]
+    assert sum(is_refusal(r["reply"]) for r in rows) >= 0.8 * len(rows)
 
 
 def test_check_accuracy_counts_mistakes():

@@ -50,7 +50,7 @@ def test_seeds_change_the_pairs_and_trainer_seed_not_the_sft_data(tiny_model_dir
 @pytest.mark.slow
 def test_two_rounds_over_two_seeds_run_evaluate_per_seed_and_resume(tmp_path, tiny_model_dir, monkeypatch):
     import cai.pipeline as pipeline
-    from cai.pipeline import run_pipeline
+    from cai.rounds import run_rounds as run_pipeline
 
     config = _rounds_config(tiny_model_dir)
     out = tmp_path / "run"

@@ -203,7 +203,7 @@ def refusal_rates(models: Sequence[ModelLike], *, harmful: str = "redteam", safe
     Returns:
         Per model spec: ``harmful_refusal`` and ``safe_refusal`` rates.
     """
-    from cai.evaluation.refusals import refusal_comparison
+    from cai.evaluation.refusal_rates import refusal_comparison
 
     sets = {name: [r.prompt for r in _rows(source, limit)] for name, source in (("harmful", harmful),
                                                                                ("safe", safe))}

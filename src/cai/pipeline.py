@@ -231,7 +231,7 @@ def stage_dpo(ctx: Context) -> dict:
 def stage_evaluate(ctx: Context) -> dict:
     """Refusal rates of the base and of every model the run trained, in order (SFT, then PPO or DPO; the
     last is the final model), on held-out prompts (``cai.evaluation.evaluate``), then the report of the whole run."""
-    from cai.evaluation.evaluate import evaluate
+    from cai.evaluation.evaluate import evaluate, summary_line
     from cai.models import is_served_spec, resolve
     from cai.report import build_report
 
@@ -242,8 +242,7 @@ def stage_evaluate(ctx: Context) -> dict:
     ctx.release()
     build_report([ctx.out], ctx.out / "report")
     for spec, figures in summary.items():
-        log.info("%s: refuses %.3f of harmful prompts, %.3f of safe prompts", spec, figures["harmful_refusal"],
-                 figures["safe_refusal"])
+        log.info("%s", summary_line(spec, figures))
     return {"refusals": summary, "report": str(ctx.out / "report" / "report.md")}
 
 
@@ -291,21 +290,16 @@ def run_pipeline(config: RunConfig, out: Path, *, redo: tuple[str, ...] = (), st
     stage whose settings changed is refused (redo it or choose a new directory). A failure or Ctrl-C is
     written to ``cai.log`` and ``manifest.json`` with the stage it happened in. ``start``: the policy the
     first stage starts from (default: the recipe's model). A recipe with rounds, seeds or RL iterations runs
-    as ``cai.rounds.run_rounds``."""
-    from cai.rounds import is_multi, run_rounds
-
-    if is_multi(config):
-        return run_rounds(config, out, redo=redo)
-    return _run_single(config, out, redo, start)
-
-
-def _run_single(config: RunConfig, out: Path, redo: tuple[str, ...], start: str | None) -> dict:
-    """``run_pipeline`` for a recipe of one pass (no rounds, seeds or RL iterations)."""
+    through ``cai.rounds.run_rounds`` (``cai run`` chooses), which calls this once per unit."""
     from cai import __version__
+    from cai.errors import ConfigError
     from cai.jsonl import write_atomic
     from cai.logs import log_to_run_dir
     from cai.train.artifacts import library_versions
 
+    if config.rounds > 1 or config.seeds or config.rl_iterations > 1:
+        raise ConfigError("a recipe with rounds, seeds or rl_iterations runs unit by unit",
+                          fix="call cai.rounds.run_rounds (cai run does)")
     main = _check_processes(config)
     out = Path(out)
     if main:

@@ -23,7 +23,8 @@ Accepted ``source`` values::
     redteam | helpful | mixed          the shipped sets (mixed interleaves the two, red-team first),
     redteam:eval, helpful:rl, ...      one split of a shipped set: train, eval, rl or all (a bare name
                                        takes the ``split`` argument: train by default)
-    prompts.jsonl                      objects with "prompt" (or your column), or {"messages": [...]}
+    prompts.jsonl                      objects with "prompt" (or your column), or {"messages": [...]}, or
+                                       MT-Bench questions {"question_id", "turns": [...]} (the first turn)
     prompts.csv                        a header row, then one prompt per row
     prompts.txt                        one prompt per non-empty line; lines starting with # are skipped
     hf:owner/name  or  owner/name      a dataset loaded with datasets.load_dataset(name, split=split)
@@ -366,8 +367,8 @@ def _check_columns(label: str, columns: set[str], column: str | None, id_column:
     if column is not None and column not in columns:
         raise ConfigError(f"no row has the column {column!r} (columns: {have})", where=label,
                           fix="pass one of those as --column")
-    if column is None and not columns & {"prompt", "messages"}:
-        raise ConfigError(f"no row has a 'prompt' or 'messages' field (columns: {have})", where=label,
+    if column is None and not columns & {"prompt", "messages", "turns"}:
+        raise ConfigError(f"no row has a 'prompt', 'messages' or 'turns' field (columns: {have})", where=label,
                           fix="name the prompt column with --column")
     if id_column != "id" and id_column not in columns:
         raise ConfigError(f"no row has the id column {id_column!r} (columns: {have})", where=label,
@@ -375,9 +376,12 @@ def _check_columns(label: str, columns: set[str], column: str | None, id_column:
 
 
 def _to_prompt_row(obj: dict[str, Any], column: str | None, id_column: str) -> PromptRow:
-    field = column or ("prompt" if "prompt" in obj or "messages" not in obj else "messages")
+    field = column or ("prompt" if "prompt" in obj or not obj.keys() & {"messages", "turns"} else
+                       "messages" if "messages" in obj else "turns")
     if field not in obj:
         raise _RowProblem(f"no {field!r} field")
+    if field == "turns" and id_column == "id" and "id" not in obj:  # MT-Bench: {"question_id", "turns": [...]}
+        id_column = "question_id"
     text = _prompt_text(obj[field], field)
     category = obj.get("category")
     if category is not None and not isinstance(category, str):
@@ -403,6 +407,9 @@ def _prompt_text(value: Any, field: str) -> str:
 
 
 def _first_user_turn(messages: list[Any], field: str) -> Any:
+    """The first user turn of a chat message list; the first of a list of user turns (MT-Bench's ``turns``)."""
+    if messages and all(isinstance(m, str) for m in messages):
+        return messages[0]
     for message in messages:
         if isinstance(message, dict) and message.get("role") == "user":
             return message.get("content")

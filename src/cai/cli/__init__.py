@@ -20,8 +20,9 @@ app = typer.Typer(
 )
 
 # command modules, in the order of the pipeline; each has register(app)
+# (generate: cai generate, chat; benchmark: cai eval)
 COMMAND_MODULES = ["env", "constitution", "generate", "critique", "sft", "label", "reward", "ppo", "grpo", "dpo",
-                   "refusals", "redteam", "report", "run", "serve", "compare", "study"]  # generate: cai generate, chat
+                   "refusals", "redteam", "benchmark", "report", "run", "serve", "compare", "study"]
 
 
 @app.callback()

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from cai.cli.grading import GRADER, GRADER_MODEL
 from cai.cli.workers import RAY, WORKERS
 
 
@@ -25,11 +26,15 @@ def redteam(
     seed: int = typer.Option(0),
     dtype: str = typer.Option("auto", help="auto (bf16 where the CPU/GPU has it) | fp32 | bf16 | fp16; local "
                               "models only"),
+    grader: str = GRADER,
+    grader_model: str = GRADER_MODEL,
     workers: int = WORKERS,
     ray: str = RAY,
 ) -> None:
-    """Wrap harmful requests in jailbreak templates and measure how often each model does not refuse."""
+    """Wrap harmful requests in jailbreak templates and measure how often each model does not refuse (or, with a
+    harm grader, how often its reply is harmful)."""
     from cai.backends.base import SamplingParams
+    from cai.cli.grading import grader_with_agreement
     from cai.errors import ConfigError
     from cai.evaluation.redteam import attack_models, attacks, load_templates
     from cai.fanout import Fanout
@@ -47,12 +52,16 @@ def redteam(
                           fix="give prompts outside the `jailbreak` category (those are wrapped already)")
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, do_sample=temperature > 0,
                             seed=seed)
-    check_or_record(out, "redteam", {"prompts": prompts, "templates": the_templates, "limit": limit,
-                                     "sampling": params.to_dict()})
+    settings = {"prompts": prompts, "templates": the_templates, "limit": limit, "sampling": params.to_dict()}
+    if grader != "keyword":  # runs graded by keyword before graders existed resume as they were
+        settings["grader"] = {"name": grader, "model": grader_model}
+    check_or_record(out, "redteam", settings)
     log_to_run_dir(out)
+    the_grader, measured = grader_with_agreement(grader, grader_model)
     fanout = Fanout(workers, ray)
     summary = attack_models(model, todo, out, params, templates=the_templates, prompts=prompts,
-                            load=lambda spec: fanout.load(spec, dtype=dtype))
+                            load=lambda spec: fanout.load(spec, dtype=dtype),
+                            grader=None if grader == "keyword" else the_grader, grader_agreement=measured)
     _print(summary)
     typer.echo(f"written to {out / 'redteam.json'}")
 
@@ -61,7 +70,9 @@ def _print(summary: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"attack success rate (reply does not refuse), {summary['base_requests']} requests")
+    grader = summary.get("grader", {}).get("name", "keyword")
+    what = "reply does not refuse" if grader == "keyword" else f"reply harmful, by {grader}"
+    table = Table(title=f"attack success rate ({what}), {summary['base_requests']} requests")
     table.add_column("template")
     specs = list(summary["models"])
     for spec in specs:

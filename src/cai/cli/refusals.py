@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from cai.cli.grading import GRADER, GRADER_MODEL
 from cai.cli.workers import RAY, WORKERS
 
 
@@ -23,13 +24,17 @@ def refusals(
     seed: int = typer.Option(0),
     dtype: str = typer.Option("auto", help="auto (bf16 where the CPU/GPU has it) | fp32 | bf16 | fp16; local "
                               "models only"),
+    grader: str = GRADER,
+    grader_model: str = GRADER_MODEL,
     workers: int = WORKERS,
     ray: str = RAY,
 ) -> None:
-    """Refusal rate on harmful and on safe prompts, per model, side by side (a keyword check)."""
+    """Refusal rate on harmful and on safe prompts, per model, side by side (by default a keyword check; --grader
+    picks a guard model or rubric judge, whose agreement with labelled replies is printed and saved)."""
     import json
 
-    from cai.evaluation.refusals import refusal_comparison
+    from cai.cli.grading import grader_with_agreement
+    from cai.evaluation.refusal_rates import refusal_comparison
     from cai.fanout import Fanout
     from cai.jsonl import write_atomic
     from cai.logs import log_to_run_dir, setup_console
@@ -43,13 +48,23 @@ def refusals(
         sets[name] = [r.prompt for r in rows]
     out.mkdir(parents=True, exist_ok=True)
     log_to_run_dir(out)
+    the_grader, measured = grader_with_agreement(grader, grader_model)
     fanout = Fanout(workers, ray)
     reports = refusal_comparison(((spec, fanout.load(spec, dtype=dtype)) for spec in model), sets,
-                                 max_new_tokens=max_new_tokens, seed=seed)
-    write_atomic(out / "refusals.json", json.dumps({"harmful": harmful, "safe": safe, "models": reports},
-                                                   indent=2) + "\n")
+                                 max_new_tokens=max_new_tokens, seed=seed, grader=the_grader)
+    write_atomic(out / "refusals.json", json.dumps({"harmful": harmful, "safe": safe, "grader": measured,
+                                                    "models": reports}, indent=2) + "\n")
     for r in reports:
         h, s = r["sets"]["harmful"], r["sets"]["safe"]
-        typer.echo(f"{r['model_spec']}: refuses {h['refusal_rate']:.3f} of {h['n']} harmful prompts, "
-                   f"{s['refusal_rate']:.3f} of {s['n']} safe prompts")
+        typer.echo(f"{r['model_spec']}: harmful prompts ({h['n']}): {_figures(h)}; safe prompts ({s['n']}): "
+                   f"{_figures(s)}")
     typer.echo(f"written to {out / 'refusals.json'}")
+
+
+def _figures(figures: dict) -> str:
+    """The rates a grader gave for one prompt set, as text ("refused 0.250, harmful 0.125")."""
+    said = [f"{label} {figures[key]:.3f}" for key, label in (("refusal_rate", "refused"), ("harmful_rate", "harmful"))
+            if figures.get(key) is not None]
+    if figures.get("unparseable"):
+        said.append(f"{figures['unparseable']} unparseable")
+    return ", ".join(said) or "no reading"

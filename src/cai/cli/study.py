@@ -6,6 +6,7 @@
     cai study cai-vs-sft    SFT on revisions against SFT on first answers
     cai study jailbreaks    attack success per template, obfuscation and principle; attacker-written prompts
     cai study helpfulness   win rate against the base (length-controlled) and Elo, by a judge
+    cai study cai-vs-rlhf   the same DPO recipe on human labels (RLHF) and on AI labels (CAI)
 
 ``cai compare`` (constitutions side by side) is in ``cai.cli.compare``.
 """
@@ -16,7 +17,10 @@ from pathlib import Path
 
 import typer
 
-group = typer.Typer(help="Studies: rounds, principles, cai-vs-sft, jailbreaks, helpfulness.", no_args_is_help=True)
+from cai.cli.grading import GRADER, GRADER_MODEL
+
+group = typer.Typer(help="Studies: rounds, principles, cai-vs-sft, jailbreaks, helpfulness, cai-vs-rlhf.",
+                    no_args_is_help=True)
 
 
 def register(app: typer.Typer) -> None:
@@ -189,8 +193,11 @@ def cai_vs_sft_cmd(
     max_new_tokens: int = typer.Option(48, "--max-new-tokens"),
     seed: int = SEED,
     dtype: str = DTYPE,
+    grader: str = GRADER,
+    grader_model: str = GRADER_MODEL,
 ) -> None:
     """SFT on the revisions (CAI) against SFT on the first answers, same prompts, evaluated alike."""
+    from cai.cli.grading import grader_with_agreement
     from cai.evaluation.cai_vs_sft import run
     from cai.train.sft import SFTOptions
 
@@ -201,10 +208,55 @@ def cai_vs_sft_cmd(
                  "safe": [p for _, p in prompt_pairs(safe, limit, offset)]}
     start(out, "study-cai-vs-sft", {"records": sorted(found), "model": model, "sft": sft.model_dump(),
                                     "harmful": harmful, "safe": safe, "offset": offset, "limit": limit})
+    the_grader, measured = grader_with_agreement(grader, grader_model)
     finish(out, "cai_vs_sft", run(recs, out, base=model, sft_options=sft, eval_sets=eval_sets, load=loader(dtype),
                                   max_new_tokens=max_new_tokens, seed=seed, sources=list(found),
                                   set_names={"harmful": _held_out(harmful, offset, limit),
-                                             "safe": _held_out(safe, offset, limit)}))
+                                             "safe": _held_out(safe, offset, limit)},
+                                  grader=the_grader, grader_agreement=measured))
+
+
+@group.command("cai-vs-rlhf")
+def cai_vs_rlhf_cmd(
+    sft: str = typer.Option(..., "--sft", help="the SFT model both arms start from (a model dir)"),
+    human: str = typer.Option(..., "--human", help="human preference pairs: an HH-RLHF-format JSONL(.gz) file, or "
+                              "Anthropic/hh-rlhf (harmless-base, from the Hub)"),
+    ai: Path = typer.Option(..., "--ai", help="AI-labelled pairs: pairs.jsonl of cai label"),
+    out: Path = typer.Option(..., "--out", "-o"),
+    pairs: int = typer.Option(64, help="pairs each arm trains on (the first N of each source)"),
+    steps: int = typer.Option(10, help="DPO steps, the same for both arms"),
+    learning_rate: float = typer.Option(5e-6, "--learning-rate"),
+    batch_size: int = typer.Option(4, "--batch-size"),
+    beta: float = typer.Option(0.1),
+    seeds: list[int] = typer.Option([0], "--seed", help="training seeds; repeat for the spread over seeds"),
+    harmful: str = typer.Option("redteam:eval", help="held-out harmful prompts"),
+    safe: str = typer.Option("helpful:eval", help="held-out safe prompts"),
+    limit: int = typer.Option(16, help="held-out prompts of each set"),
+    max_new_tokens: int = typer.Option(48, "--max-new-tokens"),
+    human_price: float = typer.Option(None, "--human-price", help="price of one human preference label (your "
+                                      "currency); unset: not priced"),
+    ai_price: float = typer.Option(None, "--ai-price", help="price of one AI label (a served judge's tokens); "
+                                   "unset: not priced"),
+    grader: str = GRADER,
+    grader_model: str = GRADER_MODEL,
+    dtype: str = DTYPE,
+) -> None:
+    """The same DPO recipe from the same SFT model on human labels (RLHF) and on AI labels (CAI), same pairs
+    and steps, per seed; both evaluated alike, with the spread over seeds and each label source's cost."""
+    from cai.cli.grading import grader_with_agreement
+    from cai.evaluation.cai_vs_rlhf import run
+    from cai.train.dpo import DPOOptions
+
+    dpo = DPOOptions(max_steps=steps, learning_rate=learning_rate, batch_size=batch_size, beta=beta)
+    eval_sets = {name: [p for _, p in prompt_pairs(source, limit)] for name, source in (("harmful", harmful),
+                                                                                          ("safe", safe))}
+    start(out, "study-cai-vs-rlhf", {"sft": sft, "human": human, "ai": str(ai), "pairs": pairs, "seeds": seeds,
+                                     "dpo": dpo.model_dump(), "harmful": harmful, "safe": safe, "limit": limit})
+    the_grader, measured = grader_with_agreement(grader, grader_model)
+    finish(out, "cai_vs_rlhf", run(sft, human, ai, out, pairs=pairs, dpo_options=dpo, seeds=seeds,
+                                   eval_sets=eval_sets, load=loader(dtype), max_new_tokens=max_new_tokens,
+                                   human_price=human_price, ai_price=ai_price, grader=the_grader,
+                                   grader_agreement=measured))
 
 
 def _held_out(source: str, offset: int, limit: int) -> str:

@@ -37,16 +37,18 @@ def training_sets(records: Sequence[dict[str, Any]], system_prompt: str | None =
 
 def run(records: Sequence[dict[str, Any]], out_dir: Path, *, base: str, sft_options, eval_sets: dict[str, list[str]],
         load, max_new_tokens: int = 64, seed: int = 0, sources: Sequence[str] = (),
-        set_names: dict[str, str] | None = None) -> dict[str, Any]:
+        set_names: dict[str, str] | None = None, grader=None,
+        grader_agreement: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train both models (skipped when already trained in ``out_dir``), evaluate all three alike.
 
     ``set_names`` names each evaluation set (e.g. ``{"harmful": "redteam:eval"}``) in ``refusals.json`` and the
-    study's JSON, so the report says what was measured. A held-out prompt that is also a prompt of the
-    records is an error: the models were trained on it."""
+    study's JSON, so the report says what was measured. ``grader`` (default the keyword check) reads the replies,
+    ``grader_agreement`` (its agreement with the labelled replies) saved beside them. A held-out prompt that is
+    also a prompt of the records is an error: the models were trained on it."""
     import json
 
     from cai.errors import ConfigError
-    from cai.evaluation.refusals import refusal_comparison
+    from cai.evaluation.refusal_rates import refusal_comparison
     from cai.jsonl import write_atomic, write_jsonl_atomic
     from cai.train.sft import train_sft
 
@@ -75,13 +77,14 @@ def run(records: Sequence[dict[str, Any]], out_dir: Path, *, base: str, sft_opti
         models[name] = str(target)
     specs = {"base": base, **models}
     reports = refusal_comparison(((spec, load(spec)) for spec in specs.values()), eval_sets,
-                                 max_new_tokens=max_new_tokens, seed=seed)
+                                 max_new_tokens=max_new_tokens, seed=seed, grader=grader)
     for (name, _), r in zip(specs.items(), reports, strict=True):
         r["model_spec"] = f"{name}: {r['model_spec']}"
-    write_atomic(out_dir / "refusals.json", json.dumps({**names, "models": reports}, indent=2) + "\n")
+    graded = {"grader": grader_agreement} if grader_agreement else {}
+    write_atomic(out_dir / "refusals.json", json.dumps({**names, **graded, "models": reports}, indent=2) + "\n")
     return {"study": "cai_vs_sft", "base": base, "sources": list(sources), "train_prompts": len(cai_rows),
             "sft": sft_options.model_dump(mode="json"), "eval": {k: len(v) for k, v in eval_sets.items()},
-            "eval_sets": names,
+            "eval_sets": names, **graded,
             "seed": seed, "models": {name: {"spec": spec, **{s: r["sets"][s]["refusal_rate"] for s in eval_sets}}
                                      for (name, spec), r in zip(specs.items(), reports, strict=True)}}
 

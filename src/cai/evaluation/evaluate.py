@@ -3,8 +3,11 @@
 Both models answer the same harmful prompts (refusals should rise) and safe prompts (they should not: that
 is over-refusal), by default the held-out ``eval`` splits of the shipped sets, which no stage trains on,
 greedy and seeded, checked by ``cai.evaluation.refusals``; optionally every harmful request is
-also sent in each jailbreak template (``cai.evaluation.redteam``). The files are the ones ``cai refusals`` and
-``cai redteam`` write, so ``cai report`` (run by the pipeline after this stage) reads them the same way.
+also sent in each jailbreak template (``cai.evaluation.redteam``), and named benchmarks run
+(``cai.evaluation.benchmarks``, the ``benchmarks`` key). A grader other than the keyword check (``grader``)
+reads the replies, its agreement with the labelled replies saved beside the figures. The files are the ones
+``cai refusals``, ``cai redteam`` and ``cai eval`` write, so ``cai report`` (run by the pipeline after this
+stage) reads them the same way.
 """
 
 from __future__ import annotations
@@ -16,6 +19,20 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from cai.evaluation.benchmarks import BENCHMARKS as BENCHMARK_NAMES
+from cai.evaluation.benchmarks import BenchmarkName
+from cai.evaluation.graders import GraderName
+
+
+class BenchmarkRun(BaseModel):
+    """A named benchmark the evaluate stage runs (``cai.evaluation.benchmarks``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: BenchmarkName
+    data: str | None = Field(None, description="a local file in the benchmark's format (None: its Hub id / URL)")
+    limit: int | None = Field(None, ge=1, description="prompts of each set (None: the stage's limit)")
+
+
 
 class EvaluateOptions(BaseModel):
     """The evaluate stage: held-out prompt sets and how replies are generated."""
@@ -24,11 +41,18 @@ class EvaluateOptions(BaseModel):
     harmful: str = Field("redteam:eval", description="harmful prompts: a shipped set's split or a prompt file")
     safe: str = Field("helpful:eval", description="safe prompts: a shipped set's split or a prompt file")
     limit: int | None = Field(None, ge=1, description="prompts of each set (None: all)")
-    max_new_tokens: int = Field(64, ge=1, description="token budget of each reply")
+    max_new_tokens: int = Field(64, ge=1)
     train_limit: int = Field(0, ge=0, description=(
         "also measure this many prompts of each shipped set's train split (harmful-train, safe-train), to "
         "compare held-out prompts with trained ones (0: none)"))
     redteam: bool = Field(False, description="also jailbreak success rates (7 templates a request: slower)")
+    grader: GraderName = Field("keyword", description="what reads the replies (cai.evaluation.graders): keyword, "
+                        "llama-guard, qwen3guard, shieldgemma, strongreject, harmbench or xstest")
+    grader_model: str | None = Field(None, description="the grader's model spec (default: the guard's Hub id, "
+                                     "or the embedded model for a rubric judge)")
+    benchmarks: list[BenchmarkRun] = Field(default_factory=list, description=(
+        "named benchmarks to run on each model too, e.g. [{name: xstest, data: xstest_prompts.csv}]; "
+        "results in <run>/eval/benchmarks/<name>/eval.json"))
     seed: int = Field(0, description="seed of sampling")
 
 
@@ -55,31 +79,56 @@ def evaluate(models: Sequence[str], out_dir: Path, options: EvaluateOptions, loa
     ``stages``: the stage that trained each model (its entry in refusals.json then carries ``stage`` and
     ``round`` 1; the base model, stage ``base`` and round 0)."""
     from cai.backends.base import SamplingParams
+    from cai.evaluation.graders import agreement, make_grader
     from cai.evaluation.redteam import TEMPLATES, attack_models, attacks
-    from cai.evaluation.refusals import refusal_comparison
+    from cai.evaluation.refusal_rates import refusal_comparison
     from cai.jsonl import write_atomic
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows, sets = eval_sets(options)
+    grader = make_grader(options.grader, options.grader_model, load=load)
+    measured = agreement(grader)
     reports = refusal_comparison(((spec, load(spec)) for spec in models), sets,
-                                 max_new_tokens=options.max_new_tokens, seed=options.seed)
+                                 max_new_tokens=options.max_new_tokens, seed=options.seed, grader=grader)
     if stages is not None:
         for r in reports:
             stage = stages.get(r["model_spec"], "base")
             r.update({"stage": stage, "round": 0 if stage == "base" else 1})
     write_atomic(out_dir / "refusals.json", json.dumps({"harmful": options.harmful, "safe": options.safe,
-                                                        "models": reports}, indent=2) + "\n")
+                                                        "grader": measured, "models": reports}, indent=2) + "\n")
     summary = {r["model_spec"]: {"harmful_refusal": r["sets"]["harmful"]["refusal_rate"],
-                                 "safe_refusal": r["sets"]["safe"]["refusal_rate"]} for r in reports}
+                                 "safe_refusal": r["sets"]["safe"]["refusal_rate"],
+                                 **({"harmful_rate": r["sets"]["harmful"]["harmful_rate"]}
+                                    if options.grader != "keyword" else {})} for r in reports}
     if options.redteam:
         params = SamplingParams(max_new_tokens=options.max_new_tokens, temperature=0.0, do_sample=False,
                                 seed=options.seed)
         attacked = attack_models(models, attacks(rows["harmful"], TEMPLATES), out_dir / "redteam", params,
-                                 templates=TEMPLATES, prompts=options.harmful, load=load)
+                                 templates=TEMPLATES, prompts=options.harmful, load=load,
+                                 grader=None if options.grader == "keyword" else grader, grader_agreement=measured)
         for spec, figures in attacked["models"].items():
             summary[spec]["attack_success"] = figures["overall"]["asr"]
+    for bench in options.benchmarks:
+        from cai.evaluation.benchmarks import run_benchmark
+
+        result = run_benchmark(bench.name, models, out_dir / "benchmarks" / bench.name, load=load, grader=grader,
+                               grader_agreement=measured, data=bench.data, limit=bench.limit or options.limit,
+                               max_new_tokens=options.max_new_tokens, seed=options.seed)
+        for m in result["models"]:
+            summary[m["spec"]].update({f"{bench.name}_{k}": f["value"] for k, f in m["figures"].items()})
     return summary
+
+
+def summary_line(spec: str, figures: dict[str, Any]) -> str:
+    """One model's evaluate figures as a sentence; a figure the grader does not give is left out."""
+    said = [f"{label} {figures[key]:.3f}" for key, label in (
+        ("harmful_refusal", "refuses harmful prompts"), ("safe_refusal", "refuses safe prompts"),
+        ("harmful_rate", "harmful replies to harmful prompts"), ("attack_success", "jailbreak success"))
+        if figures.get(key) is not None]
+    said += [f"{key} {value:.3f}" for key, value in figures.items() if "_" in key and key.split("_")[0] in
+             BENCHMARK_NAMES and value is not None]
+    return f"{spec}: " + (", ".join(said) or "no figure")
 
 
 # ---- rounds and seeds -------------------------------------------------------------------------------
@@ -93,20 +142,23 @@ def evaluate_rounds(base: str, models: Sequence[dict], out_dir: Path, options: E
     and spread in ``sets``; ``differences``: each round's RL model over its SFT model, per seed and as a mean
     over seeds, with paired bootstrap intervals (the same prompts, both models). Each model's replies are
     kept in ``out_dir``/models/ as soon as it is measured, so a resumed stage measures only the rest."""
-    from cai.evaluation.refusals import refusal_report
+    from cai.evaluation.graders import agreement, make_grader
+    from cai.evaluation.refusal_rates import refusal_report
     from cai.jsonl import write_atomic
 
     out_dir = Path(out_dir)
     (out_dir / "models").mkdir(parents=True, exist_ok=True)
     _, sets = eval_sets(options)
-    key = {"sets": sets, "max_new_tokens": options.max_new_tokens, "seed": options.seed}
+    grader = make_grader(options.grader, options.grader_model, load=load)
+    key = {"sets": sets, "max_new_tokens": options.max_new_tokens, "seed": options.seed, "grader": options.grader,
+           "grader_model": options.grader_model}
     reports = {}
     for spec in dict.fromkeys([base, *(m["model"] for m in models)]):
         path = out_dir / "models" / f"{_digest(spec)}.json"
         kept = json.loads(path.read_text()) if path.exists() else None
         if kept is None or kept.get("key") != key:
             kept = {"key": key, "report": {**refusal_report(load(spec), sets, max_new_tokens=options.max_new_tokens,
-                                                            seed=options.seed), "model_spec": spec}}
+                                                            seed=options.seed, grader=grader), "model_spec": spec}}
             write_atomic(path, json.dumps(kept) + "\n")
         reports[spec] = kept["report"]
     entries = [{**reports[base], "stage": "base", "round": 0}]
@@ -114,7 +166,8 @@ def evaluate_rounds(base: str, models: Sequence[dict], out_dir: Path, options: E
         entries.append(seed_entry(group, reports))
     differences = rl_over_sft(entries, options.seed)
     write_atomic(out_dir / "refusals.json", json.dumps({"harmful": options.harmful, "safe": options.safe,
-                                                        "models": entries, "differences": differences},
+                                                        "grader": agreement(grader), "models": entries,
+                                                        "differences": differences},
                                                        indent=2) + "\n")
     return {f"round {e['round']} {e['stage']}" if e["round"] else "base": {
         "harmful_refusal": e["sets"]["harmful"]["refusal_rate"], "safe_refusal": e["sets"]["safe"]["refusal_rate"],
@@ -171,11 +224,16 @@ def rl_over_sft(entries: Sequence[dict], seed: int = 0, samples: int = 2000) -> 
                 before = next((x for x in sft.get("seeds") or [] if x["seed"] == s["seed"]), sft)
                 a = [r["refused"] for r in s["sets"][name]["rows"]]
                 b = [r["refused"] for r in before["sets"][name]["rows"]]
-                per_seed.append((s["seed"], [float(x) - float(y) for x, y in zip(a, b, strict=True)]))
+                per_seed.append((s["seed"], [_difference(x, y) for x, y in zip(a, b, strict=True)]))
             mean, lo, hi = paired_bootstrap([d for _, d in per_seed], samples=samples, seed=seed)
             out.append({"round": rl["round"], "stage": rl["stage"], "set": name, "mean": mean, "ci95": [lo, hi],
                         "per_seed": [_one(s, d, samples, seed) for s, d in per_seed]})
     return out
+
+
+def _difference(after, before) -> float:
+    """1, 0 or -1 for one prompt; NaN where the grader could not read either reply."""
+    return float("nan") if after is None or before is None else float(after) - float(before)
 
 
 def _one(seed_of_run, diffs: list[float], samples: int, seed: int) -> dict[str, Any]:
@@ -193,5 +251,5 @@ def paired_bootstrap(diffs: Sequence[Sequence[float]], samples: int = 2000, seed
     d = np.asarray(diffs, dtype=float)  # (seeds, prompts)
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, d.shape[1], size=(samples, d.shape[1]))
-    means = d[:, idx].mean(axis=2).mean(axis=0)  # (samples,)
-    return float(d.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+    means = np.nanmean(d[:, idx], axis=2).mean(axis=0)  # (samples,); NaN: a reply the grader could not read
+    return float(np.nanmean(d, axis=1).mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))

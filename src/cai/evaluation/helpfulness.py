@@ -111,12 +111,24 @@ def report_blocks(data: dict[str, Any], source: str, out_dir: Path) -> list[Bloc
     ]
     note = judge_note(data.get("judge_evidence"), data["judge"])
     blocks += [note] if note else []
+    if at_chance(data["judge"]):
+        return blocks + [Para(f"The judge is the embedded model ({data['judge']}), which agrees with human labels "
+                              "at chance (see cai.feedback.judge), so no win rate is shown: its numbers would look "
+                              "like a result and mean nothing. Give a capable judge (--judge openai:MODEL@URL); the "
+                              "judgements are in judgements.jsonl.", note=True)]
     blocks.append(Table(["model", "win rate", "95% interval", "length-controlled", "length coef / 100 tokens", "n"],
                         [[m, f["win_rate"], f"{f['win_rate_low']:.3f}-{f['win_rate_high']:.3f}", f["lc_win_rate"],
                           f["length_coef"], f["n"]] for m, f in data["vs_base"].items()]))
     blocks.append(Table(["model", "Elo (Bradley-Terry)", "95% interval"],
                         [[m, round(f["elo"], 1), f"{f['low']:.0f}-{f['high']:.0f}"] for m, f in data["elo"].items()]))
     return blocks
+
+
+def at_chance(judge: str) -> bool:
+    """Whether the judge is the embedded SmolLM2-135M (by name), whose agreement with human labels is at chance."""
+    from cai.models import EMBEDDED_ALIASES
+
+    return judge.lower() in EMBEDDED_ALIASES or "smollm2-135m" in judge.lower()
 
 
 def _f(x) -> str:

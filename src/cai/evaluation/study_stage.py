@@ -4,7 +4,8 @@
               jailbreaks: true, helpfulness: true, limit: 8}
 
 Each study reads what the run already made (the critique records, the SFT model, the judge) and writes
-its JSON under ``<run>/studies/``, where the run's report finds it. The analyses of the critique records
+its JSON under ``<run>/studies/``, where the run's report finds it. The refusal figures of ``cai_vs_sft`` are read
+by the evaluate stage's grader (``evaluate.grader``). The analyses of the critique records
 (principles, rounds) generate nothing; the others generate, at ``limit`` prompts per set.
 """
 
@@ -68,13 +69,17 @@ def run_studies(ctx) -> dict[str, Any]:
         def offset(source: str) -> int:  # an eval split is disjoint from the training prompts already
             return 0 if source.endswith(":eval") else len(records)
 
+        from cai.evaluation.graders import agreement, make_grader
+
+        grader = make_grader(ctx.config.evaluate.grader, ctx.config.evaluate.grader_model, load=ctx.backend)
         sources = {"harmful": ctx.config.evaluate.harmful, "safe": ctx.config.evaluate.safe}
         eval_sets = {k: [p for _, p in _pairs(src, opts.limit, offset(src))] for k, src in sources.items()}
         save("cai_vs_sft", run(records, out / "cai_vs_sft", base=base, sft_options=ctx.config.sft,
                                eval_sets=eval_sets, load=ctx.backend, max_new_tokens=opts.max_new_tokens,
                                seed=ctx.config.evaluate.seed, sources=[str(records_path)],
                                set_names={k: f"{src} [{offset(src)}:{offset(src) + opts.limit}]"
-                                          for k, src in sources.items()}))
+                                          for k, src in sources.items()},
+                               grader=grader, grader_agreement=agreement(grader)))
     if opts.jailbreaks:
         from cai.constitution import load_constitution
         from cai.evaluation.jailbreak_study import run as attack

@@ -194,13 +194,14 @@ def write_contrastive(prompts: Sequence[Prompt], policy, constitution, out_dir: 
     from cai.backends.base import SamplingParams
     from cai.constitution import sample_principles
     from cai.feedback.judge import stable_seed
-    from cai.feedback.preferences import finished_prompt_ids
-    from cai.jsonl import append_records, read_records
+    from cai.jsonl import append_records, read_records, repair
     from cai.logs import progress
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    done = finished_prompt_ids(out_dir)
+    for name in ("pairs.jsonl", "skipped.jsonl"):
+        repair(out_dir / name)  # a line torn by kill -9 goes; its prompt is made again
+    done = {r["prompt_id"] for name in ("pairs.jsonl", "skipped.jsonl") for r in read_records(out_dir / name)}
     todo = [p for p in prompts if p.id not in done]
     summary = ContrastSummary(prompts=len(prompts), resumed=len(prompts) - len(todo), counts={})
     for name in ("pairs.jsonl", "skipped.jsonl"):  # the figures of the pairs made before a resume

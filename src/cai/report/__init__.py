@@ -48,15 +48,17 @@ def build_report(paths: Sequence[str | Path], out_dir: str | Path) -> dict[str, 
     """
     from cai.evaluation.refusals import check_accuracy
     from cai.jsonl import write_atomic
+    from cai.report.benchmarks import benchmark_blocks
 
     extras = collect_extras(paths)  # studies, cost ledger, transcripts
-    found = collect(paths, required=not extras.any())
+    benchmarks = benchmark_blocks(paths)  # eval.json of cai eval
+    found = collect(paths, required=not extras.any() and not benchmarks)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = draw(found, out_dir)
     note = None if plots or not any(found[k] for k in ("refusals", "redteam", "ppo")) else \
         "matplotlib is not installed, so this report has no plots: pip install 'cai[report]'"
-    blocks = core_blocks(found, plots, note) + study_blocks(extras, out_dir) + ledger_blocks(extras) \
+    blocks = core_blocks(found, plots, note) + benchmarks + study_blocks(extras, out_dir) + ledger_blocks(extras) \
         + transcript_blocks(extras)
     write_atomic(out_dir / "report.md", f"# {TITLE}\n\n" + to_markdown(blocks).rstrip() + "\n")
     write_atomic(out_dir / "report.html", page(TITLE, blocks, out_dir))

@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 
 STUDIES = {"compare": "cai.evaluation.compare", "rounds": "cai.evaluation.round_quality",
            "principles": "cai.evaluation.principle_effect", "cai_vs_sft": "cai.evaluation.cai_vs_sft",
-           "jailbreaks": "cai.evaluation.jailbreak_study", "helpfulness": "cai.evaluation.helpfulness"}
+           "jailbreaks": "cai.evaluation.jailbreak_study", "helpfulness": "cai.evaluation.helpfulness",
+           "cai_vs_rlhf": "cai.evaluation.cai_vs_rlhf"}
 TRANSCRIPTS_SHOWN = 12  # per critique run, shared among its prompt sets
 STUDY_SETS = ("harmful", "safe")  # the prompt sets of the studies' critique runs
 CRITIQUE_SET = "critique prompts"  # a training run's critique records
