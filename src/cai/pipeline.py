@@ -292,14 +292,11 @@ def run_pipeline(config: RunConfig, out: Path, *, redo: tuple[str, ...] = (), st
     first stage starts from (default: the recipe's model). A recipe with rounds, seeds or RL iterations runs
     through ``cai.rounds.run_rounds`` (``cai run`` chooses), which calls this once per unit."""
     from cai import __version__
-    from cai.errors import ConfigError
     from cai.jsonl import write_atomic
     from cai.logs import log_to_run_dir
     from cai.train.artifacts import library_versions
 
-    if config.rounds > 1 or config.seeds or config.rl_iterations > 1:
-        raise ConfigError("a recipe with rounds, seeds or rl_iterations runs unit by unit",
-                          fix="call cai.rounds.run_rounds (cai run does)")
+    _check_single_pass(config)
     main = _check_processes(config)
     out = Path(out)
     if main:
@@ -318,9 +315,8 @@ def run_pipeline(config: RunConfig, out: Path, *, redo: tuple[str, ...] = (), st
     t0 = time.time()
     try:
         check_wiring(config, out)
-        ctx = Context(config, out, policy=_check_models(config))
-        if start is not None:
-            ctx.policy = start
+        base = _check_models(config)
+        ctx = Context(config, out, policy=start or base)
         manifest["constitution"] = _constitution_ref(config)
         manifest["prices"] = config.prices
         plan, clear = _plan(config, out, manifest["stages"], redo)
@@ -352,6 +348,14 @@ def run_pipeline(config: RunConfig, out: Path, *, redo: tuple[str, ...] = (), st
 
         build_report([out], out / "report")
     return manifest
+
+
+def _check_single_pass(config: RunConfig) -> None:
+    from cai.errors import ConfigError
+
+    if config.rounds > 1 or config.seeds or config.rl_iterations > 1:
+        raise ConfigError("a recipe with rounds, seeds or rl_iterations runs unit by unit",
+                          fix="call cai.rounds.run_rounds (cai run does)")
 
 
 def _policy_before(ctx: Context, stages: dict, wanted: list[str]) -> None:
