@@ -177,7 +177,7 @@ class _Replies:
 def records_page() -> str:
     """records.jsonl, pairs.jsonl, refusals.json and manifest.json: fields and one example each."""
     from cai.config import RunConfig
-    from cai.evaluation.refusals import refusal_comparison
+    from cai.evaluation.refusal_rates import refusal_comparison
     from cai.ledger import measure
     from cai.pipeline import stage_settings
     from cai.records import CritiqueRecord, CritiqueRound, PreferencePair, Provenance

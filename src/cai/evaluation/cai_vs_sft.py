@@ -4,7 +4,7 @@ the model's own first answers?
 From one critique run's records, two SFT data sets with the same prompts (those whose revision is usable,
 ``cai.critique.sft_rows``), the same options and seed: the revisions (SL-CAI) and the first answers (plain
 SFT). Both are trained from the same base (``cai.train.sft.train_sft``), then the base and both models
-answer the same held-out harmful and safe prompts (``cai.evaluation.refusals.refusal_comparison``). The files are
+answer the same held-out harmful and safe prompts (``cai.evaluation.refusal_rates.refusal_comparison``). The files are
 ``DIR/cai/``, ``DIR/plain/`` (models), ``DIR/refusals.json`` (read by the report's trade-off plot) and
 ``DIR/cai_vs_sft.json``.
 """

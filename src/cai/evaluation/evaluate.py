@@ -41,7 +41,7 @@ class EvaluateOptions(BaseModel):
     harmful: str = Field("redteam:eval", description="harmful prompts: a shipped set's split or a prompt file")
     safe: str = Field("helpful:eval", description="safe prompts: a shipped set's split or a prompt file")
     limit: int | None = Field(None, ge=1, description="prompts of each set (None: all)")
-    max_new_tokens: int = Field(64, ge=1)
+    max_new_tokens: int = Field(64, ge=1, description="token budget of each reply")
     train_limit: int = Field(0, ge=0, description=(
         "also measure this many prompts of each shipped set's train split (harmful-train, safe-train), to "
         "compare held-out prompts with trained ones (0: none)"))
