@@ -431,6 +431,9 @@ def test_clients_that_disconnect_mid_body_or_before_their_answer_leave_the_serve
             assert scorer.started.wait(timeout=30)
         scorer.release.set()
         wait_for(lambda: metrics(base).get(("cai_serve_texts_scored_total", ())) == 2)
+        with socket.create_connection(("127.0.0.1", port)) as s:  # a header that is not a number
+            s.sendall(b"POST /get_reward HTTP/1.1\r\nHost: x\r\nContent-Length: lots\r\n\r\n")
+            assert s.recv(100).startswith(b"HTTP/1.1 400")
         assert post(base + "/get_reward", {"query": hh(3, 2)}) == (200, {"rewards": [3.0, 4.0], "scores": [3.0, 4.0],
                                                                           "extra_logs": {}})
     assert scorer.batches == [2, 2]  # the half-sent body was never scored

@@ -305,7 +305,10 @@ class _Handler(BaseHTTPRequestHandler):
         return False
 
     def _json_body(self):
-        length = int(self.headers.get("Content-Length") or 0)
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            raise RequestError(400, "the Content-Length header is not a number") from None
         if length <= 0:
             raise RequestError(400, "empty body: send JSON {\"query\": [...]} with a Content-Length")
         if length > MAX_BODY_BYTES:
