@@ -15,7 +15,8 @@ the queue of waiting requests into batches of up to ``batch_size`` texts (OpenRL
 per micro-batch, often several at once). Under load the server holds rather than grows:
 
 * the queue is bounded in texts (``Limits.max_queue``): a request that would overflow it gets 503 with
-  ``Retry-After`` (seconds, from the recent scoring rate), and nothing is kept of it;
+  ``Retry-After`` (the seconds until enough texts should have drained for it, at the last batch's pace), and
+  nothing is kept of it;
 * a request with more than ``Limits.max_texts`` texts gets 413 naming the limit;
 * a request not scored within ``Limits.timeout`` seconds gets 504 (and is dropped from the queue if it is still
   waiting); a client that sends its body slower than that is disconnected;
@@ -193,8 +194,9 @@ class RewardService:
         """Queue ``pending``, or refuse it with 503 when its texts would overflow the bounded queue."""
         n = len(pending.items)
         with self._cond:
-            if self._waiting_texts + n > self.limits.max_queue:
-                retry = max(1, math.ceil(self._waiting_texts * self._seconds_per_text))
+            overflow = self._waiting_texts + n - self.limits.max_queue
+            if overflow > 0:  # retry when enough texts should have drained to make room (by the last batch's pace)
+                retry = max(1, math.ceil(overflow * self._seconds_per_text))
                 raise RequestError(503, f"the queue is full ({self._waiting_texts} texts waiting, at most "
                                         f"{self.limits.max_queue}): retry in {retry} s",
                                    headers={"Retry-After": str(retry)})
@@ -342,11 +344,15 @@ class _Handler(BaseHTTPRequestHandler):
             log.debug("client %s left before its %d answer", self.address_string(), status)
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256  # the listen backlog: a burst of rollout workers connecting at once (default 5)
+
+
 def make_server(service: RewardService, host: str = "127.0.0.1", port: int = 5000, *,
                 api_key: str | None = None) -> ThreadingHTTPServer:
     """An HTTP server (not yet serving) answering the protocol above for ``service`` (port 0: any free one);
     with ``api_key``, requests must carry ``Authorization: Bearer <api_key>``."""
-    server = ThreadingHTTPServer((host, port), _Handler)
-    server.daemon_threads = True
+    server = _Server((host, port), _Handler)
     server.service, server.api_key = service, api_key or None
     return server
