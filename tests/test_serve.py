@@ -359,7 +359,7 @@ def test_a_request_over_the_text_cap_gets_413_naming_the_limit():
 
 def test_a_request_not_scored_in_time_gets_504_and_the_server_serves_the_next():
     scorer = Gated()
-    with serving(scorer, batch_size=2, max_queue=8, max_texts=2, timeout=0.5) as base:
+    with serving(scorer, batch_size=2, max_queue=8, max_texts=2, timeout=2) as base:
         url = base + "/get_reward"
         held = in_background(post, url, {"query": hh(1, 2)})  # scored, but held past the timeout
         assert scorer.started.wait(timeout=30)
