@@ -15,8 +15,8 @@ the queue of waiting requests into batches of up to ``batch_size`` texts (OpenRL
 per micro-batch, often several at once). Under load the server holds rather than grows:
 
 * the queue is bounded in texts (``Limits.max_queue``): a request that would overflow it gets 503 with
-  ``Retry-After`` (the seconds until enough texts should have drained for it, at the last batch's pace), and
-  nothing is kept of it;
+  ``Retry-After`` (the seconds until enough batches should have been taken from the queue to make room for it,
+  at the last batch's pace), and nothing is kept of it;
 * a request with more than ``Limits.max_texts`` texts gets 413 naming the limit;
 * a request not scored within ``Limits.timeout`` seconds gets 504 (and is dropped from the queue if it is still
   waiting); a client that sends its body slower than that is disconnected;
@@ -146,7 +146,7 @@ class RewardService:
         self._waiting: collections.deque[_Pending] = collections.deque()
         self._waiting_texts = 0
         self._cond = threading.Condition()
-        self._seconds_per_text = 0.0  # of the last batch: how long the queue takes to drain
+        self._batch_seconds = 0.0  # how long the last batch took: the pace at which the queue makes room
         self.metrics = Metrics(lambda: self._waiting_texts)
         self._worker = threading.Thread(target=self._work, name="cai-scorer", daemon=True)
         self._worker.start()
@@ -195,8 +195,8 @@ class RewardService:
         n = len(pending.items)
         with self._cond:
             overflow = self._waiting_texts + n - self.limits.max_queue
-            if overflow > 0:  # retry when enough texts should have drained to make room (by the last batch's pace)
-                retry = max(1, math.ceil(overflow * self._seconds_per_text))
+            if overflow > 0:  # room comes a batch at a time, as the worker takes one: retry when enough batches
+                retry = max(1, math.ceil(math.ceil(overflow / self.batch_size) * self._batch_seconds))  # ended
                 raise RequestError(503, f"the queue is full ({self._waiting_texts} texts waiting, at most "
                                         f"{self.limits.max_queue}): retry in {retry} s",
                                    headers={"Retry-After": str(retry)})
@@ -237,7 +237,7 @@ class RewardService:
             for pending in batch:
                 pending.done.set_exception(e)
             return
-        self._seconds_per_text = (time.perf_counter() - started) / len(items)
+        self._batch_seconds = time.perf_counter() - started
         self.metrics.batches.observe(len(items))
         self.metrics.texts.inc(len(items))
         start = 0
