@@ -195,8 +195,9 @@ class RewardService:
         n = len(pending.items)
         with self._cond:
             overflow = self._waiting_texts + n - self.limits.max_queue
-            if overflow > 0:  # room comes a batch at a time, as the worker takes one: retry when enough batches
-                retry = max(1, math.ceil(math.ceil(overflow / self.batch_size) * self._batch_seconds))  # ended
+            if overflow > 0:
+                # room comes a batch at a time, as the worker takes one: retry once enough batches have ended
+                retry = max(1, math.ceil(math.ceil(overflow / self.batch_size) * self._batch_seconds))
                 raise RequestError(503, f"the queue is full ({self._waiting_texts} texts waiting, at most "
                                         f"{self.limits.max_queue}): retry in {retry} s",
                                    headers={"Retry-After": str(retry)})
