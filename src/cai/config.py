@@ -82,6 +82,11 @@ class RunConfig(BaseModel):
         default_factory=dict, description="money per million tokens by model spec, e.g. "
                                           "{'openai:gpt-4o@https://...': {'prompt': 2.5, 'generated': 10}}")
 
+    @property
+    def in_rounds(self) -> bool:
+        """Whether the recipe asks for rounds, seeds or RL iterations (``cai.rounds.run_rounds``), not one pass."""
+        return self.rounds > 1 or bool(self.seeds) or self.rl_iterations > 1
+
 
 def load_config(path: str | Path) -> RunConfig:
     """Read and validate a recipe.

@@ -353,7 +353,7 @@ def run_pipeline(config: RunConfig, out: Path, *, redo: tuple[str, ...] = (), st
 def _check_single_pass(config: RunConfig) -> None:
     from cai.errors import ConfigError
 
-    if config.rounds > 1 or config.seeds or config.rl_iterations > 1:
+    if config.in_rounds:
         raise ConfigError("a recipe with rounds, seeds or rl_iterations runs unit by unit",
                           fix="call cai.rounds.run_rounds (cai run does)")
 

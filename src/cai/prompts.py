@@ -255,10 +255,15 @@ def _load_shipped(name: str, split: str, limit: int | None) -> tuple[list[Prompt
         return (rows if limit is None else rows[:limit]), bad
     red, red_bad = _load_shipped("redteam", split, None)
     helpful, helpful_bad = _load_shipped("helpful", split, None)
-    mixed = [row for pair in zip(red, helpful, strict=False) for row in pair]
-    shorter = min(len(red), len(helpful))
-    mixed += red[shorter:] + helpful[shorter:]
+    mixed = interleave(red, helpful)
     return (mixed if limit is None else mixed[:limit]), red_bad + helpful_bad
+
+
+def interleave(first: Sequence, second: Sequence) -> list:
+    """One item of each in turn, ``first`` leading; the longer list's surplus comes last."""
+    mixed = [item for pair in zip(first, second, strict=False) for item in pair]
+    shorter = min(len(first), len(second))
+    return mixed + list(first[shorter:]) + list(second[shorter:])
 
 
 def _looks_like_hub_name(source: str) -> bool:

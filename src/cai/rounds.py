@@ -37,11 +37,6 @@ SL_STAGES = ("critique", "sft")
 RL_STAGES = ("label", "reward", "ppo", "grpo", "dpo")
 
 
-def is_multi(config: RunConfig) -> bool:
-    """Whether the recipe asks for rounds, seeds or RL iterations (``run_rounds``) rather than one pass."""
-    return config.rounds > 1 or bool(config.seeds) or config.rl_iterations > 1
-
-
 @dataclass(frozen=True)
 class Unit:
     """One piece of a multi-round run: a sub-run of some of the recipe's stages from a starting policy."""
@@ -50,6 +45,11 @@ class Unit:
     seed: int | None  # None: shared by every seed
     part: str  # "sl", "rl", "rl2", ...
     stages: tuple[str, ...]
+
+    @property
+    def iteration(self) -> int:
+        """Which RL iteration of its round the unit is (1 for an SL unit)."""
+        return int(self.part[2:] or 1) if self.part.startswith("rl") else 1
 
     @property
     def key(self) -> str:
@@ -75,7 +75,7 @@ def plan_units(config: RunConfig) -> list[Unit]:
     return units
 
 
-def unit_config(config: RunConfig, unit: Unit, iteration: int = 1) -> RunConfig:
+def unit_config(config: RunConfig, unit: Unit) -> RunConfig:
     """The recipe of one unit: its stages, and its seed in every stage that samples or trains. The pairs'
     sampling seed also moves with the round and the RL iteration, so each draws fresh pairs."""
     from cai.feedback.judge import stable_seed
@@ -93,7 +93,7 @@ def unit_config(config: RunConfig, unit: Unit, iteration: int = 1) -> RunConfig:
             "grpo": config.grpo.model_copy(update={"seed": seed}),
             "sft": config.sft.model_copy(update={"seed": seed}),
         })
-    elif unit.round > 1 or iteration > 1:
+    elif unit.round > 1 or unit.iteration > 1:
         update["label"] = config.label.model_copy(update={"seed": stable_seed(config.label.seed, unit.key)})
     return config.model_copy(update=update)
 
@@ -126,19 +126,18 @@ def run_rounds(config: RunConfig, out: Path, *, redo: tuple[str, ...] = ()) -> d
     unit = None
     try:
         for unit in plan_units(config):
-            starts = [chains[s] for s in chains] if unit.seed is None else [chains[unit.seed]]
-            iteration = int(unit.part[2:] or 1) if unit.part.startswith("rl") else 1
-            log.info("%s: stages %s from %s", unit.key, ",".join(unit.stages), starts[0])
+            start = chains.get(unit.seed, base)  # a unit the seeds share runs in round 1, from the base
+            log.info("%s: stages %s from %s", unit.key, ",".join(unit.stages), start)
             t0 = time.time()
-            sub = _run_unit(run_pipeline, unit_config(config, unit, iteration), out / unit.key, starts[0], redo)
+            sub = _run_unit(run_pipeline, unit_config(config, unit), out / unit.key, start, redo)
             trained = sub["final_model"]
             for seed in chains if unit.seed is None else [unit.seed]:
                 chains[seed] = trained
             last = [s for s in sub["stages"] if s in ("sft", "ppo", "grpo", "dpo")]
-            if last and (unit.part == "sl" or iteration == config.rl_iterations):
+            if last and (unit.part == "sl" or unit.iteration == config.rl_iterations):
                 models.append({"stage": last[-1], "round": unit.round, "seed": unit.seed, "model": trained,
                                "unit": unit.key})
-            manifest["units"][unit.key] = {"stages": list(unit.stages), "start": starts[0], "model": trained,
+            manifest["units"][unit.key] = {"stages": list(unit.stages), "start": start, "model": trained,
                                            "seconds": round(time.time() - t0, 1)}
             save()
         unit = None
@@ -159,9 +158,7 @@ def run_rounds(config: RunConfig, out: Path, *, redo: tuple[str, ...] = ()) -> d
 
 def _run_unit(run_pipeline, config: RunConfig, out: Path, start: str, redo: tuple[str, ...]) -> dict:
     """One unit as an ordinary run from ``start``; its log lines go to its own cai.log only while it runs."""
-    import logging as _logging
-
-    root = _logging.getLogger()
+    root = logging.getLogger()
     before = set(root.handlers)
     try:
         return run_pipeline(config, out, redo=tuple(s for s in redo if s in config.stages), start=start)
@@ -186,7 +183,6 @@ def _evaluate(config: RunConfig, out: Path, base: str, models: list[dict], manif
     """The evaluate stage of a multi-round run: the base and every round's models, per seed, then the report."""
     from cai.evaluation.evaluate import evaluate_rounds
     from cai.ledger import measure
-    from cai.memory import release
     from cai.pipeline import Context, stage_settings
 
     settings = stage_settings(config, "evaluate")
@@ -206,7 +202,6 @@ def _evaluate(config: RunConfig, out: Path, base: str, models: list[dict], manif
     finally:
         ctx.meter = None
         ctx.release()
-        release()
     manifest["stages"]["evaluate"] = {"done": True, "seconds": round(time.time() - t0, 1), "settings": settings,
                                       "models": models, "summary": summary, "cost": cost.entry}
     save()

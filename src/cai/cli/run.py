@@ -26,7 +26,7 @@ def run(
     from cai.errors import ConfigError
     from cai.logs import setup_console
     from cai.pipeline import run_pipeline
-    from cai.rounds import is_multi, run_rounds
+    from cai.rounds import run_rounds
 
     setup_console()
     config = load_config(recipe)
@@ -40,7 +40,7 @@ def run(
     if missing:
         raise ConfigError(f"--redo {','.join(missing)}: not among the stages to run {config.stages}",
                           fix="add them to --stages (or to the recipe's stages)")
-    run = run_rounds if is_multi(config) else run_pipeline
+    run = run_rounds if config.in_rounds else run_pipeline
     manifest = run(config, out or Path("runs") / config.name, redo=tuple(again))
     for name, info in manifest.get("units", {}).items():
         typer.echo(f"{name:<20} {info['seconds']!s:>7}s  model={info['model']}")

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -155,16 +155,14 @@ def contrastive_pair(prompt: Prompt, chosen: str, rejected: str, principle, prov
 
 def load_contrast_prompts(options: ContrastOptions) -> list[Prompt]:
     """The harmful and the harmless RL prompts, interleaved (so a short run sees both kinds)."""
-    from cai.prompts import load_prompts, log_bad_rows
+    from cai.prompts import interleave, load_prompts, log_bad_rows
 
     sets = {}
     for kind, source in (("harmful", options.harmful), ("safe", options.safe)):
         rows, bad = load_prompts(source, split="rl", limit=options.limit)
         log_bad_rows(bad, log)
         sets[kind] = [Prompt(r.id, r.prompt, kind) for r in rows]
-    harmful, safe = sets["harmful"], sets["safe"]
-    mixed = [p for pair in zip(harmful, safe, strict=False) for p in pair]
-    return mixed + harmful[len(safe):] + safe[len(harmful):]
+    return interleave(sets["harmful"], sets["safe"])
 
 
 @dataclass
@@ -173,10 +171,10 @@ class ContrastSummary:
     resumed: int = 0
     pairs: int = 0
     without_pair: int = 0
-    counts: dict = None  # {kind: {expected|reversed|same: n}} over every pair made, kept or not
+    counts: dict = field(default_factory=dict)  # {kind: {expected|reversed|same: n}} of every pair made
 
     def as_dict(self) -> dict[str, Any]:
-        return {**{k: v for k, v in vars(self).items()}, "label_noise": label_noise(self.counts or {})}
+        return {**vars(self), "label_noise": label_noise(self.counts)}
 
 
 def label_noise(counts: dict) -> float | None:
@@ -199,15 +197,16 @@ def write_contrastive(prompts: Sequence[Prompt], policy, constitution, out_dir: 
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    earlier = []  # the rows of an earlier run: a line torn by kill -9 goes, and its prompt is made again
     for name in ("pairs.jsonl", "skipped.jsonl"):
-        repair(out_dir / name)  # a line torn by kill -9 goes; its prompt is made again
-    done = {r["prompt_id"] for name in ("pairs.jsonl", "skipped.jsonl") for r in read_records(out_dir / name)}
+        repair(out_dir / name)
+        earlier += read_records(out_dir / name)
+    done = {r["prompt_id"] for r in earlier}
     todo = [p for p in prompts if p.id not in done]
-    summary = ContrastSummary(prompts=len(prompts), resumed=len(prompts) - len(todo), counts={})
-    for name in ("pairs.jsonl", "skipped.jsonl"):  # the figures of the pairs made before a resume
-        for r in read_records(out_dir / name):
-            if "contrast" in r:
-                _count(summary, r["kind"], r["contrast"])
+    summary = ContrastSummary(prompts=len(prompts), resumed=len(prompts) - len(todo))
+    for r in earlier:  # the figures of the pairs made before a resume
+        if "contrast" in r:
+            _count(summary, r["kind"], r["contrast"])
     sampling = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                               do_sample=temperature > 0, seed=seed)
     provenance = Provenance(

@@ -32,9 +32,9 @@ def draw(found, out_dir: Path) -> dict[str, str]:
                xlim=(-0.05, 1.05), ylim=(-0.05, 1.05), title="harmlessness vs helpfulness")
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=1)
         made["tradeoff"] = _save(fig, out_dir / "tradeoff.png")
-        rounds = draw_rounds(found, out_dir, plt)
-        if rounds:
-            made["rounds"] = rounds
+        rounds = draw_rounds(found, plt)
+        if rounds is not None:
+            made["rounds"] = _save(rounds, out_dir / "rounds.png")
     if found["redteam"]:
         rates = attack_rates(found)
         names = list(dict.fromkeys(t for r in rates for t in r["templates"]))

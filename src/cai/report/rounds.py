@@ -4,7 +4,6 @@ interval, read from the refusals.json files that carry ``round`` and ``seeds``."
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from cai.report.blocks import Block, Heading, Para, Plot, Table
@@ -59,8 +58,8 @@ def rounds_blocks(found, plots: dict[str, str]) -> list[Block]:
     return blocks
 
 
-def draw_rounds(found, out_dir: Path, plt) -> str | None:
-    """The per-round plot (harmful and safe refusal, mean with the range over seeds), or None."""
+def draw_rounds(found, plt):
+    """The per-round figure (harmful and safe refusal, mean with the range over seeds), or None."""
     rows = [r for r in round_rows(found) if r["harmful"] is not None]
     if not rows:
         return None
@@ -75,10 +74,7 @@ def draw_rounds(found, out_dir: Path, plt) -> str | None:
     ax.set_xticks(range(len(rows)), labels, rotation=30, ha="right")
     ax.set(ylabel="refusal rate", ylim=(-0.05, 1.05), title="rounds: held-out refusal rates")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out_dir / "rounds.png", dpi=110)
-    plt.close(fig)
-    return "rounds.png"
+    return fig
 
 
 def _range(pair) -> str | None:
