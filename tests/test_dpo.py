@@ -137,6 +137,51 @@ def test_conservative_loss_is_the_weighted_sum_of_trls_sigmoid_and_robust_losses
     assert dpo_loss_args("robust", 0.1) == {"loss_type": ["robust"], "label_smoothing": 0.1}
 
 
+def test_the_sft_term_joins_whichever_dpo_loss_runs():
+    from cai.train.dpo import dpo_loss_args
+
+    assert dpo_loss_args("conservative", 0.0, sft_weight=0.5) == {"loss_type": ["sigmoid", "sft"],
+                                                                   "loss_weights": [1.0, 0.5]}
+    both = dpo_loss_args("conservative", 0.1, sft_weight=1.0)
+    assert both["loss_type"] == ["sigmoid", "robust", "sft"] and both["loss_weights"][2] == 1.0
+    assert dpo_loss_args("robust", 0.1, sft_weight=2.0)["loss_weights"] == [1.0, 2.0]
+
+
+def chosen_log_likelihood(model_dir: Path, rows: list[dict]) -> float:
+    """Mean log-probability per token of each row's chosen answer after its prompt, under ``model_dir``."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    total = 0.0
+    for row in rows:
+        prompt = tok.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=False)
+        answer = row["chosen"][0]["content"]
+        p = tok(prompt, add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([p + tok(answer, add_special_tokens=False)["input_ids"]])
+        with torch.no_grad():
+            logps = torch.log_softmax(model(ids).logits[0, :-1].float(), -1)
+        targets = ids[0, 1:]
+        total += logps[torch.arange(len(targets)), targets][len(p) - 1:].mean().item()
+    return total / len(rows)
+
+
+def test_the_sft_term_keeps_the_chosen_answers_likely(tiny_model_dir, tmp_path):
+    """Same pairs, seed and steps: with the SFT term the chosen answers end more likely than with DPO alone
+    (which trains only the difference between chosen and rejected)."""
+    rows = [pair(i, 1.0) for i in range(8)]
+    path = tmp_path / "hard.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    likelihood = {}
+    for weight in (0.0, 1.0):
+        out = train_dpo(path, tmp_path / f"dpo-{weight}", model=str(tiny_model_dir),
+                        options=DPOOptions(max_steps=4, batch_size=4, learning_rate=5e-3, beta=0.5, balance=False,
+                                           sft_weight=weight))
+        likelihood[weight] = chosen_log_likelihood(out, rows)
+    assert likelihood[1.0] > likelihood[0.0] + 0.05, likelihood
+
+
 def test_dpo_learns_the_preference_on_a_tiny_model(tiny_model_dir, tmp_path):
     """Hard pairs, a high learning rate: the reward margin rises and the loss falls below log 2 (a run that
     learned nothing stays at log 2, as the 2-step test above does)."""

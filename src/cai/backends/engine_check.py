@@ -84,13 +84,18 @@ def cpu_description() -> dict:
     return {"model": name, "isa_flags": [f for f in ISA_FLAGS if f in flags]}
 
 
+# config.json keys that say nothing about the engine's arithmetic: a fine-tuned checkpoint (saved by a trainer with
+# use_cache false) reuses its base model's verdict instead of loading an fp32 reference to check again
+NOT_ARCHITECTURE = ("_name", "transformers_version", "torch_dtype", "dtype", "architectures", "use_cache",
+                    "bos_token_id", "eos_token_id", "pad_token_id")
+
+
 def verdict_key(cfg: dict, *, dtype, device: str, path: str) -> str:
     """Hash of everything the engine's numbers depend on: CPU, torch, oneDNN settings, the engine's code,
     architecture, dtype, device and path."""
     import torch
 
-    arch = {k: v for k, v in sorted(cfg.items()) if not k.startswith(("_name", "transformers_version", "torch_dtype",
-                                                                        "dtype", "architectures"))}
+    arch = {k: v for k, v in sorted(cfg.items()) if not k.startswith(NOT_ARCHITECTURE)}
     from cai.backends import engine
 
     code = hashlib.sha256(Path(engine.__file__).read_bytes()).hexdigest()[:16]  # a changed engine is checked again

@@ -37,6 +37,8 @@ def dpo(
                                  help="batches hold each label source in proportion (default), or TRL's random order"),
     equal_shares: bool = typer.Option(False, "--equal-shares",
                                       help="balanced batches hold every label source in equal numbers"),
+    sft_weight: float = typer.Option(None, "--sft-weight",
+                                     help="weight of an SFT term on the chosen answers (RPO) [default: 0]"),
 ) -> None:
     """Train a policy with DPO on AI-labelled preference pairs."""
     from cai.logs import setup_console
@@ -48,7 +50,7 @@ def dpo(
         DPOOptions, beta=beta, epochs=epochs, max_steps=max_steps, learning_rate=lr, batch_size=batch_size,
         grad_accum=grad_accum, micro_batch_size=micro_batch_size, gradient_checkpointing=checkpointing,
         max_length=max_length, min_confidence=min_confidence, lora=lora, lora_r=lora_r,
-        dtype=dtype, seed=seed, balance=balance, equal_shares=equal_shares,
+        dtype=dtype, seed=seed, balance=balance, equal_shares=equal_shares, sft_weight=sft_weight,
     )
     out_dir = train_dpo(pairs, out, model=model, options=options)
     typer.echo(f"DPO policy written to {out_dir} (use it with --model {out_dir})")

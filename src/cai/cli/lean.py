@@ -6,6 +6,6 @@ import typer
 
 MICRO_BATCH = typer.Option(None, "--micro-batch-size", help=(
     "rows per forward/backward pass (divides the batch size) [default: the largest that fits in memory, "
-    "at most 2]"))
+    "at most 4]"))
 CHECKPOINTING = typer.Option(None, "--checkpointing/--no-checkpointing", help=(
     "activation checkpointing: recompute activations in the backward pass (less memory, slower) [default: on]"))

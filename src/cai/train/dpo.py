@@ -47,6 +47,11 @@ class DPOOptions(TrainOptions):
         "every stretch of the data holds each label source (a pair's `judge`: the judge, revision over "
         "answer, answer over refusal) in proportion, in an order the seed fixes; false: TRL's random order. "
         "A short run sees only some pairs, and which kind it sees decides what it learns"))
+    sft_weight: float = Field(0.0, ge=0, description=(
+        "weight of an SFT term added to the DPO loss: the mean negative log-likelihood of the chosen answers' "
+        "tokens (RPO, Pang et al. 2024). DPO alone can lower the chosen answers' likelihood along with the "
+        "rejected ones (only their difference is trained), so greedy decoding drifts to neither; the SFT term "
+        "keeps the chosen answers likely. 0: plain DPO"))
     equal_shares: bool = Field(False, description=(
         "with balance: each label source takes the same share of every stretch, until the smaller ones run "
         "out (their surplus comes last), instead of a share in proportion to its size, so a short run learns "
@@ -109,7 +114,7 @@ def build_dpo_trainer(model, tokenizer, rows: list[dict], output_dir: Path, opti
 
     from cai.train.options import micro_batch, trainer_args
 
-    loss = dpo_loss_args(options.loss, label_smoothing)
+    loss = dpo_loss_args(options.loss, label_smoothing, options.sft_weight)
     config = DPOConfig(**trainer_args(options, output_dir), beta=options.beta, max_length=options.max_length,
                        train_sampling_strategy="sequential" if in_order else "random",
                        precompute_ref_log_probs=ref_model is None and precompute,
@@ -124,8 +129,9 @@ def build_dpo_trainer(model, tokenizer, rows: list[dict], output_dir: Path, opti
     )
 
 
-def dpo_loss_args(loss: str, epsilon: float) -> dict:
-    """DPOConfig's loss arguments for labels flipped with probability ``epsilon``.
+def dpo_loss_args(loss: str, epsilon: float, sft_weight: float = 0.0) -> dict:
+    """DPOConfig's loss arguments for labels flipped with probability ``epsilon``, plus TRL's ``sft`` loss (the
+    chosen answers' token NLL) weighted ``sft_weight`` when it is above 0.
 
     Conservative DPO (Mitchell 2023), -(1 - e) log s(x) - e log s(-x) with x = beta * (chosen - rejected log
     ratio), is what TRL 1.16 lacks: its sigmoid loss ignores ``label_smoothing``. It is written here as a
@@ -133,11 +139,17 @@ def dpo_loss_args(loss: str, epsilon: float) -> dict:
     (1 - 2e)): 2(1 - e) * sigmoid - (1 - 2e) * robust is exactly the conservative loss, so TRL's trainer,
     metrics and reference handling are used unchanged (``tests/test_dpo.py`` checks the algebra)."""
     if epsilon <= 0:
-        return {}
-    if loss == "robust":
-        return {"loss_type": ["robust"], "label_smoothing": epsilon}
-    return {"loss_type": ["sigmoid", "robust"], "loss_weights": [2 * (1 - epsilon), -(1 - 2 * epsilon)],
-            "label_smoothing": epsilon}
+        types, weights, extra = ["sigmoid"], [1.0], {}
+    elif loss == "robust":
+        types, weights, extra = ["robust"], [1.0], {"label_smoothing": epsilon}
+    else:
+        types, weights = ["sigmoid", "robust"], [2 * (1 - epsilon), -(1 - 2 * epsilon)]
+        extra = {"label_smoothing": epsilon}
+    if sft_weight > 0:
+        types, weights = [*types, "sft"], [*weights, sft_weight]
+    if types == ["sigmoid"]:
+        return extra  # TRL's default loss
+    return {"loss_type": types, **({"loss_weights": weights} if weights != [1.0] else {}), **extra}
 
 
 def conservative_dpo_loss(margin, epsilon: float):
