@@ -235,3 +235,32 @@ def test_one_step_on_the_embedded_model(embedded_model_dir, sft_file, tmp_path):
                     options=SFTOptions(max_steps=1, batch_size=2))
     card = json.loads((out / "cai_model.json").read_text())
     assert card["base"] == "smollm2-135m" and card["model_id"].startswith("smollm2-135m+sft-")
+
+
+def test_lora_under_bf16_autocast_trains_a_bf16_base_and_saves_fp32_with_the_update(tiny_model_dir, sft_file,
+                                                                                      tmp_path, monkeypatch):
+    """Where bf16 autocast runs, LoRA's frozen base loads in bf16 (half its memory); the adapters merge into fp32
+    weights, so the saved model is fp32 and differs from the bf16-rounded base by the trained update."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from cai.train import options as train_options
+
+    monkeypatch.setattr(train_options, "uses_bf16_autocast", lambda options: True)
+    lora = SFTOptions(lora=True)
+    assert train_options.weights_dtype(lora, frozen_base=True) == torch.bfloat16
+    assert train_options.weights_dtype(lora) == torch.float32  # a reward head is trained, not frozen
+    assert train_options.weights_dtype(SFTOptions(lora=False), frozen_base=True) == torch.float32
+    out = train_sft(sft_file, tmp_path / "lora", model=str(tiny_model_dir),
+                    options=SFTOptions(max_steps=2, batch_size=2, learning_rate=1e-2, lora=True, lora_r=4,
+                                       dtype="fp32"))
+    fp32_tuned = dict(AutoModelForCausalLM.from_pretrained(out).named_parameters())
+    out = train_sft(sft_file, tmp_path / "lora-bf16-base", model=str(tiny_model_dir),
+                    options=SFTOptions(max_steps=2, batch_size=2, learning_rate=1e-2, lora=True, lora_r=4))
+    tuned = dict(AutoModelForCausalLM.from_pretrained(out, dtype="auto").named_parameters())
+    base = dict(AutoModelForCausalLM.from_pretrained(tiny_model_dir).named_parameters())
+    name = "model.layers.0.self_attn.q_proj.weight"
+    assert tuned[name].dtype == torch.float32
+    update = tuned[name] - base[name].to(torch.bfloat16).float()
+    assert update.abs().max() > 1e-3  # the adapters' update survived the merge
+    assert torch.allclose(tuned[name], fp32_tuned[name], atol=5e-2)  # close to the same run on an fp32 base

@@ -48,4 +48,5 @@ def refusal_comparison(models: Iterable[tuple[str, Any]], sets: dict[str, Sequen
     for spec, backend in models:
         reports.append({**refusal_report(backend, sets, max_new_tokens=max_new_tokens, seed=seed, grader=grader),
                         "model_spec": spec})
+        del backend  # before the generator loads the next model: two models never share the memory
     return reports

@@ -203,7 +203,7 @@ def train_dpo(pairs: str | Path, out_dir: str | Path, model: str = "smollm2-135m
     )
     from cai.train.data import read_preference_pairs
     from cai.train.lean_head import lean_lm_head
-    from cai.train.options import lora_config, quiet_checkpointing_warning, weights_dtype
+    from cai.train.options import lora_config, quiet_checkpointing_warning, restore_fp32, weights_dtype
     from cai.train.progress import show_progress
 
     options = options or DPOOptions()
@@ -232,7 +232,7 @@ def train_dpo(pairs: str | Path, out_dir: str | Path, model: str = "smollm2-135m
                            [r["prompt"] + r[k] for r in rows for k in ("chosen", "rejected")], seqs_per_row=2)
     started = time.monotonic()
     with staging_dir(out_dir) as stage:
-        policy = load_causal_lm(source, dtype=weights_dtype(options))
+        policy = load_causal_lm(source, dtype=weights_dtype(options, frozen_base=True))
         peft = lora_config(options, "CAUSAL_LM") if options.lora else None
         # TRL 1.16 precomputes in a datasets cache file that only one process of a launcher can open, so several
         # processes keep a reference model (LoRA: the policy with its adapters off) as before
@@ -262,6 +262,7 @@ def train_dpo(pairs: str | Path, out_dir: str | Path, model: str = "smollm2-135m
             data=str(data.path.resolve()), data_sha256=data.sha256, rows=len(data.rows),
             options=options.model_dump(), metrics=metrics, versions=library_versions(),
         )
+        restore_fp32(trainer.model, options)
         model, state_dict = trained_model(trainer)
         save_model_dir(model, tokenizer, stage, card, state_dict)
     log.info("DPO done: %s (%s)", out_dir, card.metrics)

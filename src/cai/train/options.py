@@ -93,11 +93,27 @@ def options_from_cli(cls: type[TrainOptions], **values: Any) -> TrainOptions:
                           fix=f"pass a valid value for {name} (see --help)") from None
 
 
-def weights_dtype(options: TrainOptions):
-    """The dtype the trained weights are loaded in (see the module docstring)."""
+def weights_dtype(options: TrainOptions, *, frozen_base: bool = False):
+    """The dtype the trained weights are loaded in (see the module docstring). ``frozen_base``: a causal LM
+    whose base weights LoRA leaves frozen; under bf16 autocast they are loaded in bf16, which autocast would
+    cast them to at every pass anyway: half their memory, and no bf16 copy of each weight made per pass and
+    kept for the backward (SFT of SmolLM2-135M, 4 rows a pass: peak 2.07 GB against 2.56, the same time). The
+    adapters stay fp32 (peft upcasts them) and are merged into fp32 weights (``restore_fp32``)."""
     import torch
 
-    return torch.bfloat16 if options.dtype == "bf16" else torch.float32
+    if options.dtype == "bf16" or (frozen_base and options.lora and uses_bf16_autocast(options)):
+        return torch.bfloat16
+    return torch.float32
+
+
+def restore_fp32(model, options: TrainOptions):
+    """Before merging LoRA: a bf16 base that only ``weights_dtype(frozen_base=True)`` made bf16 goes back to
+    fp32, so the adapters' small updates are not rounded away by a bf16 merge (``dtype: bf16`` stays bf16)."""
+    import torch
+
+    if options.dtype != "bf16" and next(model.parameters()).dtype != torch.float32:
+        model.float()
+    return model
 
 
 def uses_bf16_autocast(options: TrainOptions) -> bool:

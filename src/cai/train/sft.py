@@ -113,7 +113,7 @@ def train_sft(data: str | Path, out_dir: str | Path, model: str = "smollm2-135m"
     )
     from cai.train.data import read_sft_data
     from cai.train.lean_head import lean_lm_head
-    from cai.train.options import lora_config, quiet_checkpointing_warning, weights_dtype
+    from cai.train.options import lora_config, quiet_checkpointing_warning, restore_fp32, weights_dtype
     from cai.train.progress import show_progress
 
     options = options or SFTOptions()
@@ -132,7 +132,7 @@ def train_sft(data: str | Path, out_dir: str | Path, model: str = "smollm2-135m"
     options = fit_training("sft", source, tokenizer, options, [r["prompt"] + r["completion"] for r in rows])
     started = time.monotonic()
     with staging_dir(out_dir) as stage:
-        lm = load_causal_lm(source, dtype=weights_dtype(options))
+        lm = load_causal_lm(source, dtype=weights_dtype(options, frozen_base=True))
         peft = lora_config(options, "CAUSAL_LM") if options.lora else None
         with lean_lm_head(), quiet_checkpointing_warning():
             trainer = build_sft_trainer(lm, tokenizer, rows, stage / SCRATCH, options, peft_config=peft)
@@ -151,6 +151,7 @@ def train_sft(data: str | Path, out_dir: str | Path, model: str = "smollm2-135m"
             data=str(dataset.path.resolve()), data_sha256=dataset.sha256, rows=len(rows),
             options=options.model_dump(), metrics=metrics, versions=library_versions(),
         )
+        restore_fp32(trainer.model, options)
         model, state_dict = trained_model(trainer)
         save_model_dir(model, tokenizer, stage, card, state_dict)
     log.info("SFT done: %s (%s)", out_dir, card.metrics)
