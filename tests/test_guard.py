@@ -140,3 +140,15 @@ def test_a_stage_that_does_not_fit_stops_with_the_guards_message_and_loses_nothi
     assert "micro_batch_size" in run.stderr and "Traceback" not in run.stderr
     assert not (tmp_path / "o" / "model.safetensors").exists()
     assert data.read_text().count("\n") == 8  # the input is untouched
+
+
+def test_the_reward_model_stage_is_guarded_too(tiny_model_dir, tmp_path):
+    """The reward model trains behind the same guard: where it does not fit, exit 2 with its message."""
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(p) + "\n" for p in PAIRS))
+    run = subprocess.run([sys.executable, "-m", "cai", "reward", str(pairs), "--out", str(tmp_path / "rm"),
+                          "--model", str(tiny_model_dir), "--max-steps", "1"],
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "CAI_MEMORY_LIMIT": "200"})
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert "stage reward needs about" in run.stderr and "Traceback" not in run.stderr
+    assert not (tmp_path / "rm" / "model.safetensors").exists()

@@ -208,10 +208,11 @@ def longest_tokens(tokenizer, conversations: list[list[dict]], max_length: int, 
     return min(max(counts, default=1), max_length)
 
 
-def fit_training(stage: str, source, tokenizer, options, conversations: list[list[dict]], seqs_per_row: int = 1):
+def fit_training(stage: str, source, tokenizer, options, conversations: list[list[dict]], seqs_per_row: int = 1,
+                 frozen_base: bool = False):
     """``options`` with the micro-batch the guard chose for a training stage on ``conversations`` (or a
-    ``MemoryGuardError`` before anything is loaded)."""
-    from cai.train.options import MICRO_BATCH_CAP
+    ``MemoryGuardError`` before anything is loaded); ``frozen_base`` as in ``weights_dtype``."""
+    from cai.train.options import MICRO_BATCH_CAP, weights_dtype
 
     shape = shape_of(source)
     trainable = shape.params // 50 if options.lora else None  # LoRA adapters: a small share of the weights
@@ -220,6 +221,6 @@ def fit_training(stage: str, source, tokenizer, options, conversations: list[lis
         fix=f"set {stage}.micro_batch_size to 1 (--micro-batch-size 1), a smaller {stage}.max_length, or "
             f"{stage}.lora: true (trains adapters only)",
         row_tokens=longest_tokens(tokenizer, conversations, options.max_length), seqs_per_row=seqs_per_row,
-        trainable=trainable, weight_bytes=2 if options.dtype == "bf16" else 4,
+        trainable=trainable, weight_bytes=weights_dtype(options, frozen_base=frozen_base).itemsize,
         checkpointing=options.gradient_checkpointing)
     return options.model_copy(update={"micro_batch_size": estimate.micro_batch})

@@ -229,7 +229,8 @@ def train_dpo(pairs: str | Path, out_dir: str | Path, model: str = "smollm2-135m
              batches_note(len(set(groups)), balanced, options.equal_shares))
     tokenizer = load_tokenizer(source)
     options = fit_training("dpo", source, tokenizer, options,
-                           [r["prompt"] + r[k] for r in rows for k in ("chosen", "rejected")], seqs_per_row=2)
+                           [r["prompt"] + r[k] for r in rows for k in ("chosen", "rejected")], seqs_per_row=2,
+                           frozen_base=True)
     started = time.monotonic()
     with staging_dir(out_dir) as stage:
         policy = load_causal_lm(source, dtype=weights_dtype(options, frozen_base=True))

@@ -258,6 +258,7 @@ def train_reward(pairs: str | Path, out_dir: str | Path, model: str = "smollm2-1
                  options: RewardOptions | None = None) -> RewardReport:
     """Train a reward model on preference pairs; saves it (and metrics.json) in ``out_dir``."""
     from cai.distributed import is_main
+    from cai.guard import fit_training
     from cai.logs import log_to_run_dir
     from cai.models import load_tokenizer, resolve
     from cai.train.artifacts import (
@@ -282,6 +283,8 @@ def train_reward(pairs: str | Path, out_dir: str | Path, model: str = "smollm2-1
     train_rows, eval_rows = split_pairs(data.rows, options.eval_fraction, options.seed)
     log.info("reward model on %s: %d train / %d held-out pairs from %s",
              source.model_id, len(train_rows), len(eval_rows), data.path)
+    options = fit_training("reward", source, tokenizer, options,  # the memory guard: micro-batch, or stop here
+                           [r["prompt"] + r[k] for r in train_rows for k in ("chosen", "rejected")], seqs_per_row=2)
     started = time.monotonic()
     with staging_dir(out_dir) as stage:
         rm = load_reward_base(source, tokenizer, weights_dtype(options), options.seed)

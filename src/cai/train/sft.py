@@ -129,7 +129,8 @@ def train_sft(data: str | Path, out_dir: str | Path, model: str = "smollm2-135m"
     log.info("SFT of %s on %d rows from %s (%d helpful rows weighted %g)", source.model_id, len(rows),
              dataset.path, kinds.count("helpful"), options.helpful_weight)
     tokenizer = load_tokenizer(source)
-    options = fit_training("sft", source, tokenizer, options, [r["prompt"] + r["completion"] for r in rows])
+    options = fit_training("sft", source, tokenizer, options, [r["prompt"] + r["completion"] for r in rows],
+                           frozen_base=True)
     started = time.monotonic()
     with staging_dir(out_dir) as stage:
         lm = load_causal_lm(source, dtype=weights_dtype(options, frozen_base=True))
