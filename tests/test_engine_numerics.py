@@ -180,3 +180,15 @@ def test_embedded_engine_matches_fp32_on_mixed_length_batches(embedded_model_dir
     with torch.inference_mode():
         finite, worst = engine_check.compare(engine_check.engine_logprobs(engine, seqs), reference)
     assert finite and worst <= engine_check.BOUNDS[str(engine.dtype).removeprefix("torch.")]
+
+
+def test_a_fine_tuned_checkpoint_reuses_its_base_models_verdict_but_not_another_architecture():
+    """A trainer saves ``use_cache: false`` and may rewrite token ids: the arithmetic is the same, so the key is;
+    a changed shape is checked again."""
+    cfg = {"hidden_size": 64, "num_hidden_layers": 2, "use_cache": True, "eos_token_id": 2,
+           "transformers_version": "5.24.0"}
+    key = engine_check.verdict_key(cfg, dtype=torch.bfloat16, device="cpu", path="engine")
+    tuned = {**cfg, "use_cache": False, "eos_token_id": [2, 3], "transformers_version": "5.25.0"}
+    assert engine_check.verdict_key(tuned, dtype=torch.bfloat16, device="cpu", path="engine") == key
+    wider = {**cfg, "hidden_size": 128}
+    assert engine_check.verdict_key(wider, dtype=torch.bfloat16, device="cpu", path="engine") != key
