@@ -328,6 +328,7 @@ def run_benchmark(name: str, models: Sequence[str], out_dir: Path, *, load: Call
                 for i, r, g in zip(items, replies, grades, strict=True)]
         result["models"].append({"spec": spec, "model": backend.model_id,
                                  "figures": figures(bench, rows, grades, seed=seed), "rows": rows})
+        del backend  # before the next load: two models never share the memory
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(out_dir / "eval.json", json.dumps(result, indent=2) + "\n")

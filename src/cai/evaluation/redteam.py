@@ -195,6 +195,7 @@ def attack_models(specs: Sequence[str], todo: Sequence[Attack], out_dir: Path, p
         if bad:
             log.warning("%s: %d of %d replies are empty, garbled or looping; they are left out of the attack "
                         "success rates (see 'degenerate' in %s)", spec, bad, len(records), path)
+        del backend  # before the next load: two models never share the memory
     write_atomic(out_dir / "redteam.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
