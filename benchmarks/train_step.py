@@ -206,6 +206,8 @@ def child_command(side: str, stage: str, data: Path, args: argparse.Namespace) -
     cmd = [sys.executable, __file__, "--side", side, "--stage", stage, "--data", str(data), "--model", args.model,
            "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--max-length", str(args.max_length),
            "--cai-dtype", args.cai_dtype]
+    if args.cai_options:  # the child builds cai's options from these too (a parent-only option is not applied)
+        cmd += ["--cai-options", args.cai_options]
     return cmd + (["--threads", str(args.threads)] if args.threads else [])
 
 
@@ -332,8 +334,9 @@ def run_cai(stage: str, data: Path, work: Path, args: argparse.Namespace) -> tup
 
 def cai_stage(stage: str, args: argparse.Namespace):
     """The stage function and its options at the benchmark's sizes."""
-    sizes = dict(max_steps=args.steps, batch_size=args.batch_size, max_length=args.max_length,
-                 learning_rate=learning_rate(stage), dtype=args.cai_dtype, **json.loads(args.cai_options or "{}"))
+    sizes = {"max_steps": args.steps, "batch_size": args.batch_size, "max_length": args.max_length,
+             "learning_rate": learning_rate(stage), "dtype": args.cai_dtype,
+             **json.loads(args.cai_options or "{}")}  # --cai-options win (e.g. LoRA's own learning rate)
     if stage == "sft":
         from cai.train.sft import SFTOptions, train_sft
 

@@ -202,6 +202,8 @@ def test_a_failed_run_leaves_no_loadable_model(tiny_model_dir, sft_file, tmp_pat
     import cai.train.sft as sft
 
     class Exploding:  # a trainer that fails in train(); callbacks are accepted as a Trainer's are
+        model = None
+
         def __init__(self, *a, **k):
             pass
 
@@ -239,8 +241,9 @@ def test_one_step_on_the_embedded_model(embedded_model_dir, sft_file, tmp_path):
 
 def test_lora_under_bf16_autocast_trains_a_bf16_base_and_saves_fp32_with_the_update(tiny_model_dir, sft_file,
                                                                                       tmp_path, monkeypatch):
-    """Where bf16 autocast runs, LoRA's frozen base loads in bf16 (half its memory); the adapters merge into fp32
-    weights, so the saved model is fp32 and differs from the bf16-rounded base by the trained update."""
+    """Where bf16 autocast runs, LoRA's frozen base loads in bf16 (half its memory); the adapters merge into the
+    base's own fp32 weights, so the saved model is fp32, weights LoRA left alone are the base's exactly (not
+    rounded to bf16), and adapted ones differ from the base by the trained update."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -261,6 +264,33 @@ def test_lora_under_bf16_autocast_trains_a_bf16_base_and_saves_fp32_with_the_upd
     base = dict(AutoModelForCausalLM.from_pretrained(tiny_model_dir).named_parameters())
     name = "model.layers.0.self_attn.q_proj.weight"
     assert tuned[name].dtype == torch.float32
-    update = tuned[name] - base[name].to(torch.bfloat16).float()
+    for kept in ("model.embed_tokens.weight", "model.layers.0.input_layernorm.weight"):
+        assert torch.equal(tuned[kept], base[kept])  # the fp32 base itself, not its bf16 training copy
+    assert not torch.equal(base[name], base[name].to(torch.bfloat16).float())  # (rounding would have shown)
+    update = tuned[name] - base[name]
     assert update.abs().max() > 1e-3  # the adapters' update survived the merge
     assert torch.allclose(tuned[name], fp32_tuned[name], atol=5e-2)  # close to the same run on an fp32 base
+
+
+def test_under_autocast_lora_adapters_read_their_input_uncast_only_while_training(tiny_model_dir, monkeypatch):
+    """peft casts each adapter's input to fp32, which bf16 autocast casts straight back (two copies per adapted
+    layer and pass); under autocast cai turns that off for the training loop, and only there."""
+    from peft import get_peft_model
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from cai.models import load_causal_lm, resolve
+    from cai.train import options as train_options
+
+    model = get_peft_model(load_causal_lm(resolve(str(tiny_model_dir))),
+                           train_options.lora_config(SFTOptions(lora=True, lora_r=4), "CAUSAL_LM"))
+    layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+
+    def casting():
+        return {getattr(m, "cast_input_dtype_enabled", True) for m in layers}
+
+    with train_options.adapters_as_autocast_runs(model, SFTOptions(lora=True, dtype="fp32")):
+        assert casting() == {True}  # no autocast: input and adapter dtypes must match
+    monkeypatch.setattr(train_options, "uses_bf16_autocast", lambda options: True)
+    with train_options.adapters_as_autocast_runs(model, SFTOptions(lora=True)):
+        assert layers and casting() == {False}
+    assert casting() == {True}

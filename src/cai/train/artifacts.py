@@ -108,22 +108,76 @@ def trained_model(trainer):
     """``(model, state_dict)`` to save after ``trainer.train()``: LoRA merged; under DeepSpeed ZeRO-3 or
     FSDP, where each process holds a shard, the full weights gathered by accelerate (a collective call:
     every process must make it), else ``None`` (the model's own weights are whole)."""
-    from accelerate.utils import DistributedType
+    if not _sharded(trainer):
+        return merged(trainer.model), None
+    _no_sharded_lora(trainer)
+    return trainer.model, trainer.accelerator.get_state_dict(trainer.model_wrapped)
 
-    from cai.errors import ConfigError
+
+def saved_weights(trainer, source, options):
+    """``(model, state_dict)`` to save after training ``source`` with ``options``: ``trained_model``, or for LoRA
+    on a bf16 copy of its base (``options.bf16_frozen_base``) the adapters merged into the base's own fp32
+    weights, after the trainer has let go of that copy (the stage must hold no other reference to it)."""
+    from cai.train.options import bf16_frozen_base
+
+    if not bf16_frozen_base(options):
+        return trained_model(trainer)
+    adapters = trained_adapters(trainer)
+    trainer.model = trainer.model_wrapped = trainer.callback_handler.model = None  # (the Trainer's own references)
+    trainer.accelerator.free_memory()  # accelerate's references to the model and optimizer
+    return merged_into_fp32_base(source, *adapters), None
+
+
+def trained_adapters(trainer) -> tuple[dict[str, Any], Any]:
+    """The trained LoRA adapters of ``trainer.model`` (fp32 copies on the CPU) and their peft config, to merge
+    into a fresh fp32 copy of the base (``merged_into_fp32_base``) once the trainer's model is released."""
+    import torch
+    from peft import get_peft_model_state_dict
+
+    if _sharded(trainer):
+        _no_sharded_lora(trainer)
+    model = trainer.model
+    weights = {k: v.detach().to("cpu", torch.float32, copy=True) for k, v in get_peft_model_state_dict(model).items()}
+    return weights, model.peft_config[model.active_adapter]
+
+
+def merged_into_fp32_base(source, adapters: dict[str, Any], config):
+    """``adapters`` (``trained_adapters``) merged into the base model's own fp32 weights, loaded afresh.
+
+    LoRA that trained on a bf16 copy of its frozen base (``weights_dtype(frozen_base=True)``) is merged here,
+    not into that copy: upcasting the copy would save every base weight rounded to bf16, and would hold the
+    bf16 and the fp32 model at once (the SFT stage's peak). Call it after the training model is released."""
+    import torch
+    from peft import get_peft_model, set_peft_model_state_dict
+
+    from cai.memory import release
+    from cai.models import load_causal_lm
+
+    release()
+    model = get_peft_model(load_causal_lm(source, dtype=torch.float32), config)
+    missing = [k for k in set_peft_model_state_dict(model, adapters).missing_keys if "lora_" in k]
+    if missing:
+        raise RuntimeError(f"trained adapters do not fit the base model: {len(missing)} missing, e.g. {missing[0]}")
+    return model.merge_and_unload()
+
+
+def _sharded(trainer) -> bool:
+    from accelerate.utils import DistributedType
 
     accelerator = trainer.accelerator
     kind = accelerator.distributed_type
-    sharded = kind == DistributedType.FSDP or (
+    return kind == DistributedType.FSDP or (
         kind == DistributedType.DEEPSPEED and accelerator.state.deepspeed_plugin.zero_stage == 3)
-    if not sharded:
-        return merged(trainer.model), None
+
+
+def _no_sharded_lora(trainer) -> None:
     from accelerate.utils import is_peft_model
+
+    from cai.errors import ConfigError
 
     if is_peft_model(trainer.model):
         raise ConfigError("LoRA adapters cannot be merged from sharded (ZeRO-3 / FSDP) weights here",
                           fix="train LoRA with DDP or ZeRO-2 (recipes/accelerate/ddp.yaml, zero2.yaml)")
-    return trainer.model, accelerator.get_state_dict(trainer.model_wrapped)
 
 
 def first_logged(trainer, key: str) -> float | None:

@@ -197,13 +197,18 @@ def train_dpo(pairs: str | Path, out_dir: str | Path, model: str = "smollm2-135m
         last_logged,
         library_versions,
         save_model_dir,
+        saved_weights,
         staging_dir,
-        trained_model,
         trained_model_id,
     )
     from cai.train.data import read_preference_pairs
     from cai.train.lean_head import lean_lm_head
-    from cai.train.options import lora_config, quiet_checkpointing_warning, restore_fp32, weights_dtype
+    from cai.train.options import (
+        adapters_as_autocast_runs,
+        lora_config,
+        quiet_checkpointing_warning,
+        weights_dtype,
+    )
     from cai.train.progress import show_progress
 
     options = options or DPOOptions()
@@ -243,7 +248,9 @@ def train_dpo(pairs: str | Path, out_dir: str | Path, model: str = "smollm2-135m
             trainer = build_dpo_trainer(policy, tokenizer, rows, stage / SCRATCH, options, peft_config=peft,
                                         ref_model=reference, label_smoothing=smoothing, in_order=in_order,
                                         precompute=single)
-            result = show_progress(trainer, "dpo").train()
+            del policy  # the trainer holds it alone (saved_weights releases it)
+            with adapters_as_autocast_runs(trainer.model, options):
+                result = show_progress(trainer, "dpo").train()
         metrics = {
             "train_loss": result.training_loss,
             "final_loss": last_logged(trainer, "loss"),
@@ -263,8 +270,7 @@ def train_dpo(pairs: str | Path, out_dir: str | Path, model: str = "smollm2-135m
             data=str(data.path.resolve()), data_sha256=data.sha256, rows=len(data.rows),
             options=options.model_dump(), metrics=metrics, versions=library_versions(),
         )
-        restore_fp32(trainer.model, options)
-        model, state_dict = trained_model(trainer)
+        model, state_dict = saved_weights(trainer, source, options)
         save_model_dir(model, tokenizer, stage, card, state_dict)
     log.info("DPO done: %s (%s)", out_dir, card.metrics)
     return out_dir

@@ -98,7 +98,7 @@ def weights_dtype(options: TrainOptions, *, frozen_base: bool = False):
     whose base weights LoRA leaves frozen; under bf16 autocast they are loaded in bf16, which autocast would
     cast them to at every pass anyway: half their memory, and no bf16 copy of each weight made per pass and
     kept for the backward (SFT of SmolLM2-135M, 4 rows a pass: peak 2.07 GB against 2.56, the same time). The
-    adapters stay fp32 (peft upcasts them) and are merged into fp32 weights (``restore_fp32``)."""
+    adapters stay fp32 (peft upcasts them) and are merged into fp32 weights (``bf16_frozen_base``)."""
     import torch
 
     if options.dtype == "bf16" or (frozen_base and options.lora and uses_bf16_autocast(options)):
@@ -106,14 +106,13 @@ def weights_dtype(options: TrainOptions, *, frozen_base: bool = False):
     return torch.float32
 
 
-def restore_fp32(model, options: TrainOptions):
-    """Before merging LoRA: a bf16 base that only ``weights_dtype(frozen_base=True)`` made bf16 goes back to
-    fp32, so the adapters' small updates are not rounded away by a bf16 merge (``dtype: bf16`` stays bf16)."""
+def bf16_frozen_base(options: TrainOptions) -> bool:
+    """Whether only ``weights_dtype(frozen_base=True)`` made LoRA's base bf16 (``dtype: bf16`` asked for it):
+    its adapters are then merged into the base's own fp32 weights (``artifacts.merged_into_fp32_base``), so
+    the saved model is fp32 and neither the base nor the adapters' small updates are rounded to bf16."""
     import torch
 
-    if options.dtype != "bf16" and next(model.parameters()).dtype != torch.float32:
-        model.float()
-    return model
+    return options.dtype != "bf16" and weights_dtype(options, frozen_base=True) == torch.bfloat16
 
 
 def uses_bf16_autocast(options: TrainOptions) -> bool:
@@ -191,6 +190,24 @@ def lora_config(options: TrainOptions, task_type: str):
         target_modules="all-linear",
         task_type=task_type,
     )
+
+
+@contextmanager
+def adapters_as_autocast_runs(model, options: TrainOptions) -> Iterator[None]:
+    """While training LoRA under bf16 autocast: peft's adapters take their input as it comes.
+
+    peft casts each adapter's input to the adapter's dtype (fp32) and autocast casts it straight back to bf16 for
+    the matmul, so every adapted layer made two copies of its input per pass, one of them kept for the backward
+    (7 per transformer block; the base layer's own bf16 input is another). Turned off (peft's
+    ``disable_input_dtype_casting``), the adapters read the base layer's bf16 input, which the backward keeps
+    once. Without autocast (fp32, or bf16 weights) peft's casting stays: there the dtypes must match."""
+    if not (options.lora and uses_bf16_autocast(options)):
+        yield
+        return
+    from peft.helpers import disable_input_dtype_casting
+
+    with disable_input_dtype_casting(model):
+        yield
 
 
 @contextmanager

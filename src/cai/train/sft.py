@@ -107,13 +107,18 @@ def train_sft(data: str | Path, out_dir: str | Path, model: str = "smollm2-135m"
         last_logged,
         library_versions,
         save_model_dir,
+        saved_weights,
         staging_dir,
-        trained_model,
         trained_model_id,
     )
     from cai.train.data import read_sft_data
     from cai.train.lean_head import lean_lm_head
-    from cai.train.options import lora_config, quiet_checkpointing_warning, restore_fp32, weights_dtype
+    from cai.train.options import (
+        adapters_as_autocast_runs,
+        lora_config,
+        quiet_checkpointing_warning,
+        weights_dtype,
+    )
     from cai.train.progress import show_progress
 
     options = options or SFTOptions()
@@ -133,11 +138,13 @@ def train_sft(data: str | Path, out_dir: str | Path, model: str = "smollm2-135m"
                            frozen_base=True)
     started = time.monotonic()
     with staging_dir(out_dir) as stage:
-        lm = load_causal_lm(source, dtype=weights_dtype(options, frozen_base=True))
         peft = lora_config(options, "CAUSAL_LM") if options.lora else None
         with lean_lm_head(), quiet_checkpointing_warning():
+            lm = load_causal_lm(source, dtype=weights_dtype(options, frozen_base=True))  # the trainer holds it alone
             trainer = build_sft_trainer(lm, tokenizer, rows, stage / SCRATCH, options, peft_config=peft)
-            result = show_progress(trainer, "sft").train()
+            del lm
+            with adapters_as_autocast_runs(trainer.model, options):
+                result = show_progress(trainer, "sft").train()
         metrics = {
             "train_loss": result.training_loss,
             "first_loss": first_logged(trainer, "loss"),
@@ -152,8 +159,7 @@ def train_sft(data: str | Path, out_dir: str | Path, model: str = "smollm2-135m"
             data=str(dataset.path.resolve()), data_sha256=dataset.sha256, rows=len(rows),
             options=options.model_dump(), metrics=metrics, versions=library_versions(),
         )
-        restore_fp32(trainer.model, options)
-        model, state_dict = trained_model(trainer)
+        model, state_dict = saved_weights(trainer, source, options)
         save_model_dir(model, tokenizer, stage, card, state_dict)
     log.info("SFT done: %s (%s)", out_dir, card.metrics)
     return out_dir
