@@ -101,18 +101,18 @@ def weights_dtype(options: TrainOptions, *, frozen_base: bool = False):
     adapters stay fp32 (peft upcasts them) and are merged into fp32 weights (``bf16_frozen_base``)."""
     import torch
 
-    if options.dtype == "bf16" or (frozen_base and options.lora and uses_bf16_autocast(options)):
+    if options.dtype == "bf16" or (frozen_base and bf16_frozen_base(options)):
         return torch.bfloat16
     return torch.float32
 
 
 def bf16_frozen_base(options: TrainOptions) -> bool:
-    """Whether only ``weights_dtype(frozen_base=True)`` made LoRA's base bf16 (``dtype: bf16`` asked for it):
-    its adapters are then merged into the base's own fp32 weights (``artifacts.merged_into_fp32_base``), so
-    the saved model is fp32 and neither the base nor the adapters' small updates are rounded to bf16."""
-    import torch
-
-    return options.dtype != "bf16" and weights_dtype(options, frozen_base=True) == torch.bfloat16
+    """Whether LoRA trains under bf16 autocast, so that its frozen base is loaded in bf16 by
+    ``weights_dtype(frozen_base=True)`` and not because ``dtype: bf16`` asked for it (autocast only runs with
+    ``dtype: auto``): the adapters are then merged into the base's own fp32 weights
+    (``artifacts.merged_into_fp32_base``), so the saved model is fp32 and neither the base nor the adapters'
+    small updates are rounded to bf16."""
+    return options.lora and uses_bf16_autocast(options)
 
 
 def uses_bf16_autocast(options: TrainOptions) -> bool:
@@ -201,7 +201,7 @@ def adapters_as_autocast_runs(model, options: TrainOptions) -> Iterator[None]:
     (7 per transformer block; the base layer's own bf16 input is another). Turned off (peft's
     ``disable_input_dtype_casting``), the adapters read the base layer's bf16 input, which the backward keeps
     once. Without autocast (fp32, or bf16 weights) peft's casting stays: there the dtypes must match."""
-    if not (options.lora and uses_bf16_autocast(options)):
+    if not bf16_frozen_base(options):
         yield
         return
     from peft.helpers import disable_input_dtype_casting
