@@ -329,14 +329,15 @@ def metrics(base: str, headers: dict | None = None) -> dict:
 
 def test_a_full_queue_answers_503_with_retry_after_then_recovers():
     scorer = Gated()
-    with serving(scorer, batch_size=4, max_queue=8, max_texts=4) as base:
+    with serving(scorer, batch_size=4, max_queue=12, max_texts=4) as base:
         url = base + "/get_reward"
         first = in_background(post, url, {"query": hh(1, 4)})
-        assert scorer.started.wait(timeout=30)  # being scored: out of the queue
+        assert scorer.started.wait(timeout=30)  # being scored: out of the queue, still held
         queued = [in_background(post, url, {"query": hh(k, 4)}) for k in (2, 3)]
         wait_for(lambda: metrics(base)[("cai_serve_queue_texts", ())] == 8)
-        status, body, headers = post(url, {"query": hh(9, 1)}, with_headers=True)
+        status, body, headers = post(url, {"query": hh(9, 1)}, with_headers=True)  # 8 waiting + 4 scored = 12
         assert status == 503 and "queue is full" in body["error"] and int(headers["Retry-After"]) >= 1
+        assert "8 texts waiting, 4 being scored" in body["error"]
         assert post(url, {"query": hh(9, 5)})[0] == 413  # over the per-request cap, whatever the queue holds
 
         scorer.release.set()

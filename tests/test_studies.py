@@ -363,6 +363,57 @@ def test_cai_vs_sft_names_its_held_out_sets_and_refuses_trained_prompts(tmp_path
                        eval_sets={"harmful": ["hack a bank"], "safe": ["bake bread"]})
 
 
+def test_mt_bench_second_turns_continue_each_models_own_conversation_and_are_judged_apart(tmp_path):
+    from cai.backends.base import SamplingParams
+    from cai.evaluation.helpfulness import follow_ups, report_blocks, study
+    from cai.prompts import load_prompts
+    from cai.report.blocks import Para, Table
+
+    questions = tmp_path / "question.jsonl"  # MT-Bench's format, questions written for this test
+    questions.write_text("".join(json.dumps({"question_id": 100 + i, "category": "writing",
+                                             "turns": [f"Write a line about topic {i}.", f"Shorten it ({i})."]}) + "\n"
+                             for i in range(10)) + '{"question_id": 200, "turns": ["One turn only."]}\n')
+    rows, bad = load_prompts(str(questions))
+    assert not bad and follow_ups(rows) == {str(100 + i): f"Shorten it ({i})." for i in range(10)}
+
+    class Recorder(FakePolicy):  # keeps every conversation it is asked to continue
+        def __init__(self, reply, model_id):
+            super().__init__(reply, model_id)
+            self.seen = []
+
+        def generate(self, conversations, params, *, desc="generating"):
+            self.seen += conversations
+            return super().generate(conversations, params, desc=desc)
+
+    # "late" answers the first turn as the base does, and only its follow-up answers are better
+    base = Recorder(lambda p, s: "plain", "base")
+    late = Recorder(lambda p, s: "good, shorter" if p.startswith("Shorten") else "plain", "late")
+    judge = FakeJudge(score=lambda text: 2.0 if "good" in text else 0.0)
+    backends = {"base": base, "late": late, "judge": judge}
+    pairs = [(r.id, r.prompt) for r in rows]
+    params = SamplingParams(max_new_tokens=8, do_sample=False, temperature=0.0)
+    data = study(["base", "late"], pairs, tmp_path / "out", load=backends.__getitem__, judge_spec="judge",
+                 judge_evidence=None, params=params, samples=100, follow=follow_ups(rows))
+
+    two_turn = [c for c in late.seen if len(c) == 3]
+    assert len(two_turn) == 10 and all(c[1] == {"role": "assistant", "content": "plain"} for c in two_turn)
+    assert two_turn[0][2]["content"].startswith("Shorten it")
+    assert data["vs_base"]["late"]["win_rate"] == pytest.approx(0.5)  # first turns: the same replies
+    second = data["second_turn"]
+    assert second["prompts"] == 10 and second["vs_base"]["late"]["n"] == 10
+    assert second["vs_base"]["late"]["win_rate"] > 0.8  # sigmoid(2), both orders
+    shown = [c[-1]["content"] for c in judge.seen if "Second answer:" in c[-1]["content"]]
+    assert shown and all("The user then asked: Shorten it" in text for text in shown)
+
+    calls = len(late.seen)  # a re-run reuses both turns' replies
+    study(["base", "late"], pairs, tmp_path / "out", load=backends.__getitem__, judge_spec="judge",
+          judge_evidence=None, params=params, samples=100, follow=follow_ups(rows))
+    assert len(late.seen) == calls
+    blocks = report_blocks({**data, "judge": "openai:big@http://x/v1"}, "x", tmp_path)
+    assert sum(isinstance(b, Table) for b in blocks) == 4
+    assert any(isinstance(b, Para) and "Second turns (10 follow-up questions)" in b.text for b in blocks)
+
+
 def test_helpfulness_on_mt_bench_questions_and_the_embedded_judge_gives_no_number(tmp_path):
     from cai.evaluation.helpfulness import report_blocks
     from cai.prompts import load_prompts

@@ -24,7 +24,8 @@ Accepted ``source`` values::
     redteam:eval, helpful:rl, ...      one split of a shipped set: train, eval, rl or all (a bare name
                                        takes the ``split`` argument: train by default)
     prompts.jsonl                      objects with "prompt" (or your column), or {"messages": [...]}, or
-                                       MT-Bench questions {"question_id", "turns": [...]} (the first turn)
+                                       MT-Bench questions {"question_id", "turns": [...]} (the first turn;
+                                       meta keeps all the turns)
     prompts.csv                        a header row, then one prompt per row
     prompts.txt                        one prompt per non-empty line; lines starting with # are skipped
     hf:owner/name  or  owner/name      a dataset loaded with datasets.load_dataset(name, split=split)
@@ -391,7 +392,8 @@ def _to_prompt_row(obj: dict[str, Any], column: str | None, id_column: str) -> P
     category = obj.get("category")
     if category is not None and not isinstance(category, str):
         raise _RowProblem(f"'category' is {_kind(category)}, expected a string")
-    meta = {k: v for k, v in obj.items() if k not in (field, id_column, "category")}
+    # MT-Bench's ``turns`` stay in meta whole: the later turns are the follow-up questions (cai study helpfulness)
+    meta = {k: v for k, v in obj.items() if k not in (field, id_column, "category") or k == "turns"}
     return PromptRow(id=_row_id(obj.get(id_column), id_column, text), prompt=text,
                      category=(category or "").strip() or None, meta=meta)
 

@@ -18,8 +18,8 @@ API_KEY = typer.Option(None, "--api-key", envvar=API_KEY_ENV, show_default=False
                             f"{API_KEY_ENV} environment variable: a command line is visible to other users)")
 INSECURE = typer.Option(False, "--insecure", help="serve a non-loopback address without an API key: anyone who "
                                                   "can reach it can query the model")
-MAX_QUEUE = typer.Option(1024, "--max-queue", min=1, help="texts waiting to be scored, at most; a request that "
-                                                          "would overflow the queue gets 503 with Retry-After")
+MAX_QUEUE = typer.Option(1024, "--max-queue", min=1, help="texts held (waiting or being scored), at most; a "
+                                                          "request that would overflow it gets 503 with Retry-After")
 MAX_TEXTS = typer.Option(256, "--max-texts", min=1, help="texts per request, at most (413 above)")
 TIMEOUT = typer.Option(300.0, "--timeout", min=0.001, help="seconds a request may wait to be scored (504 after); "
                                                            "also how long a client may take to send its body")

@@ -307,19 +307,21 @@ def helpfulness_cmd(
     seed: int = SEED,
     dtype: str = DTYPE,
 ) -> None:
-    """Win rate against the base (raw and length-controlled) and Elo with intervals: helpfulness.json."""
+    """Win rate against the base (raw and length-controlled) and Elo with intervals: helpfulness.json; MT-Bench
+    questions are answered in both turns, each turn judged apart."""
     from cai.backends.base import SamplingParams
     from cai.errors import ConfigError
-    from cai.evaluation.helpfulness import study
+    from cai.evaluation.helpfulness import follow_ups, study
     from cai.evaluation.round_quality import evidence_from
 
     if len(model) < 2:
         raise ConfigError("give at least two models: the base first, then the ones to compare with it",
                           fix="e.g. cai study helpfulness smollm2-135m runs/x/sft --out DIR")
-    pairs = prompt_pairs(prompts, limit)
+    rows = prompt_rows(prompts, limit)
+    pairs = [(r.id, r.prompt) for r in rows]
     evidence = evidence_from(judge_evidence) if judge_evidence else None
     start(out, "study-helpfulness", {"models": model, "judge": judge, "prompts": prompts, "limit": limit,
                                      "max_new_tokens": max_new_tokens, "seed": seed})
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, do_sample=False, seed=seed)
     finish(out, "helpfulness", study(model, pairs, out, load=loader(dtype), judge_spec=judge, params=params,
-                                     judge_evidence=evidence, samples=bootstrap))
+                                     judge_evidence=evidence, samples=bootstrap, follow=follow_ups(rows)))

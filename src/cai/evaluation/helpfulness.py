@@ -9,6 +9,12 @@ length is controlled here by regression (``cai.evaluation.win_rate``). Reported:
 * Bradley-Terry / Elo over all models (``cai.evaluation.elo``), the base at 1000, with bootstrap intervals over prompts;
 * next to them, the judge's measured agreement with human labels and its probe results, when given: the
   embedded judge is at chance, and then these figures say nothing (use ``--judge openai:...``).
+
+Prompts with a follow-up question (MT-Bench's second turn: ``follow_ups``) are also answered a second time: each
+model continues its own conversation (its first reply, then the follow-up), as MT-Bench does. The two
+conversations differ before the second reply, so the judge is shown each model's whole exchange as its response
+to the first question, under a statement that asks about the answer to the follow-up (MT-Bench's multi-turn
+pairwise judging does the same); those figures are reported per turn.
 """
 
 from __future__ import annotations
@@ -22,13 +28,34 @@ from cai.report.blocks import Block, Heading, Para, Table
 
 PRINCIPLE = ("helpful", "Choose the response that answers the user's request more helpfully, accurately and "
                         "completely.")
+SECOND_TURN = ("helpful-follow-up", "Each response is a whole exchange: a first answer, the user's follow-up "
+                                    "question, and a second answer. Choose the one whose second answer answers the "
+                                    "follow-up question more helpfully, accurately and completely.")
 
 
-def replies(spec: str, backend, prompts: Sequence[tuple[str, str]], out_dir: Path, params) -> dict[str, dict]:
-    """{prompt id: {"reply", "tokens"}} of a model, generated once and kept in ``out_dir``."""
+def follow_ups(rows) -> dict[str, str]:
+    """{prompt id: the second user turn} of prompt rows that have one (MT-Bench: ``meta["turns"][1]``)."""
+    out = {}
+    for row in rows:
+        turns = row.meta.get("turns")
+        if isinstance(turns, list) and len(turns) > 1 and isinstance(turns[1], str) and turns[1].strip():
+            out[row.id] = turns[1].strip()
+    return out
+
+
+def exchange(first: str, follow_up: str, second: str) -> str:
+    """One model's two-turn exchange, shown to the judge as its response to the first question."""
+    return f"First answer:\n{first}\n\nThe user then asked: {follow_up}\n\nSecond answer:\n{second}"
+
+
+def replies(spec: str, backend, prompts: Sequence[tuple[str, str]], out_dir: Path, params,
+            follow: dict[str, str] | None = None) -> dict[str, dict]:
+    """{prompt id: {"reply", "tokens"}} of a model, generated once and kept in ``out_dir``; prompts in ``follow``
+    also get ``reply_2`` / ``tokens_2``, the answer to their follow-up after the model's own first reply."""
     from cai.evaluation.redteam import model_dir_name
     from cai.jsonl import read_records, write_jsonl_atomic
 
+    follow = follow or {}
     path = Path(out_dir) / f"{model_dir_name(spec)}.jsonl"
     done = {r["id"]: r for r in read_records(path)} if path.exists() else {}
     todo = [(pid, p) for pid, p in prompts if pid not in done]
@@ -39,12 +66,21 @@ def replies(spec: str, backend, prompts: Sequence[tuple[str, str]], out_dir: Pat
                          "sampling": params.to_dict()}
         path.parent.mkdir(parents=True, exist_ok=True)
         write_jsonl_atomic(path, list(done.values()))
+    second = [(pid, p) for pid, p in prompts if pid in follow and "reply_2" not in done[pid]]
+    if second:
+        chats = [[{"role": "user", "content": p}, {"role": "assistant", "content": done[pid]["reply"]},
+                  {"role": "user", "content": follow[pid]}] for pid, p in second]
+        out = backend.generate(chats, params, desc=f"second turns {spec}")
+        for (pid, _), c in zip(second, out, strict=True):
+            done[pid].update(follow_up=follow[pid], reply_2=c.text, tokens_2=c.completion_tokens)
+        write_jsonl_atomic(path, list(done.values()))
     return done
 
 
 def pairwise_outcomes(judge_backend, specs: Sequence[str], answers: dict[str, dict[str, dict]],
-                      prompts: Sequence[tuple[str, str]], config=None) -> list[dict[str, Any]]:
-    """One row per (prompt, pair of models): P(first model's reply is better), both orders averaged."""
+                      prompts: Sequence[tuple[str, str]], config=None, *, turn: int = 1) -> list[dict[str, Any]]:
+    """One row per (prompt, pair of models): P(first model's reply is better), both orders averaged. ``turn`` 2:
+    the follow-up's answers, each shown within its model's whole exchange (prompts without one are skipped)."""
     from cai.feedback.judge import Comparison, JudgeConfig, judge
 
     config = config or JudgeConfig(mode="pairwise", length_control=False)
@@ -52,12 +88,19 @@ def pairwise_outcomes(judge_backend, specs: Sequence[str], answers: dict[str, di
     for pid, prompt in prompts:
         for i, j in combinations(range(len(specs)), 2):
             a, b = answers[specs[i]][pid], answers[specs[j]][pid]
-            comparisons.append(Comparison([{"role": "user", "content": prompt}], a["reply"], b["reply"], (PRINCIPLE,)))
-            keys.append((pid, i, j, a["tokens"] - b["tokens"]))
+            if turn == 1:
+                pair, principle, diff = (a["reply"], b["reply"]), PRINCIPLE, a["tokens"] - b["tokens"]
+            elif "reply_2" in a and "reply_2" in b:
+                pair = tuple(exchange(x["reply"], x["follow_up"], x["reply_2"]) for x in (a, b))
+                principle, diff = SECOND_TURN, a["tokens_2"] - b["tokens_2"]
+            else:
+                continue
+            comparisons.append(Comparison([{"role": "user", "content": prompt}], *pair, (principle,)))
+            keys.append((pid, i, j, diff))
     rows = []
     for (pid, i, j, diff), jd in zip(keys, judge(judge_backend, comparisons, config), strict=True):
         rows.append({"prompt": pid, "i": i, "j": j, "p_i": jd.p_a, "length_diff": diff,
-                     "consistent": jd.consistent})
+                     "consistent": jd.consistent, "turn": turn})
     return rows
 
 
@@ -87,16 +130,26 @@ def summarise(specs: Sequence[str], rows: Sequence[dict[str, Any]], *, samples: 
 
 
 def study(specs: Sequence[str], prompts: Sequence[tuple[str, str]], out_dir: Path, *, load, judge_spec: str,
-          params, judge_evidence: dict | None, samples: int = 1000) -> dict[str, Any]:
+          params, judge_evidence: dict | None, samples: int = 1000,
+          follow: dict[str, str] | None = None) -> dict[str, Any]:
+    """Every model against ``specs[0]`` on ``prompts``; with ``follow`` ({prompt id: follow-up}, MT-Bench's second
+    turns), the follow-ups too, judged and summarised apart (``second_turn``)."""
     from cai.jsonl import write_jsonl_atomic
 
     out_dir = Path(out_dir)
-    answers = {spec: replies(spec, load(spec), prompts, out_dir / "replies", params) for spec in specs}
-    rows = pairwise_outcomes(load(judge_spec), specs, answers, prompts)
-    write_jsonl_atomic(out_dir / "judgements.jsonl", rows)
-    return {"study": "helpfulness", "models": list(specs), "base": specs[0], "judge": judge_spec,
+    follow = {pid: q for pid, q in (follow or {}).items() if pid in dict(prompts)}
+    answers = {spec: replies(spec, load(spec), prompts, out_dir / "replies", params, follow) for spec in specs}
+    judge_backend = load(judge_spec)
+    rows = pairwise_outcomes(judge_backend, specs, answers, prompts)
+    second = pairwise_outcomes(judge_backend, specs, answers, prompts, turn=2) if follow else []
+    write_jsonl_atomic(out_dir / "judgements.jsonl", rows + second)
+    data = {"study": "helpfulness", "models": list(specs), "base": specs[0], "judge": judge_spec,
             "judge_evidence": judge_evidence, "principle": PRINCIPLE[1], "prompts": len(prompts),
             "sampling": params.to_dict(), **summarise(specs, rows, samples=samples, seed=params.seed)}
+    if second:
+        data["second_turn"] = {"prompts": len({r["prompt"] for r in second}), "principle": SECOND_TURN[1],
+                               **summarise(specs, second, samples=samples, seed=params.seed)}
+    return data
 
 
 def report_blocks(data: dict[str, Any], source: str, out_dir: Path) -> list[Block]:
@@ -116,12 +169,23 @@ def report_blocks(data: dict[str, Any], source: str, out_dir: Path) -> list[Bloc
                               "at chance (see cai.feedback.judge), so no win rate is shown: its numbers would look "
                               "like a result and mean nothing. Give a capable judge (--judge openai:MODEL@URL); the "
                               "judgements are in judgements.jsonl.", note=True)]
-    blocks.append(Table(["model", "win rate", "95% interval", "length-controlled", "length coef / 100 tokens", "n"],
-                        [[m, f["win_rate"], f"{f['win_rate_low']:.3f}-{f['win_rate_high']:.3f}", f["lc_win_rate"],
-                          f["length_coef"], f["n"]] for m, f in data["vs_base"].items()]))
-    blocks.append(Table(["model", "Elo (Bradley-Terry)", "95% interval"],
-                        [[m, round(f["elo"], 1), f"{f['low']:.0f}-{f['high']:.0f}"] for m, f in data["elo"].items()]))
+    blocks += _tables(data)
+    if data.get("second_turn"):
+        second = data["second_turn"]
+        blocks.append(Para(f"Second turns ({second['prompts']} follow-up questions): each model continued its own "
+                           "conversation, and the judge compared the two whole exchanges on the answer to the "
+                           "follow-up (position consistency "
+                           f"{_f(second.get('position_consistency'))})."))
+        blocks += _tables(second)
     return blocks
+
+
+def _tables(data: dict[str, Any]) -> list[Block]:
+    return [Table(["model", "win rate", "95% interval", "length-controlled", "length coef / 100 tokens", "n"],
+                  [[m, f["win_rate"], f"{f['win_rate_low']:.3f}-{f['win_rate_high']:.3f}", f["lc_win_rate"],
+                    f["length_coef"], f["n"]] for m, f in data["vs_base"].items()]),
+            Table(["model", "Elo (Bradley-Terry)", "95% interval"],
+                  [[m, round(f["elo"], 1), f"{f['low']:.0f}-{f['high']:.0f}"] for m, f in data["elo"].items()])]
 
 
 def at_chance(judge: str) -> bool:

@@ -89,6 +89,7 @@ def run_studies(ctx) -> dict[str, Any]:
                                   max_new_tokens=opts.max_new_tokens, seed=ctx.config.evaluate.seed))
     if opts.helpfulness:
         from cai.backends.base import SamplingParams
+        from cai.evaluation.helpfulness import follow_ups
         from cai.evaluation.helpfulness import study as helpful
 
         sft = [str(ctx.out / "sft")] if (ctx.out / "sft" / "config.json").exists() else []
@@ -96,10 +97,11 @@ def run_studies(ctx) -> dict[str, Any]:
         if len(models) > 1:
             params = SamplingParams(max_new_tokens=opts.max_new_tokens, temperature=0.0, do_sample=False,
                                     seed=ctx.config.evaluate.seed)
-            save("helpfulness", helpful(models, _pairs(ctx.config.evaluate.safe, opts.limit), out / "helpfulness",
+            rows = prompt_rows(ctx.config.evaluate.safe, opts.limit)
+            save("helpfulness", helpful(models, [(r.id, r.prompt) for r in rows], out / "helpfulness",
                                         load=ctx.backend, judge_spec=ctx.config.judge_model or base, params=params,
                                         judge_evidence=evidence_from(opts.judge_evidence) if opts.judge_evidence
-                                        else None))
+                                        else None, follow=follow_ups(rows)))
     ctx._backends.clear()
     return written
 

@@ -14,9 +14,11 @@ Requests that arrive together are scored together: a single worker thread owns t
 the queue of waiting requests into batches of up to ``batch_size`` texts (OpenRLHF sends one request
 per micro-batch, often several at once). Under load the server holds rather than grows:
 
-* the queue is bounded in texts (``Limits.max_queue``): a request that would overflow it gets 503 with
-  ``Retry-After`` (the seconds until enough batches should have been taken from the queue to make room for it,
-  at the last batch's pace), and nothing is kept of it;
+* the texts the server holds (waiting in its queue, or in the batch being scored) are bounded
+  (``Limits.max_queue``): a request that would overflow it gets 503 with ``Retry-After`` (the seconds until
+  enough batches should have ended to make room for it, at the last batch's pace), and nothing is kept of it.
+  Counting the batch being scored bounds each answered request's wait: at most ``max_queue`` texts are ahead of
+  it or beside it, so its latency is at most ``max_queue / throughput`` plus what one batch varies;
 * a request with more than ``Limits.max_texts`` texts gets 413 naming the limit;
 * a request not scored within ``Limits.timeout`` seconds gets 504 (and is dropped from the queue if it is still
   waiting); a client that sends its body slower than that is disconnected;
@@ -116,7 +118,8 @@ class Metrics:
         self.latency = Histogram("cai_serve_request_seconds", "POST /get_reward, from the body read to the answer",
                                  registry=self.registry,
                                  buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600))
-        self.queue = Gauge("cai_serve_queue_texts", "texts waiting to be scored", registry=self.registry)
+        self.queue = Gauge("cai_serve_queue_texts", "texts waiting to be scored (not counting the batch being "
+                           "scored)", registry=self.registry)
         self.queue.set_function(queue_depth)
 
     def render(self) -> tuple[bytes, str]:
@@ -145,6 +148,7 @@ class RewardService:
                                              getattr(tokenizer, "eos_token", None)) if isinstance(t, str))
         self._waiting: collections.deque[_Pending] = collections.deque()
         self._waiting_texts = 0
+        self._scoring_texts = 0  # in the batch being scored: still held, counted against max_queue
         self._cond = threading.Condition()
         self._batch_seconds = 0.0  # how long the last batch took: the pace at which the queue makes room
         self.metrics = Metrics(lambda: self._waiting_texts)
@@ -160,6 +164,7 @@ class RewardService:
         if n > self.limits.max_texts:
             raise RequestError(413, f"{n} texts in one request; this server takes at most {self.limits.max_texts} "
                                     "per request (--max-texts): split the request")
+        self._check_room(n)  # refuse a full server's request before the work of splitting it
         items = self._split(request)
         if not items:
             return {"rewards": [], "scores": [], "extra_logs": {}}
@@ -190,17 +195,23 @@ class RewardService:
             items.append(split)
         return items
 
+    def _check_room(self, n: int) -> None:
+        """Raise 503 (with ``Retry-After``) when ``n`` more texts would overflow what the server holds; call
+        with ``self._cond`` held to make the answer final."""
+        held = self._waiting_texts + self._scoring_texts
+        overflow = held + n - self.limits.max_queue
+        if overflow > 0:
+            # room comes a batch at a time, as each batch ends: retry once enough batches have ended
+            retry = max(1, math.ceil(math.ceil(overflow / self.batch_size) * self._batch_seconds))
+            raise RequestError(503, f"the queue is full ({self._waiting_texts} texts waiting, "
+                                    f"{self._scoring_texts} being scored, at most {self.limits.max_queue} "
+                                    f"held): retry in {retry} s", headers={"Retry-After": str(retry)})
+
     def _admit(self, pending: _Pending) -> None:
-        """Queue ``pending``, or refuse it with 503 when its texts would overflow the bounded queue."""
+        """Queue ``pending``, or refuse it with 503 when its texts would overflow what the server holds."""
         n = len(pending.items)
         with self._cond:
-            overflow = self._waiting_texts + n - self.limits.max_queue
-            if overflow > 0:
-                # room comes a batch at a time, as the worker takes one: retry once enough batches have ended
-                retry = max(1, math.ceil(math.ceil(overflow / self.batch_size) * self._batch_seconds))
-                raise RequestError(503, f"the queue is full ({self._waiting_texts} texts waiting, at most "
-                                        f"{self.limits.max_queue}): retry in {retry} s",
-                                   headers={"Retry-After": str(retry)})
+            self._check_room(n)
             self._waiting.append(pending)
             self._waiting_texts += n
             self._cond.notify()
@@ -217,14 +228,23 @@ class RewardService:
                 if pending.done.set_running_or_notify_cancel():  # False: timed out while waiting
                     batch.append(pending)
                     size += len(pending.items)
+            self._scoring_texts = size
             return batch
 
     def _work(self) -> None:
         """The worker loop: score each batch; a failure fails that batch's requests only."""
         while True:
             batch = self._next_batch()
-            if batch:
-                self._score(batch)
+            try:
+                if batch:
+                    self._score(batch)
+            finally:
+                self._release()
+
+    def _release(self) -> None:
+        """The batch being scored is done: its texts no longer count against ``max_queue``."""
+        with self._cond:
+            self._scoring_texts = 0
 
     def _score(self, batch: list[_Pending]) -> None:
         items = [item for pending in batch for item in pending.items]
@@ -235,12 +255,14 @@ class RewardService:
                 raise RuntimeError(f"the scorer returned {len(scores)} scores for {len(items)} texts")
         except Exception as e:  # every request of this batch learns of it; the worker keeps running
             log.exception("scoring a batch of %d texts failed", len(items))
+            self._release()
             for pending in batch:
                 pending.done.set_exception(e)
             return
         self._batch_seconds = time.perf_counter() - started
         self.metrics.batches.observe(len(items))
         self.metrics.texts.inc(len(items))
+        self._release()  # before the answers: a client answered may send its next request at once
         start = 0
         for pending in batch:
             pending.done.set_result([float(s) for s in scores[start:start + len(pending.items)]])
