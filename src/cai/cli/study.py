@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import typer
@@ -224,10 +225,15 @@ def cai_vs_rlhf_cmd(
     ai: Path = typer.Option(..., "--ai", help="AI-labelled pairs: pairs.jsonl of cai label"),
     out: Path = typer.Option(..., "--out", "-o"),
     pairs: int = typer.Option(64, help="pairs each arm trains on (the first N of each source)"),
-    steps: int = typer.Option(10, help="DPO steps, the same for both arms"),
-    learning_rate: float = typer.Option(5e-6, "--learning-rate"),
-    batch_size: int = typer.Option(4, "--batch-size"),
-    beta: float = typer.Option(0.1),
+    method: str = typer.Option("dpo", help="the RL recipe both arms run: dpo, or ppo (a reward model on the "
+                               "arm's pairs, then PPO against it)"),
+    steps: int = typer.Option(10, help="DPO or PPO steps, the same for both arms"),
+    learning_rate: float = typer.Option(None, "--learning-rate", help="of the DPO or PPO step (default: 5e-6 for "
+                                        "DPO, PPO's own 1e-5)"),
+    batch_size: int = typer.Option(4, "--batch-size", help="pairs (DPO, reward model) or rollouts (PPO) per step"),
+    beta: float = typer.Option(None, help="DPO's beta, or PPO's KL weight (default: 0.1 for DPO, PPO's own 0.05)"),
+    reward_steps: int = typer.Option(20, "--reward-steps", help="ppo: the reward model's optimiser steps"),
+    reward_learning_rate: float = typer.Option(1e-5, "--reward-learning-rate", help="ppo: the reward model's"),
     seeds: list[int] = typer.Option([0], "--seed", help="training seeds; repeat for the spread over seeds"),
     harmful: str = typer.Option("redteam:eval", help="held-out harmful prompts"),
     safe: str = typer.Option("helpful:eval", help="held-out safe prompts"),
@@ -241,19 +247,38 @@ def cai_vs_rlhf_cmd(
     grader_model: str = GRADER_MODEL,
     dtype: str = DTYPE,
 ) -> None:
-    """The same DPO recipe from the same SFT model on human labels (RLHF) and on AI labels (CAI), same pairs
-    and steps, per seed; both evaluated alike, with the spread over seeds and each label source's cost."""
+    """The same RL recipe (DPO, or reward model + PPO) from the same SFT model on human labels (RLHF) and on AI
+    labels (CAI), same pairs and steps, per seed; both evaluated alike, with the spread over seeds and each label
+    source's cost."""
     from cai.cli.grading import grader_with_agreement
-    from cai.evaluation.cai_vs_rlhf import run
-    from cai.train.dpo import DPOOptions
+    from cai.errors import ConfigError
+    from cai.evaluation.cai_vs_rlhf import PPORecipe, run
 
-    dpo = DPOOptions(max_steps=steps, learning_rate=learning_rate, batch_size=batch_size, beta=beta)
+    if method not in ("dpo", "ppo"):
+        raise ConfigError(f"unknown --method {method!r}", where="command line", fix="use dpo or ppo")
+    dpo, ppo = None, None
+    if method == "dpo":
+        from cai.train.dpo import DPOOptions
+
+        dpo = DPOOptions(max_steps=steps, learning_rate=learning_rate or 5e-6, batch_size=batch_size,
+                         beta=0.1 if beta is None else beta)
+        recipe = {"dpo": dpo.model_dump()}
+    else:
+        from cai.train.ppo import PPOOptions
+        from cai.train.reward import RewardOptions
+
+        rl = {"learning_rate": learning_rate, "beta": beta}
+        ppo = PPORecipe(RewardOptions(max_steps=reward_steps, learning_rate=reward_learning_rate,
+                                      batch_size=batch_size),
+                        PPOOptions(max_steps=steps, batch_size=batch_size, mini_batch_size=math.gcd(4, batch_size),
+                                   **{k: v for k, v in rl.items() if v is not None}))
+        recipe = {"reward": ppo.reward.model_dump(), "ppo": ppo.ppo.model_dump()}
     eval_sets = {name: [p for _, p in prompt_pairs(source, limit)] for name, source in (("harmful", harmful),
                                                                                           ("safe", safe))}
     start(out, "study-cai-vs-rlhf", {"sft": sft, "human": human, "ai": str(ai), "pairs": pairs, "seeds": seeds,
-                                     "dpo": dpo.model_dump(), "harmful": harmful, "safe": safe, "limit": limit})
+                                     "method": method, **recipe, "harmful": harmful, "safe": safe, "limit": limit})
     the_grader, measured = grader_with_agreement(grader, grader_model)
-    finish(out, "cai_vs_rlhf", run(sft, human, ai, out, pairs=pairs, dpo_options=dpo, seeds=seeds,
+    finish(out, "cai_vs_rlhf", run(sft, human, ai, out, pairs=pairs, dpo_options=dpo, ppo=ppo, seeds=seeds,
                                    eval_sets=eval_sets, load=loader(dtype), max_new_tokens=max_new_tokens,
                                    human_price=human_price, ai_price=ai_price, grader=the_grader,
                                    grader_agreement=measured))

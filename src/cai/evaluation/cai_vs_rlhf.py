@@ -8,8 +8,13 @@ and each trained one) answers the same held-out harmful and safe prompts, read b
 both arms side by side per seed, their mean and spread, and what each label source cost: human labels at the
 price per label the user sets, AI labels at theirs (a local judge's labels cost compute, not money).
 
-The recipe is DPO (TRL's ``DPOTrainer`` through ``cai.train.dpo``); the reward model + PPO route is not run by
-this study.
+Two RL recipes, the same for both arms:
+
+* DPO (TRL's ``DPOTrainer`` through ``cai.train.dpo``) on the arm's pairs;
+* reward model + PPO, the paper's RL step (``PPORecipe``): a reward model trained on the arm's pairs from the SFT
+  model (``cai.train.reward``, its held-out accuracy reported), then PPO from the SFT model against it with the KL
+  penalty to the SFT model (``cai.train.ppo``), on the same rollout prompts for both arms: the conversations of
+  both sources' pairs, interleaved, so the arms differ only in their labels.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +34,17 @@ log = logging.getLogger(__name__)
 HH_HUB_ID = "Anthropic/hh-rlhf"
 HH_HARMLESS = "harmless-base"
 ARMS = ("rlhf", "cai")
+
+
+@dataclass
+class PPORecipe:
+    """Reward model + PPO for each arm. ``train_reward`` / ``train_ppo`` default to cai's own
+    (``cai.train.reward.train_reward``, ``cai.train.ppo.train_ppo``); tests pass fakes in the same shapes."""
+
+    reward: Any  # cai.train.reward.RewardOptions
+    ppo: Any  # cai.train.ppo.PPOOptions
+    train_reward: Callable[..., Any] | None = None
+    train_ppo: Callable[..., Any] | None = None
 
 
 def human_rows(source: str, n: int) -> list[dict[str, Any]]:
@@ -88,18 +105,59 @@ def label_cost(pairs: int, price: float | None) -> dict[str, Any]:
     return {"pairs": pairs, "price_per_label": price, "total": None if price is None else pairs * price}
 
 
-def run(sft: str, human: str, ai: str | Path, out_dir: Path, *, pairs: int, dpo_options, seeds: Sequence[int],
+def rollout_prompts(data: dict[str, list[dict[str, Any]]], n: int) -> list[list[dict[str, str]]]:
+    """PPO's rollout prompts, the same for both arms: the conversations of the first ``n`` pairs of each source,
+    interleaved (human, AI, human, ...), each once."""
+    seen, out = set(), []
+    for pair in zip(*(rows[:n] for rows in data.values()), strict=False):
+        for row in pair:
+            key = json.dumps(row["prompt"], sort_keys=True)
+            if key not in seen:
+                seen.add(key)
+                out.append(row["prompt"])
+    return out
+
+
+def _train_dpo(train, options, pairs_path: Path, target: Path, sft: str, seed: int) -> tuple[str, dict]:
+    if not (target / "config.json").exists():
+        train(pairs_path, target, model=sft, options=options.model_copy(update={"seed": seed}))
+    return str(target), {}
+
+
+def _train_ppo(recipe: PPORecipe, prompts, pairs_path: Path, target: Path, sft: str, seed: int
+               ) -> tuple[str, dict]:
+    """The arm's reward model (``target/reward``), then PPO against it (``target/policy``); resumes either."""
+    train_reward = recipe.train_reward
+    train_ppo = recipe.train_ppo
+    if train_reward is None:
+        from cai.train.reward import train_reward
+    if train_ppo is None:
+        from cai.train.ppo import train_ppo
+    rm_dir, policy = target / "reward", target / "policy"
+    if not (rm_dir / "metrics.json").exists():
+        train_reward(pairs_path, rm_dir, model=sft, options=recipe.reward.model_copy(update={"seed": seed}))
+    metrics = json.loads((rm_dir / "metrics.json").read_text())
+    if not (policy / "config.json").exists():
+        policy = Path(train_ppo(prompts, rm_dir, target, policy=sft,
+                                options=recipe.ppo.model_copy(update={"seed": seed})))
+    return str(policy), {"reward_model": str(rm_dir), "reward_accuracy": metrics.get("eval_accuracy"),
+                         "reward_eval_pairs": metrics.get("n_eval")}
+
+
+def run(sft: str, human: str, ai: str | Path, out_dir: Path, *, pairs: int, dpo_options=None, seeds: Sequence[int],
         eval_sets: dict[str, list[str]], load: Callable[[str], Any], max_new_tokens: int = 48,
         human_price: float | None = None, ai_price: float | None = None, grader=None,
         grader_agreement: dict[str, Any] | None = None,
-        train: Callable[..., Any] | None = None) -> dict[str, Any]:
+        train: Callable[..., Any] | None = None, ppo: PPORecipe | None = None) -> dict[str, Any]:
     """Train both arms for each seed (a model already trained in ``out_dir`` is reused) and evaluate them all
-    alike; returns the study's JSON. ``train(pairs_path, out_dir, model=, options=)`` defaults to
-    ``cai.train.dpo.train_dpo``."""
+    alike; returns the study's JSON. The recipe is DPO with ``dpo_options`` (``train(pairs_path, out_dir, model=,
+    options=)`` defaults to ``cai.train.dpo.train_dpo``), or reward model + PPO with ``ppo``."""
     from cai.evaluation.refusal_rates import refusal_comparison
     from cai.jsonl import write_atomic, write_jsonl_atomic
 
-    if train is None:
+    if (ppo is None) == (dpo_options is None):
+        raise ValueError("give the DPO options or the PPO recipe, one of them")
+    if ppo is None and train is None:
         from cai.train.dpo import train_dpo as train
     data = {"rlhf": human_rows(human, pairs), "cai": ai_rows(ai, pairs)}
     n = min(len(rows) for rows in data.values())
@@ -111,13 +169,16 @@ def run(sft: str, human: str, ai: str | Path, out_dir: Path, *, pairs: int, dpo_
     for arm, rows in data.items():
         files[arm] = out_dir / f"{arm}_pairs.jsonl"
         write_jsonl_atomic(files[arm], rows[:n])
+    prompts = rollout_prompts(data, n) if ppo is not None else None
     models: dict[str, str] = {}
+    trained: dict[str, dict] = {}
     for seed in seeds:
         for arm in ARMS:
-            target = out_dir / f"{arm}-seed{seed}"
-            if not (target / "config.json").exists():
-                train(files[arm], target, model=sft, options=dpo_options.model_copy(update={"seed": seed}))
-            models[f"{arm}-seed{seed}"] = str(target)
+            name, target = f"{arm}-seed{seed}", out_dir / f"{arm}-seed{seed}"
+            if ppo is None:
+                models[name], trained[name] = _train_dpo(train, dpo_options, files[arm], target, sft, seed)
+            else:
+                models[name], trained[name] = _train_ppo(ppo, prompts, files[arm], target, sft, seed)
     specs = {"sft": sft, **models}
     reports = refusal_comparison(((spec, load(spec)) for spec in specs.values()), eval_sets,
                                  max_new_tokens=max_new_tokens, grader=grader)
@@ -127,10 +188,17 @@ def run(sft: str, human: str, ai: str | Path, out_dir: Path, *, pairs: int, dpo_
                  for name, r in zip(specs, reports, strict=True)}
     arms = {arm: {s: spread([per_model[f"{arm}-seed{seed}"][s] for seed in seeds]) for s in eval_sets}
             for arm in ARMS}
+    recipe = ({"method": "dpo", "dpo": dpo_options.model_dump(mode="json")} if ppo is None else
+              {"method": "ppo", "reward": ppo.reward.model_dump(mode="json"), "ppo": ppo.ppo.model_dump(mode="json"),
+               "rollout_prompts": len(prompts)})
+    if ppo is not None:
+        for arm in ARMS:
+            arms[arm]["reward_accuracy"] = spread([trained[f"{arm}-seed{seed}"]["reward_accuracy"] for seed in seeds])
     return {"study": "cai_vs_rlhf", "sft": sft, "pairs": n, "seeds": list(seeds), "human": human, "ai": str(ai),
-            "ai_judges": sorted({str(r.get("judge")) for r in data["cai"][:n]}),
-            "dpo": dpo_options.model_dump(mode="json"), "eval": {k: len(v) for k, v in eval_sets.items()},
-            **graded, "models": {name: {"spec": specs[name], **figures} for name, figures in per_model.items()},
+            "ai_judges": sorted({str(r.get("judge")) for r in data["cai"][:n]}), **recipe,
+            "eval": {k: len(v) for k, v in eval_sets.items()}, **graded,
+            "models": {name: {"spec": specs[name], **figures, **trained.get(name, {})}
+                       for name, figures in per_model.items()},
             "arms": arms, "cost": {"rlhf": label_cost(n, human_price), "cai": label_cost(n, ai_price)}}
 
 
@@ -144,20 +212,32 @@ def report_blocks(data: dict[str, Any], source: str, out_dir: Path) -> list[Bloc
     def price(c: dict[str, Any]) -> str:
         return "not priced" if c["total"] is None else f"{c['total']:.2f} ({c['pairs']} x {c['price_per_label']})"
 
+    ppo = data.get("method") == "ppo"
+    recipe = (f"A reward model on {data['pairs']} pairs each, then PPO on the same {data.get('rollout_prompts')} "
+              "rollout prompts for both arms," if ppo else f"DPO on {data['pairs']} pairs each,")
     blocks: list[Block] = [
         Heading("CAI against RLHF"),
-        Para(f"DPO from the same SFT model ({data['sft']}) on {data['pairs']} pairs each, same options, seeds "
+        Para(f"{recipe} from the same SFT model ({data['sft']}), same options, seeds "
              f"{', '.join(map(str, data['seeds']))}: human harmlessness labels ({data['human']}) against AI labels "
              f"({', '.join(data['ai_judges'])}); refusal rates on held-out prompts "
              f"({', '.join(f'{k}: {v}' for k, v in data['eval'].items())}), mean [min, max] over seeds ({source})."),
         Table(["arm", *(f"{s} refused" for s in sets), "label cost"],
               [[arm, *(shown(data["arms"][arm][s]) for s in sets), price(data["cost"][arm])] for arm in ARMS]
               + [["sft (start)", *(data["models"]["sft"][s] for s in sets), "-"]]),
-        Table(["model", *(f"{s} refused" for s in sets), "path"],
-              [[name, *(m[s] for s in sets), m["spec"]] for name, m in data["models"].items()]),
+        Table(["model", *(f"{s} refused" for s in sets), *(["reward model held-out accuracy"] if ppo else []),
+               "path"],
+              [[name, *(m[s] for s in sets), *([_acc(m)] if ppo else []), m["spec"]]
+               for name, m in data["models"].items()]),
     ]
     if data.get("grader"):
         from cai.report.benchmarks import grader_note
 
         blocks.append(Para(grader_note(data["grader"]), note=True))
     return blocks
+
+
+def _acc(model: dict[str, Any]) -> str:
+    if "reward_accuracy" not in model:
+        return "-"
+    acc = model["reward_accuracy"]
+    return "-" if acc is None else f"{acc:.2f} ({model.get('reward_eval_pairs')} pairs)"
