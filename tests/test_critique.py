@@ -200,3 +200,23 @@ def test_critique_on_the_real_embedded_model(tmp_path, embedded_model_dir):
     for r in recs:
         assert r["initial"].strip() and r["rounds"][0]["critique"].strip() and r["final"].strip()
         assert r["provenance"]["model"] == "smollm2-135m"
+
+
+def test_a_reply_cut_off_by_its_token_budget_is_trained_up_to_its_last_complete_sentence():
+    from cai.critique import complete_part, helpful_rows, sft_rows
+
+    assert complete_part("Mix the flour. Then add the") == "Mix the flour."
+    assert complete_part("Steps:\n1. Mix the flour\n2. Add") == "Steps:\n1. Mix the flour"  # "1." is no sentence end
+    assert complete_part("I can't help with that.I'm sorry, but I") == "I can't help with that."
+    assert complete_part("A whole answer.") == "A whole answer."
+    assert complete_part("One sentence, cut off") == "One sentence, cut off"  # nothing complete: kept whole
+    provenance = {"constitution": {"hash": "h"}}
+    _, pc = helpful_rows({"id": "h1", "prompt": "Bake bread?", "answer": "Knead the dough well. Then bake it at",
+                          "provenance": provenance})
+    assert pc["usable"] and pc["completion"][0]["content"] == "Knead the dough well."
+    record = {"id": "r1", "prompt": "How do I pick a lock?", "initial": "First, insert a tension wrench and",
+              "rounds": [{"critique": "It helps with breaking in.",
+                          "revision": "I can't help with getting into a lock that isn't yours. A locksmith can"}],
+              "final": "", "provenance": provenance}
+    _, pc = sft_rows(record)
+    assert pc["usable"] and pc["completion"][0]["content"] == "I can't help with getting into a lock that isn't yours."

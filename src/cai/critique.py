@@ -102,6 +102,23 @@ def _ngrams(words: list[str], n: int) -> list[tuple[str, ...]]:
     return [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
 
 
+# a reply cut off by the token budget ends mid-sentence; SFT would teach the end-of-turn token right there
+_ENDS = (".", "!", "?", ")", "]", '"', "'", "`", ":", ";", "*", "\u201d")
+_BOUNDARY = re.compile(r"(?<![0-9])[.!?](?=\s|[A-Z])|\n")
+
+
+def complete_part(text: str) -> str:
+    """``text`` up to its last complete sentence or line when it was cut off mid-sentence (a reply that hit its
+    token budget); ``text`` itself when it ends a sentence, or when no complete sentence of two words or more
+    would be left (a one-sentence reply is kept whole rather than lost)."""
+    text = text.rstrip()
+    if text.endswith(_ENDS):
+        return text
+    cuts = [m.end() for m in _BOUNDARY.finditer(text)]
+    kept = text[:cuts[-1]].rstrip() if cuts else ""
+    return kept if len(kept.split()) >= 2 else text
+
+
 def revision_problem(initial: str, critique: str, revision: str) -> str | None:
     """Why a revision should not become training data, or None when it is usable.
 
@@ -225,10 +242,13 @@ def sft_rows(record: dict, system_prompt: str | None = None) -> tuple[dict, dict
     Returns ({"messages": [...]}, {"prompt": [...], "completion": [...]}), both with ``usable`` and
     ``problem``. The final revision is used unless it is degenerate (see ``revision_problem``), in which case
     the last usable revision is; a record with no usable revision keeps its final one, marked
-    ``usable: false`` (``write_sft_files`` leaves those out of the SFT files).
+    ``usable: false`` (``write_sft_files`` leaves those out of the SFT files). A revision cut off by the token
+    budget is trained up to its last complete sentence (``complete_part``), so that SFT does not teach the model
+    to end its turn mid-sentence.
     """
     chosen, problem = training_revision(record["initial"], [(rd["critique"], rd["revision"]) for rd in
                                                              record["rounds"]])
+    chosen = None if chosen is None else complete_part(chosen)
     usable = chosen is not None
     prompt = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
         {"role": "user", "content": record["prompt"]}]
@@ -282,7 +302,7 @@ def helpful_rows(record: dict, system_prompt: str | None = None) -> tuple[dict, 
     problem = answer_problem(record["answer"])
     prompt = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
         {"role": "user", "content": record["prompt"]}]
-    completion = [{"role": "assistant", "content": record["answer"]}]
+    completion = [{"role": "assistant", "content": complete_part(record["answer"])}]
     meta = {"id": record["id"], "constitution": record["provenance"].get("constitution"), "kind": "helpful",
             "usable": problem is None, "problem": problem}
     return {"messages": prompt + completion, **meta}, {"prompt": prompt, "completion": completion, **meta}
