@@ -237,7 +237,5 @@ def report_blocks(data: dict[str, Any], source: str, out_dir: Path) -> list[Bloc
 
 
 def _acc(model: dict[str, Any]) -> str:
-    if "reward_accuracy" not in model:
-        return "-"
-    acc = model["reward_accuracy"]
+    acc = model.get("reward_accuracy")
     return "-" if acc is None else f"{acc:.2f} ({model.get('reward_eval_pairs')} pairs)"

@@ -137,7 +137,8 @@ def study(specs: Sequence[str], prompts: Sequence[tuple[str, str]], out_dir: Pat
     from cai.jsonl import write_jsonl_atomic
 
     out_dir = Path(out_dir)
-    follow = {pid: q for pid, q in (follow or {}).items() if pid in dict(prompts)}
+    ids = {pid for pid, _ in prompts}
+    follow = {pid: q for pid, q in (follow or {}).items() if pid in ids}
     answers = {spec: replies(spec, load(spec), prompts, out_dir / "replies", params, follow) for spec in specs}
     judge_backend = load(judge_spec)
     rows = pairwise_outcomes(judge_backend, specs, answers, prompts)

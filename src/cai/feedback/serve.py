@@ -235,11 +235,8 @@ class RewardService:
         """The worker loop: score each batch; a failure fails that batch's requests only."""
         while True:
             batch = self._next_batch()
-            try:
-                if batch:
-                    self._score(batch)
-            finally:
-                self._release()
+            if batch:
+                self._score(batch)
 
     def _release(self) -> None:
         """The batch being scored is done: its texts no longer count against ``max_queue``."""
