@@ -79,3 +79,36 @@ def test_the_pipeline_grpo_stage_starts_from_the_sft_policy_and_hands_its_own_on
     manifest = run_pipeline(config, tmp_path / "run")
     assert manifest["final_model"] == str(tmp_path / "run" / "grpo" / "policy")
     assert (tmp_path / "run" / "grpo" / "metrics.jsonl").read_text().count("\n") == 1
+
+
+def test_the_guard_sizes_grpo_passes_and_counts_the_reference_and_the_reward_model(monkeypatch, tiny_model_dir,
+                                                                                   tiny_reward_dir, tmp_path):
+    """Room for 2 completions a pass, not 4: TRL trains in passes of 2 (gradients accumulated over 2); with no
+    room for one, GRPO stops with the guard's error before anything is loaded or written."""
+    from cai import guard
+
+    monkeypatch.setattr("cai.memory.rss_bytes", lambda: guard.RUNTIME_BYTES)
+    options = OnlineRLOptions(**TINY)
+    monkeypatch.setattr(guard, "room", lambda: (None, "test"))
+    guard.recorded.clear()
+    train_online(PROMPTS, tmp_path / "a", tiny_reward_dir, policy=str(tiny_model_dir), options=options)
+    need = {e.micro_batch: e for e in guard.recorded if e.stage == "grpo"}[4]
+    assert {"reference", "reward model", "logits"} <= set(need.parts)
+    two = guard.fit_rl("grpo", str(tiny_model_dir), *_tokenizer_and_prompts(tiny_model_dir), batch_size=4,
+                       wanted=2, max_new_tokens=8, lora=False, checkpointing=True, extra={}, fix="x")
+    free = int((two.total + need.parts["reference"] + need.parts["reward model"] - guard.RUNTIME_BYTES)
+               / guard.HEADROOM) + 1
+    monkeypatch.setattr(guard, "room", lambda: (free, "test"))
+    guard.recorded.clear()
+    train_online(PROMPTS, tmp_path / "b", tiny_reward_dir, policy=str(tiny_model_dir), options=options)
+    assert guard.recorded[0].micro_batch == 2
+    monkeypatch.setattr(guard, "room", lambda: (1, "test"))
+    with pytest.raises(guard.MemoryGuardError, match="stage grpo needs about"):
+        train_online(PROMPTS, tmp_path / "c", tiny_reward_dir, policy=str(tiny_model_dir), options=options)
+    assert not (tmp_path / "c").exists()
+
+
+def _tokenizer_and_prompts(model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir), [[{"role": "user", "content": p}] for p in PROMPTS]

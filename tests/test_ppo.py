@@ -466,3 +466,67 @@ def _frozen(model):
     import copy
 
     return copy.deepcopy(model)
+
+
+def test_micro_batches_make_the_same_update_as_whole_minibatches(tmp_path, babbler_dir):
+    """Passes of 1 rollout (and 1 SL row) accumulate to the same gradients as passes of the whole minibatch:
+    each pass's loss is weighted by its share of the minibatch's tokens."""
+    from safetensors.torch import load_file
+
+    from cai.train.ppo import train_ppo
+
+    sl = tmp_path / "sft.jsonl"
+    sl.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"q{i}"},
+                                                   {"role": "assistant", "content": "yes " * (i + 1)}]}) + "\n"
+                          for i in range(4)))
+    runs = {}
+    for micro in (4, 1):
+        out = tmp_path / f"micro{micro}"
+        train_ppo(PROMPTS, count_yes, out, policy=str(babbler_dir), sl_data=sl,
+                  options=_opts(max_steps=2, sl_coef=0.5, micro_batch_size=micro))
+        runs[micro] = (_metrics(out), load_file(str(out / "policy" / "model.safetensors")))
+    (whole, w_whole), (parts, w_parts) = runs[4], runs[1]
+    for a, b in zip(whole, parts, strict=True):
+        for key in ("reward", "policy_loss", "value_loss", "sl_loss", "grad_norm", "approx_kl"):
+            assert b[key] == pytest.approx(a[key], rel=1e-3, abs=1e-6), key
+    moved = [k for k in w_whole if not torch.equal(w_whole[k], load_file(
+        str(babbler_dir / "model.safetensors"))[k])]
+    assert moved  # the update did something to compare
+    for k in moved:
+        assert torch.allclose(w_parts[k], w_whole[k], rtol=1e-3, atol=1e-5), k
+
+
+def test_the_guard_chooses_the_ppo_micro_batch_and_counts_the_other_models(monkeypatch, tmp_path, babbler_dir):
+    from cai import guard
+    from cai.train.ppo import train_ppo
+
+    monkeypatch.setattr(guard, "room", lambda: (None, "test"))  # unlimited: the cap (4), a divisor of 4
+    guard.recorded.clear()
+    train_ppo(PROMPTS, count_yes, tmp_path / "a", policy=str(babbler_dir), options=_opts(max_steps=1))
+    full = guard.recorded[-1]
+    assert full.stage == "ppo" and full.micro_batch == 4
+    assert {"reference", "rollout weights", "logits", "activations"} <= set(full.parts)
+    lora = guard.fit_rl("ppo", str(babbler_dir), *_tokenizer_and_prompts(babbler_dir), batch_size=4, wanted=None,
+                        max_new_tokens=12, lora=True, checkpointing=False, extra={}, fix="x")
+    assert lora.total < full.total  # no reference, no rollout copy, adapters' optimizer state only
+
+
+def _tokenizer_and_prompts(model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir), [[{"role": "user", "content": p}] for p in PROMPTS]
+
+
+def test_ppo_that_does_not_fit_stops_before_loading_anything(tmp_path, babbler_dir):
+    import os
+    import subprocess
+    import sys
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": p}) + "\n" for i, p in enumerate(PROMPTS)))
+    run = subprocess.run([sys.executable, "-m", "cai", "ppo", str(prompts), "--reward-model", str(babbler_dir),
+                          "--out", str(tmp_path / "run"), "--policy", str(babbler_dir), "--max-steps", "1"],
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "CAI_MEMORY_LIMIT": "200"})
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert "stage ppo needs about" in run.stderr and "ppo.micro_batch_size" in run.stderr
+    assert "Traceback" not in run.stderr and not (tmp_path / "run" / "metrics.jsonl").exists()

@@ -34,6 +34,7 @@ RUNTIME_BYTES = 900 * MIB  # python + torch (+ transformers and TRL to train), a
 HEADROOM = 0.9  # plan for at most this share of what is free: the estimate is an estimate
 ADAM_BYTES = 8  # two fp32 moments per trainable parameter
 GRAD_BYTES = 4
+LOGIT_COPIES = 4  # fp32 logits, their log-softmax, and the gradients of both in the backward pass
 
 recorded: list[Estimate] = []  # estimates made during the current stage: the ledger reads and clears it
 
@@ -67,6 +68,7 @@ class ModelShape:
     intermediate: int
     kv_dim: int  # key/value heads x head size
     heads: int = 1
+    vocab: int = 0
 
     @classmethod
     def from_config(cls, cfg) -> ModelShape:
@@ -86,7 +88,7 @@ class ModelShape:
         tied = get("tie_word_embeddings", True)
         per_layer = hidden * (heads * head_dim) * 2 + hidden * kv_dim * 2 + 3 * hidden * inter + 2 * hidden
         params = layers * per_layer + vocab * hidden * (1 if tied else 2) + hidden
-        return cls(params, layers, hidden, inter, kv_dim, heads)
+        return cls(params, layers, hidden, inter, kv_dim, heads, vocab)
 
     def layer_floats(self, row_tokens: int) -> int:
         """Floats one decoder layer keeps per token for the backward pass: norms, q/k/v, attention output, the
@@ -97,10 +99,13 @@ class ModelShape:
 
 
 def training_estimate(stage: str, shape: ModelShape, *, micro_batch: int, row_tokens: int, seqs_per_row: int = 1,
-                      trainable: int | None = None, weight_bytes: int = 4, checkpointing: bool = True) -> Estimate:
+                      trainable: int | None = None, weight_bytes: int = 4, checkpointing: bool = True,
+                      logit_tokens: int = 0, extra: dict[str, int] | None = None) -> Estimate:
     """The memory a training stage needs: ``micro_batch`` rows of ``row_tokens`` tokens per pass, each row
     ``seqs_per_row`` sequences (2 for DPO: chosen and rejected); ``trainable``: trainable parameters (all by
-    default; LoRA trains a few)."""
+    default; LoRA trains a few); ``logit_tokens``: tokens per sequence whose whole-vocabulary logits the loss
+    holds (PPO's response tokens; SFT and DPO compute theirs in chunks, ``cai.train.lean_head``);
+    ``extra``: parts that do not depend on the micro-batch (a reference model, a reward model)."""
     trainable = shape.params if trainable is None else trainable
     tokens = micro_batch * row_tokens * seqs_per_row
     if checkpointing:  # a layer input per layer, plus one layer recomputed whole during the backward pass
@@ -115,6 +120,9 @@ def training_estimate(stage: str, shape: ModelShape, *, micro_batch: int, row_to
         "optimizer": trainable * ADAM_BYTES,
         "activations": act_floats * 4,
         "optimizer step": min(largest, trainable) * GRAD_BYTES * 2,  # AdamW's temporaries for the largest tensor
+        **({"logits": micro_batch * seqs_per_row * logit_tokens * shape.vocab * 4 * LOGIT_COPIES}
+           if logit_tokens else {}),
+        **(extra or {}),
     }, micro_batch)
 
 
@@ -194,10 +202,10 @@ def _too_big(estimate: Estimate, free: int | None, limit: str, held: int, fix: s
 
 
 def shape_of(source) -> ModelShape:
-    """The shape of a resolved model (``cai.models.resolve``) from its config."""
+    """The shape of a resolved model (``cai.models.resolve``) or of a model directory, from its config."""
     from transformers import AutoConfig
 
-    return ModelShape.from_config(AutoConfig.from_pretrained(source.path))
+    return ModelShape.from_config(AutoConfig.from_pretrained(getattr(source, "path", source)))
 
 
 def longest_tokens(tokenizer, conversations: list[list[dict]], max_length: int, sample: int = 16) -> int:
@@ -224,3 +232,38 @@ def fit_training(stage: str, source, tokenizer, options, conversations: list[lis
         trainable=trainable, weight_bytes=weights_dtype(options, frozen_base=frozen_base).itemsize,
         checkpointing=options.gradient_checkpointing)
     return options.model_copy(update={"micro_batch_size": estimate.micro_batch})
+
+
+def fit_rl(stage: str, source, tokenizer, prompts: list[list[dict]], *, batch_size: int, wanted: int | None,
+           max_new_tokens: int, lora: bool, checkpointing: bool, extra: dict[str, int], fix: str) -> Estimate:
+    """The estimate at the largest micro-batch that fits for an online RL stage (PPO, GRPO, RLOO) on
+    ``prompts``: a pass holds ``micro`` rollouts of the longest prompt plus ``max_new_tokens``, with the
+    whole-vocabulary logits of their response tokens; ``extra``: the reference, rollout and reward models'
+    bytes (``rl_model_parts``). Raises ``MemoryGuardError`` before anything is loaded when one rollout does
+    not fit."""
+    from cai.train.options import MICRO_BATCH_CAP
+
+    shape = shape_of(source)
+    prompt_tokens = longest_tokens(tokenizer, prompts, max_length=1_000_000)
+    return fit_micro_batch(stage, shape, batch_size=batch_size, wanted=wanted, cap=MICRO_BATCH_CAP, fix=fix,
+                           row_tokens=prompt_tokens + max_new_tokens, logit_tokens=max_new_tokens,
+                           trainable=shape.params // 50 if lora else None, checkpointing=checkpointing,
+                           extra=extra)
+
+
+def rl_model_parts(policy: ModelShape, *, reference_bytes: int, rollout_bytes: int, reward=None,
+                   reward_bytes: int = 4) -> dict[str, int]:
+    """Bytes an online RL stage holds besides the policy it trains: a frozen reference at ``reference_bytes``
+    per parameter (0: none, e.g. LoRA switches its adapters off instead), a rollout copy or decoder snapshot
+    at ``rollout_bytes`` (0: none) with its key/value caches, and a reward model (a directory or resolved
+    model; None: a function or a served scorer) at ``reward_bytes`` per parameter."""
+    from cai.backends.engine import BATCH_CACHE_BYTES
+
+    parts = {}
+    if reference_bytes:
+        parts["reference"] = policy.params * reference_bytes
+    if rollout_bytes:
+        parts["rollout weights"] = policy.params * rollout_bytes + BATCH_CACHE_BYTES
+    if reward is not None:
+        parts["reward model"] = shape_of(reward).params * reward_bytes
+    return parts

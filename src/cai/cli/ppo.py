@@ -21,6 +21,9 @@ def ppo(
     beta: float = typer.Option(None, "--beta", help="the KL penalty weight (default 0.05)"),
     batch_size: int = typer.Option(None, "--batch-size", help="rollouts per step (default 8)"),
     mini_batch_size: int = typer.Option(None, "--mini-batch-size", help="rollouts per update (default 4)"),
+    micro_batch_size: int = typer.Option(None, "--micro-batch-size", help="rollouts per forward/backward pass, "
+                                         "a divisor of --mini-batch-size (default: the largest that fits in "
+                                         "memory)"),
     ppo_epochs: int = typer.Option(None, "--ppo-epochs", help="passes over each batch (default 2)"),
     lr: float = typer.Option(None, "--lr", help="learning rate (default 1e-5)"),
     max_new_tokens: int = typer.Option(None, "--max-new-tokens", help="response length cap (default 48)"),
@@ -48,9 +51,9 @@ def ppo(
     setup_console()
     options = options_from_cli(
         PPOOptions, max_steps=max_steps, beta=beta, batch_size=batch_size, mini_batch_size=mini_batch_size,
-        ppo_epochs=ppo_epochs, learning_rate=lr, max_new_tokens=max_new_tokens, temperature=temperature,
-        sl_coef=sl_coef, lora=lora or None, adaptive_kl=adaptive_kl or None, target_kl=target_kl, save_every=save_every,
-        dtype=dtype, seed=seed, lean_rollouts=lean_rollouts,
+        micro_batch_size=micro_batch_size, ppo_epochs=ppo_epochs, learning_rate=lr, max_new_tokens=max_new_tokens,
+        temperature=temperature, sl_coef=sl_coef, lora=lora or None, adaptive_kl=adaptive_kl or None,
+        target_kl=target_kl, save_every=save_every, dtype=dtype, seed=seed, lean_rollouts=lean_rollouts,
     )
     rows, bad = load_prompts(prompts, limit=limit)
     log_bad_rows(bad)

@@ -127,6 +127,7 @@ def train_online(prompts: list, out_dir: str | Path, reward: str | Path, *, poli
         raise ConfigError("no prompts to train on", fix="pass a prompt file with at least one valid row")
     out_dir = Path(out_dir)
     source = resolve(policy)  # a wrong policy fails before the reward loads or anything is written
+    options = _fit_memory(source, rows, reward, options)
     scorer = load_scorer(reward, kind=options.reward, constitution=constitution, principles=options.judge_principles,
                          seed=options.seed)
     log_to_run_dir(out_dir)
@@ -160,6 +161,44 @@ def train_online(prompts: list, out_dir: str | Path, reward: str | Path, *, poli
         artifacts.save_model_dir(model, tokenizer, stage, card, state_dict)
     log.info("%s done: %s (%s)", options.algorithm.upper(), out_dir / "policy", card.metrics)
     return out_dir / "policy"
+
+
+def _fit_memory(source, prompts: list[list[dict]], reward: str | Path, options: OnlineRLOptions) -> OnlineRLOptions:
+    """``options`` with the micro-batch (completions a pass) the memory guard chose, or a ``MemoryGuardError``
+    before anything is loaded. Counts TRL's reference copy (made when ``beta`` > 0 without LoRA, in the policy's
+    dtype) and the scorer: a reward model in fp32, or a local judge with its caches (a served one: nothing)."""
+    from cai import guard
+    from cai.feedback.reward_judge import is_reward_model_dir
+    from cai.models import is_served_spec, load_tokenizer
+    from cai.models import resolve as resolve_model
+    from cai.train.options import weights_dtype
+
+    if _has_cuda():
+        return options
+    weight_bytes = weights_dtype(options).itemsize
+    extra = guard.rl_model_parts(guard.shape_of(source),
+                                 reference_bytes=weight_bytes if options.beta > 0 and not options.lora else 0,
+                                 rollout_bytes=0)
+    if is_reward_model_dir(reward):
+        extra["reward model"] = guard.shape_of(Path(reward)).params * 4
+    elif options.reward == "judge" and not is_served_spec(str(reward)):
+        extra.update(guard.generation_estimate("judge", guard.shape_of(resolve_model(str(reward))),
+                                               weight_bytes=4).parts)
+        extra.pop("runtime")
+        extra["judge weights"] = extra.pop("weights")
+    estimate = guard.fit_rl(
+        options.algorithm, source, load_tokenizer(source), prompts, batch_size=options.batch_size,
+        wanted=options.micro_batch_size, max_new_tokens=options.max_new_tokens, lora=options.lora,
+        checkpointing=options.gradient_checkpointing, extra=extra,
+        fix=f"set {options.algorithm}.micro_batch_size to 1, a smaller {options.algorithm}.max_new_tokens, or "
+            f"{options.algorithm}.lora: true (no reference copy, adapters only)")
+    return options.model_copy(update={"micro_batch_size": estimate.micro_batch})
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _last_checkpoint(folder: Path) -> str | None:

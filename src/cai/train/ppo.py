@@ -46,6 +46,9 @@ class PPOOptions(BaseModel):
     max_steps: int = Field(8, ge=1, description="PPO steps, each one batch of rollouts and its updates")
     batch_size: int = Field(8, ge=1, description="prompts (rollouts) per step")
     mini_batch_size: int = Field(4, ge=1, description="rollouts per optimiser step")
+    micro_batch_size: int | None = Field(None, ge=1, description=(
+        "rollouts per forward/backward pass, a divisor of mini_batch_size (the passes' gradients add up to the "
+        "minibatch's); default: the largest that fits in memory, at most 4 (the memory guard)"))
     ppo_epochs: int = Field(2, ge=1, description="passes over each batch of rollouts")
     learning_rate: float = Field(1e-5, gt=0, description="learning rate of the policy and value head (AdamW)")
     max_new_tokens: int = Field(48, ge=1, description="token budget of each rollout")
@@ -81,7 +84,14 @@ class PPOOptions(BaseModel):
         if self.batch_size % self.mini_batch_size:
             raise ValueError(f"batch_size {self.batch_size} is not a multiple of mini_batch_size "
                              f"{self.mini_batch_size}")
+        if self.micro_batch_size is not None and self.mini_batch_size % self.micro_batch_size:
+            raise ValueError(f"micro_batch_size {self.micro_batch_size} does not divide mini_batch_size "
+                             f"{self.mini_batch_size}")
         return self
+
+    @property
+    def micro(self) -> int:
+        return self.micro_batch_size or self.mini_batch_size
 
 
 @dataclass
@@ -131,6 +141,7 @@ def train_ppo(prompts: list, reward_model: str | Path | RewardFn, out_dir: str |
     device = device or default_device()
     prompts = _as_prompt_list(prompts)
     source = resolve(policy)  # a wrong policy or reward model fails before anything loads or is written
+    options = _fit_memory(source, reward_model, prompts, options, device)
     reward_fn = _reward_function(reward_model, device)
     sl_rows = _read_sl_rows(sl_data, options)
 
@@ -238,7 +249,7 @@ def _score_rollout(run: _Run, rollout) -> dict[str, Any]:
     ac, o = run.ac, run.options
     parts: dict[str, list] = {"logp": [], "values": [], "entropy": [], "ref_logp": []}
     with torch.no_grad(), ac.autocast():
-        for rows in _chunks(rollout.input_ids.shape[0], o.mini_batch_size):
+        for rows in _chunks(rollout.input_ids.shape[0], o.micro):
             ids, attn = rollout.input_ids[rows], rollout.attention_mask[rows]
             out = forward_response(ac.causal_lm, ac.value_head, ids, attn, rollout.query_len, o.temperature,
                                    with_entropy=True)
@@ -257,55 +268,85 @@ def ppo_update(run: _Run, step: int, rollout, old: dict, advantages, returns) ->
     """
     import torch
 
-    from cai.train.ppo_data import sl_batch, sl_loss
     from cai.train.ppo_dist import average_gradients
-    from cai.train.ppo_losses import masked_mean, policy_loss, value_loss
-    from cai.train.ppo_policy import forward_response
 
     o, ac = run.options, run.ac
     sums: dict[str, float] = {}
     generator = torch.Generator().manual_seed(o.seed * 1_000_003 + step)
     n_updates = 0
+    per_epoch = -(-rollout.input_ids.shape[0] // o.mini_batch_size)
     for _ in range(o.ppo_epochs):
         order = torch.randperm(rollout.input_ids.shape[0], generator=generator)
         for rows in _chunks(len(order), o.mini_batch_size, order):
-            mask = rollout.mask[rows]
-            run.show(f"step {step}: update {n_updates + 1}/{o.ppo_epochs * -(-len(order) // o.mini_batch_size)}")
-            with ac.autocast():
-                new = forward_response(ac.causal_lm, ac.value_head, rollout.input_ids[rows],
-                                       rollout.attention_mask[rows], rollout.query_len, o.temperature,
-                                       with_entropy=o.ent_coef > 0)
-                pg_loss, clipfrac = policy_loss(new["logp"], old["logp"][rows], advantages[rows], mask,
-                                                o.clip_range)
-                vf_loss, vf_clipfrac = value_loss(new["values"], old["values"][rows], returns[rows], mask,
-                                                  o.clip_range_value)
-                loss = pg_loss + o.vf_coef * vf_loss
-                if o.ent_coef > 0:
-                    loss = loss - o.ent_coef * masked_mean(new["entropy"], mask)
-                sl = None
-                if run.sl_rows:
-                    picked = _sl_rows_for(run, step, n_updates)
-                    sl = sl_loss(ac.causal_lm, sl_batch(picked, run.tokenizer, mask.device))
-                    loss = loss + o.sl_coef * sl
-            _check_finite(run, step, "loss", loss.item())
+            run.show(f"step {step}: update {n_updates + 1}/{o.ppo_epochs * per_epoch}")
             run.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            batch_stats = _accumulate_rl_gradients(run, step, rollout, old, advantages, returns, rows)
+            if run.sl_rows:
+                batch_stats["sl_loss"] = _accumulate_sl_gradients(run, _sl_rows_for(run, step, n_updates),
+                                                                  rollout.mask.device)
             average_gradients(ac.trainable_parameters())
-            grad_norm = torch.nn.utils.clip_grad_norm_(ac.trainable_parameters(), o.max_grad_norm)
+            batch_stats["grad_norm"] = torch.nn.utils.clip_grad_norm_(ac.trainable_parameters(), o.max_grad_norm)
             run.optimizer.step()
-            with torch.no_grad():
-                approx_kl = 0.5 * masked_mean((new["logp"] - old["logp"][rows]) ** 2, mask)
-            batch_stats = {"policy_loss": pg_loss, "value_loss": vf_loss, "clipfrac": clipfrac,
-                           "vf_clipfrac": vf_clipfrac, "approx_kl": approx_kl, "grad_norm": grad_norm}
-            if sl is not None:
-                batch_stats["sl_loss"] = sl
             for key, value in batch_stats.items():
-                sums[key] = sums.get(key, 0.0) + float(value.detach())
+                sums[key] = sums.get(key, 0.0) + float(value)
             n_updates += 1
     run.optimizer.zero_grad(set_to_none=True)  # no gradients held through the next step's rollouts
     stats = {key: value / n_updates for key, value in sums.items()}
     stats.setdefault("sl_loss", None)
     return stats
+
+
+def _accumulate_rl_gradients(run: _Run, step: int, rollout, old: dict, advantages, returns, rows) -> dict:
+    """Backpropagate one minibatch's clipped PPO loss (+ value loss, - entropy bonus) in passes of
+    ``micro_batch_size`` rollouts. Each loss is a mean over the minibatch's response tokens, so a pass's loss
+    is weighted by its share of those tokens: the summed gradients are the whole minibatch's. Returns the
+    minibatch's losses and diagnostics (floats)."""
+    import torch
+
+    from cai.train.ppo_losses import masked_mean, policy_loss, value_loss
+    from cai.train.ppo_policy import forward_response
+
+    o, ac = run.options, run.ac
+    total = rollout.mask[rows].sum().clamp(min=1.0)
+    stats: dict[str, float] = {}
+    for part in _chunks(len(rows), o.micro, rows):
+        mask = rollout.mask[part]
+        share = mask.sum() / total
+        with ac.autocast():
+            new = forward_response(ac.causal_lm, ac.value_head, rollout.input_ids[part],
+                                   rollout.attention_mask[part], rollout.query_len, o.temperature,
+                                   with_entropy=o.ent_coef > 0)
+            pg_loss, clipfrac = policy_loss(new["logp"], old["logp"][part], advantages[part], mask, o.clip_range)
+            vf_loss, vf_clipfrac = value_loss(new["values"], old["values"][part], returns[part], mask,
+                                              o.clip_range_value)
+            loss = pg_loss + o.vf_coef * vf_loss
+            if o.ent_coef > 0:
+                loss = loss - o.ent_coef * masked_mean(new["entropy"], mask)
+        _check_finite(run, step, "loss", loss.item())
+        (loss * share).backward()
+        with torch.no_grad():
+            approx_kl = 0.5 * masked_mean((new["logp"] - old["logp"][part]) ** 2, mask)
+        for key, value in {"policy_loss": pg_loss, "value_loss": vf_loss, "clipfrac": clipfrac,
+                           "vf_clipfrac": vf_clipfrac, "approx_kl": approx_kl}.items():
+            stats[key] = stats.get(key, 0.0) + float(value.detach() * share)
+    return stats
+
+
+def _accumulate_sl_gradients(run: _Run, picked: list[dict], device) -> float:
+    """Backpropagate ``sl_coef`` x the SL-CAI loss on ``picked`` in passes of ``micro_batch_size`` rows, each
+    weighted by its share of the label tokens (the loss is their mean); returns the loss."""
+    from cai.train.ppo_data import sl_batch, sl_loss
+
+    o, ac = run.options, run.ac
+    batches = [sl_batch(picked[i : i + o.micro], run.tokenizer, device) for i in range(0, len(picked), o.micro)]
+    counts = [int((b["labels"][:, 1:] != -100).sum()) for b in batches]
+    total, value = max(sum(counts), 1), 0.0
+    for batch, count in zip(batches, counts, strict=True):
+        with ac.autocast():
+            sl = sl_loss(ac.causal_lm, batch)
+        (o.sl_coef * sl * (count / total)).backward()
+        value += float(sl.detach()) * count / total
+    return value
 
 
 def _chunks(n: int, size: int, order=None):
@@ -397,6 +438,36 @@ def _read_sl_rows(sl_data: str | Path | None, options: PPOOptions) -> list[dict]
     return read_sft_data(sl_data).rows
 
 
+def _fit_memory(source, reward_model, prompts: list[list[dict]], options: PPOOptions, device: str) -> PPOOptions:
+    """``options`` with the micro-batch the memory guard chose (``cai.guard``), or a ``MemoryGuardError``
+    before the policy or the reward model is loaded. The estimate counts the fp32 policy with its gradients and
+    AdamW state, the frozen reference (none with LoRA: its adapters are switched off instead), the rollout
+    weights (the lean decoder's snapshot, or the low-precision copy ``generate`` samples from) and the reward
+    model in fp32."""
+    from cai import guard
+    from cai.models import load_tokenizer
+
+    if device != "cpu":
+        return options
+    rollout_dtype, autocast_dtype = _dtypes(options, device)
+    low = rollout_dtype.itemsize if rollout_dtype is not None else 4
+    if options.lora:  # no reference copy, and rollouts sample from the policy itself
+        reference, rollout = 0, 0
+    else:  # a lean decoder's snapshot, or generate's copy where rollouts run in a lower precision
+        reference, rollout = (autocast_dtype.itemsize if autocast_dtype else 4), (
+            low if options.lean_rollouts or low < 4 else 0)
+    reward = None if callable(reward_model) or not Path(reward_model, "config.json").is_file() else reward_model
+    extra = guard.rl_model_parts(guard.shape_of(source), reference_bytes=reference, rollout_bytes=rollout,
+                                 reward=reward)  # a missing reward model fails with its own error when loaded
+    estimate = guard.fit_rl(
+        "ppo", source, load_tokenizer(source), prompts, batch_size=options.mini_batch_size,
+        wanted=options.micro_batch_size, max_new_tokens=options.max_new_tokens, lora=options.lora,
+        checkpointing=False, extra=extra,
+        fix="set ppo.micro_batch_size to 1 (--micro-batch-size 1), a smaller ppo.max_new_tokens, or ppo.lora: "
+            "true (no reference copy, adapters only)")
+    return options.model_copy(update={"micro_batch_size": estimate.micro_batch})
+
+
 def _dtypes(options: PPOOptions, device: str) -> tuple[Any, Any]:
     """(rollout dtype, autocast dtype or None) for the ``dtype`` option; trainable weights stay fp32.
 
@@ -469,7 +540,7 @@ def _setup(source, prompts, reward_fn, sl_rows, out_dir: Path, options: PPOOptio
 
 def _warn_changed_options(saved: dict, options: PPOOptions) -> None:
     changed = {k: (saved[k], v) for k, v in options.model_dump().items()
-               if k in saved and saved[k] != v and k not in ("steps", "save_every")}
+               if k in saved and saved[k] != v and k not in ("steps", "save_every", "micro_batch_size")}
     if changed:
         log.warning("resuming with changed options: %s",
                     ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()))
