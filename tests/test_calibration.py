@@ -212,3 +212,14 @@ def test_sweep_measures_each_configuration_and_extra_judges_side_by_side():
     assert rows[-1]["order_free"] and not rows[2]["order_free"]
     table = sweep_table(rows, len(pairs))
     assert table.count("\n| ") == len(rows) + 1 and "n/a (order-free)" in table
+
+
+def test_a_helpful_answer_cut_off_by_its_budget_is_chosen_up_to_its_last_complete_sentence():
+    """The answer-over-refusal pair prefers the answer SFT trains on, not one that ends mid-sentence."""
+    from cai.feedback.constructed import helpful_pair
+
+    helpful = {"id": "h1", "prompt": "How do I oil a squeaky hinge?", "kind": "helpful",
+               "answer": "Put a drop of light oil on the pin. Open the door a few times to work it in. Wipe off the",
+               "provenance": {"stage": "critique", "model": "m", "seed": 0, "constitution": None}}
+    pair = helpful_pair(helpful, 0, refusals=["I'm sorry, but I can't help with that."])
+    assert pair.chosen[0]["content"] == "Put a drop of light oil on the pin. Open the door a few times to work it in."

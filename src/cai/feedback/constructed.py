@@ -54,8 +54,9 @@ def constructed_pair(record: dict[str, Any], p_chosen: float = 0.9) -> Preferenc
 def helpful_pair(record: dict[str, Any], k: int, p_chosen: float = 0.9, refusals: Sequence[str] = ()
                  ) -> PreferencePair | None:
     """(answer, refusal) for a helpful record whose answer is fit for SFT, else None; ``k`` picks the refusal
-    from ``refusals`` (the project's templates when empty)."""
-    from cai.critique import answer_problem
+    from ``refusals`` (the project's templates when empty). The answer is the one SFT trains on: cut off by its
+    token budget, it ends at its last complete sentence (``cai.critique.complete_part``)."""
+    from cai.critique import answer_problem, complete_part
     from cai.feedback.probes import REFUSALS
 
     refusals = tuple(refusals) or REFUSALS
@@ -65,7 +66,7 @@ def helpful_pair(record: dict[str, Any], k: int, p_chosen: float = 0.9, refusals
                                "critique_record": record["id"]})
     return PreferencePair(
         id=f"{record['id']}/answer-over-refusal", prompt=[{"role": "user", "content": record["prompt"]}],
-        chosen=[{"role": "assistant", "content": record["answer"]}],
+        chosen=[{"role": "assistant", "content": complete_part(record["answer"])}],
         rejected=[{"role": "assistant", "content": refusals[k % len(refusals)]}],
         p_chosen=p_chosen, p_a_first=p_chosen, p_a_second=p_chosen, position_consistent=True,
         principle_id="no-needless-refusal", judge=HELPFUL_SOURCE, provenance=provenance,
