@@ -100,3 +100,21 @@ def test_pairs_come_from_the_policy_with_provenance_and_resume(tmp_path):
     assert len(policy.seen) == 6 and again.resumed == 3 and again.pairs == 0  # nothing generated twice
     assert again.counts == summary.counts  # the figures of the earlier run are kept
     assert (tmp_path / "pairs.jsonl").read_text().count("\n") == 2
+
+
+def test_one_kind_of_prompt_alone_when_the_other_is_null(monkeypatch):
+    import pytest
+
+    from cai.feedback import contrastive
+
+    calls = []
+
+    def fake_load(source, split, limit):
+        calls.append(source)
+        return [type("Row", (), {"id": f"{source}-1", "prompt": "p"})()], []
+
+    monkeypatch.setattr("cai.prompts.load_prompts", fake_load)
+    prompts = contrastive.load_contrast_prompts(ContrastOptions(safe=None))
+    assert calls == ["redteam:rl"] and [p.kind for p in prompts] == ["harmful"]
+    with pytest.raises(ValueError, match="both are null"):
+        ContrastOptions(harmful=None, safe=None)

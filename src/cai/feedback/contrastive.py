@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cai.records import PreferencePair, Provenance
 
@@ -87,15 +87,22 @@ class ContrastOptions(BaseModel):
     """Where contrastive pairs come from and which ones are kept (label ``source: contrastive``)."""
 
     model_config = ConfigDict(extra="forbid")
-    harmful: str = Field("redteam:rl", description="harmful RL prompts (a shipped set's split or a file): "
-                                                   "prompts SFT did not see")
-    safe: str = Field("helpful:rl", description="harmless RL prompts")
+    harmful: str | None = Field("redteam:rl", description="harmful RL prompts (a shipped set's split or a file): "
+                                                          "prompts SFT did not see; null: none")
+    safe: str | None = Field("helpful:rl", description="harmless RL prompts; null: none (pairs that only "
+                                                       "prefer refusing harmful requests)")
     limit: int | None = Field(None, ge=1, description="prompts of each set (None: all)")
     demonstrations: bool = Field(True, description="two example exchanges per side (at 135M a system prompt "
                                                    "alone barely changes the answers)")
     keep: Literal["all", "differ", "expected"] = Field("expected", description=(
         "all: every pair with two distinct answers; differ: only pairs where exactly one side refuses "
         "(cai's refusal check); expected: only pairs where the side that should refuse is the one that does"))
+
+    @model_validator(mode="after")
+    def _some_prompts(self) -> ContrastOptions:
+        if self.harmful is None and self.safe is None:
+            raise ValueError("contrast needs harmful or safe prompts (or both): both are null")
+        return self
 
 
 @dataclass
@@ -159,6 +166,9 @@ def load_contrast_prompts(options: ContrastOptions) -> list[Prompt]:
 
     sets = {}
     for kind, source in (("harmful", options.harmful), ("safe", options.safe)):
+        if source is None:
+            sets[kind] = []
+            continue
         rows, bad = load_prompts(source, split="rl", limit=options.limit)
         log_bad_rows(bad, log)
         sets[kind] = [Prompt(r.id, r.prompt, kind) for r in rows]
