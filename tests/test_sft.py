@@ -294,3 +294,18 @@ def test_under_autocast_lora_adapters_read_their_input_uncast_only_while_trainin
     with train_options.adapters_as_autocast_runs(model, SFTOptions(lora=True)):
         assert layers and casting() == {False}
     assert casting() == {True}
+
+
+def test_a_trained_model_is_named_by_its_data_and_its_training_options():
+    """Two seeds (or learning rates) on the same data are two models with two names; the micro-batch the memory
+    guard picks on a machine does not change what is trained, nor the name."""
+    from cai.train.artifacts import trained_model_id
+
+    sha = "ab" * 32
+
+    def name(**kw):
+        return trained_model_id("m", "sft", sha, SFTOptions(**kw).model_dump())
+
+    assert name(seed=0) != name(seed=1) and name(learning_rate=1e-3) != name(learning_rate=2e-3)
+    assert name(seed=0) == name(seed=0, micro_batch_size=2) == name(seed=0, micro_batch_size=4)
+    assert name(seed=0).startswith("m+sft-")

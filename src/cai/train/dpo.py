@@ -265,7 +265,7 @@ def train_dpo(pairs: str | Path, out_dir: str | Path, model: str = "smollm2-135m
             "seconds": round(time.monotonic() - started, 1),
         }
         card = ModelCard(
-            model_id=trained_model_id(source.model_id, "dpo", data.sha256), stage="dpo",
+            model_id=trained_model_id(source.model_id, "dpo", data.sha256, options.model_dump()), stage="dpo",
             base=source.model_id, base_path=source.path, constitution=data.constitution,
             data=str(data.path.resolve()), data_sha256=data.sha256, rows=len(data.rows),
             options=options.model_dump(), metrics=metrics, versions=library_versions(),

@@ -147,7 +147,8 @@ def train_online(prompts: list, out_dir: str | Path, reward: str | Path, *, poli
             write_atomic(out_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in steps))
         prompts_sha = _sha256(rows)
         card = artifacts.ModelCard(
-            model_id=artifacts.trained_model_id(source.model_id, options.algorithm, prompts_sha),
+            model_id=artifacts.trained_model_id(source.model_id, options.algorithm, prompts_sha,
+                                                 options.model_dump()),
             stage=options.algorithm, base=source.model_id, base_path=source.path,
             data=f"{len(rows)} prompts, reward {scorer.model_id}", data_sha256=prompts_sha, rows=len(rows),
             options=options.model_dump(), versions=artifacts.library_versions(),

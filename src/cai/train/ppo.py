@@ -564,7 +564,7 @@ def _save_policy(run: _Run, source, reward_model, out_dir: Path) -> Path:
     reward_name = getattr(reward_model, "__name__", "a function") if callable(reward_model) else reward_model
     prompts_sha = hashlib.sha256(json.dumps(run.prompts, sort_keys=True).encode()).hexdigest()
     card = artifacts.ModelCard(
-        model_id=artifacts.trained_model_id(source.model_id, "ppo", prompts_sha), stage="ppo",
+        model_id=artifacts.trained_model_id(source.model_id, "ppo", prompts_sha, run.options.model_dump()), stage="ppo",
         base=source.model_id, base_path=source.path,
         data=f"{len(run.prompts)} prompts, reward model {reward_name}", data_sha256=prompts_sha,
         rows=len(run.prompts), options=run.options.model_dump(),

@@ -302,7 +302,7 @@ def train_reward(pairs: str | Path, out_dir: str | Path, model: str = "smollm2-1
             seconds=round(time.monotonic() - started, 1),
         )
         card = ModelCard(
-            model_id=trained_model_id(source.model_id, "reward", data.sha256), stage="reward",
+            model_id=trained_model_id(source.model_id, "reward", data.sha256, options.model_dump()), stage="reward",
             base=source.model_id, base_path=source.path, constitution=data.constitution,
             data=str(data.path.resolve()), data_sha256=data.sha256, rows=len(data.rows),
             options=options.model_dump(), versions=library_versions(),

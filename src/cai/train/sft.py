@@ -154,7 +154,7 @@ def train_sft(data: str | Path, out_dir: str | Path, model: str = "smollm2-135m"
             "seconds": round(time.monotonic() - started, 1),
         }
         card = ModelCard(
-            model_id=trained_model_id(source.model_id, "sft", dataset.sha256), stage="sft",
+            model_id=trained_model_id(source.model_id, "sft", dataset.sha256, options.model_dump()), stage="sft",
             base=source.model_id, base_path=source.path, constitution=dataset.constitution,
             data=str(dataset.path.resolve()), data_sha256=dataset.sha256, rows=len(rows),
             options=options.model_dump(), metrics=metrics, versions=library_versions(),
