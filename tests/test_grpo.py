@@ -94,7 +94,7 @@ def test_the_guard_sizes_grpo_passes_and_counts_the_reference_and_the_reward_mod
     train_online(PROMPTS, tmp_path / "a", tiny_reward_dir, policy=str(tiny_model_dir), options=options)
     need = {e.micro_batch: e for e in guard.recorded if e.stage == "grpo"}[4]
     assert {"reference", "reward model", "logits"} <= set(need.parts)
-    two = guard.fit_rl("grpo", str(tiny_model_dir), *_tokenizer_and_prompts(tiny_model_dir), batch_size=4,
+    two = guard.fit_rl("grpo", guard.shape_of(tiny_model_dir), *_tokenizer_and_prompts(tiny_model_dir), batch_size=4,
                        wanted=2, max_new_tokens=8, lora=False, checkpointing=True, extra={}, fix="x")
     free = int((two.total + need.parts["reference"] + need.parts["reward model"] - guard.RUNTIME_BYTES)
                / guard.HEADROOM) + 1

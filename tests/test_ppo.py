@@ -506,8 +506,8 @@ def test_the_guard_chooses_the_ppo_micro_batch_and_counts_the_other_models(monke
     full = guard.recorded[-1]
     assert full.stage == "ppo" and full.micro_batch == 4
     assert {"reference", "rollout weights", "logits", "activations"} <= set(full.parts)
-    lora = guard.fit_rl("ppo", str(babbler_dir), *_tokenizer_and_prompts(babbler_dir), batch_size=4, wanted=None,
-                        max_new_tokens=12, lora=True, checkpointing=False, extra={}, fix="x")
+    lora = guard.fit_rl("ppo", guard.shape_of(babbler_dir), *_tokenizer_and_prompts(babbler_dir), batch_size=4,
+                        wanted=None, max_new_tokens=12, lora=True, checkpointing=False, extra={}, fix="x")
     assert lora.total < full.total  # no reference, no rollout copy, adapters' optimizer state only
 
 

@@ -234,16 +234,15 @@ def fit_training(stage: str, source, tokenizer, options, conversations: list[lis
     return options.model_copy(update={"micro_batch_size": estimate.micro_batch})
 
 
-def fit_rl(stage: str, source, tokenizer, prompts: list[list[dict]], *, batch_size: int, wanted: int | None,
+def fit_rl(stage: str, shape: ModelShape, tokenizer, prompts: list[list[dict]], *, batch_size: int, wanted: int | None,
            max_new_tokens: int, lora: bool, checkpointing: bool, extra: dict[str, int], fix: str) -> Estimate:
-    """The estimate at the largest micro-batch that fits for an online RL stage (PPO, GRPO, RLOO) on
-    ``prompts``: a pass holds ``micro`` rollouts of the longest prompt plus ``max_new_tokens``, with the
-    whole-vocabulary logits of their response tokens; ``extra``: the reference, rollout and reward models'
-    bytes (``rl_model_parts``). Raises ``MemoryGuardError`` before anything is loaded when one rollout does
-    not fit."""
+    """The estimate at the largest micro-batch that fits for an online RL stage (PPO, GRPO, RLOO) training a
+    policy of ``shape`` on ``prompts``: a pass holds ``micro`` rollouts of the longest prompt plus
+    ``max_new_tokens``, with the whole-vocabulary logits of their response tokens; ``extra``: the reference,
+    rollout and reward models' bytes (``rl_model_parts``). Raises ``MemoryGuardError`` before anything is
+    loaded when one rollout does not fit."""
     from cai.train.options import MICRO_BATCH_CAP
 
-    shape = shape_of(source)
     prompt_tokens = longest_tokens(tokenizer, prompts, max_length=1_000_000)
     return fit_micro_batch(stage, shape, batch_size=batch_size, wanted=wanted, cap=MICRO_BATCH_CAP, fix=fix,
                            row_tokens=prompt_tokens + max_new_tokens, logit_tokens=max_new_tokens,

@@ -47,16 +47,14 @@ class ModelCard(BaseModel):
 UNTRAINED_OPTIONS = {"micro_batch_size", "logging_steps", "save_every"}  # how a run is split or logged
 
 
-def trained_model_id(base_id: str, stage: str, data_sha256: str, options: dict | None = None) -> str:
+def trained_model_id(base_id: str, stage: str, data_sha256: str, options: dict) -> str:
     """A readable name specific to the data and the training options, e.g. ``smollm2-135m+sft-1a2b3c4d``: two
     seeds, or two learning rates, on the same data are two models with two names. Options that only split or
     log the run (``UNTRAINED_OPTIONS``; the memory guard picks the micro-batch per machine) are left out."""
-    if not options:
-        return f"{base_id}+{stage}-{data_sha256[:8]}"
     import hashlib
     import json
 
-    trained = {k: v for k, v in sorted(options.items()) if k not in UNTRAINED_OPTIONS}
+    trained = {k: v for k, v in options.items() if k not in UNTRAINED_OPTIONS}
     digest = hashlib.sha256((data_sha256 + json.dumps(trained, sort_keys=True, default=str)).encode()).hexdigest()
     return f"{base_id}+{stage}-{digest[:8]}"
 

@@ -172,34 +172,24 @@ def _fit_memory(source, prompts: list[list[dict]], reward: str | Path, options: 
     from cai.feedback.reward_judge import is_reward_model_dir
     from cai.models import is_served_spec, load_tokenizer
     from cai.models import resolve as resolve_model
-    from cai.train.options import weights_dtype
+    from cai.train.options import has_cuda, weights_dtype
 
-    if _has_cuda():
+    if has_cuda():
         return options
-    weight_bytes = weights_dtype(options).itemsize
-    extra = guard.rl_model_parts(guard.shape_of(source),
-                                 reference_bytes=weight_bytes if options.beta > 0 and not options.lora else 0,
-                                 rollout_bytes=0)
-    if is_reward_model_dir(reward):
-        extra["reward model"] = guard.shape_of(Path(reward)).params * 4
-    elif options.reward == "judge" and not is_served_spec(str(reward)):
-        extra.update(guard.generation_estimate("judge", guard.shape_of(resolve_model(str(reward))),
-                                               weight_bytes=4).parts)
-        extra.pop("runtime")
-        extra["judge weights"] = extra.pop("weights")
+    shape = guard.shape_of(source)
+    extra = guard.rl_model_parts(
+        shape, reference_bytes=weights_dtype(options).itemsize if options.beta > 0 and not options.lora else 0,
+        rollout_bytes=0, reward=Path(reward) if is_reward_model_dir(reward) else None)
+    if options.reward == "judge" and not is_served_spec(str(reward)):
+        judge = guard.generation_estimate("judge", guard.shape_of(resolve_model(str(reward))), weight_bytes=4)
+        extra["judge"] = judge.total - judge.parts["runtime"]  # its weights and caches: this process's runtime
     estimate = guard.fit_rl(
-        options.algorithm, source, load_tokenizer(source), prompts, batch_size=options.batch_size,
+        options.algorithm, shape, load_tokenizer(source), prompts, batch_size=options.batch_size,
         wanted=options.micro_batch_size, max_new_tokens=options.max_new_tokens, lora=options.lora,
         checkpointing=options.gradient_checkpointing, extra=extra,
         fix=f"set {options.algorithm}.micro_batch_size to 1, a smaller {options.algorithm}.max_new_tokens, or "
             f"{options.algorithm}.lora: true (no reference copy, adapters only)")
     return options.model_copy(update={"micro_batch_size": estimate.micro_batch})
-
-
-def _has_cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def _last_checkpoint(folder: Path) -> str | None:

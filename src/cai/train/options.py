@@ -150,18 +150,18 @@ def trainer_args(options: TrainOptions, output_dir: Path) -> dict[str, Any]:
         data_seed=options.seed,
         bf16=bf16,
         fp16=False,
-        use_cpu=bf16 and not _has_cuda(),  # transformers allows CPU autocast only with use_cpu
+        use_cpu=bf16 and not has_cuda(),  # transformers allows CPU autocast only with use_cpu
         **_checkpointing_arg(options.gradient_checkpointing),
         logging_steps=options.logging_steps,
         save_strategy="no",
         eval_strategy="no",
         report_to="none",
         dataloader_num_workers=0,
-        dataloader_pin_memory=_has_cuda(),
+        dataloader_pin_memory=has_cuda(),
     )
 
 
-def _has_cuda() -> bool:
+def has_cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()

@@ -457,10 +457,11 @@ def _fit_memory(source, reward_model, prompts: list[list[dict]], options: PPOOpt
         reference, rollout = (autocast_dtype.itemsize if autocast_dtype else 4), (
             low if options.lean_rollouts or low < 4 else 0)
     reward = None if callable(reward_model) or not Path(reward_model, "config.json").is_file() else reward_model
-    extra = guard.rl_model_parts(guard.shape_of(source), reference_bytes=reference, rollout_bytes=rollout,
+    shape = guard.shape_of(source)
+    extra = guard.rl_model_parts(shape, reference_bytes=reference, rollout_bytes=rollout,
                                  reward=reward)  # a missing reward model fails with its own error when loaded
     estimate = guard.fit_rl(
-        "ppo", source, load_tokenizer(source), prompts, batch_size=options.mini_batch_size,
+        "ppo", shape, load_tokenizer(source), prompts, batch_size=options.mini_batch_size,
         wanted=options.micro_batch_size, max_new_tokens=options.max_new_tokens, lora=options.lora,
         checkpointing=False, extra=extra,
         fix="set ppo.micro_batch_size to 1 (--micro-batch-size 1), a smaller ppo.max_new_tokens, or ppo.lora: "
