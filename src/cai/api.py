@@ -104,9 +104,10 @@ def critique_revise(prompts: Prompts, out: str | Path, *, model: ModelLike = "sm
         The summary counts (prompts, usable revisions, problems).
     """
     from cai.critique import CritiqueOptions, run_critique
+    from cai.prompts import id_text
 
     rows = _rows(prompts)
-    return run_critique([(r.id, r.prompt) for r in rows], Path(out), backend=_backend(model),
+    return run_critique(id_text(rows), Path(out), backend=_backend(model),
                         constitution=_constitution(constitution), options=CritiqueOptions(**options))
 
 

@@ -109,12 +109,13 @@ def stage_precision(config: RunConfig, stage: str) -> str | None:
 
 def stage_critique(ctx: Context) -> dict:
     from cai.critique import run_critique, run_helpful
+    from cai.prompts import id_text
 
     rows = ctx.prompts("critique_prompts")
     if ctx.config.helpful_prompts is not None:  # plain answers to mix into the SFT data
-        run_helpful([(r.id, r.prompt) for r in ctx.prompts("helpful_prompts")], ctx.out / "critique",
+        run_helpful(id_text(ctx.prompts("helpful_prompts")), ctx.out / "critique",
                     backend=ctx.backend(ctx.policy), constitution=ctx.constitution(), options=ctx.config.critique)
-    summary = run_critique([(r.id, r.prompt) for r in rows], ctx.out / "critique", backend=ctx.backend(ctx.policy),
+    summary = run_critique(id_text(rows), ctx.out / "critique", backend=ctx.backend(ctx.policy),
                            constitution=ctx.constitution(), options=ctx.config.critique)
     return {**summary, "sft_data": str(ctx.out / "critique" / "sft.jsonl")}
 

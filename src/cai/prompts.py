@@ -260,6 +260,11 @@ def _load_shipped(name: str, split: str, limit: int | None) -> tuple[list[Prompt
     return (mixed if limit is None else mixed[:limit]), red_bad + helpful_bad
 
 
+def id_text(rows: Sequence[PromptRow]) -> list[tuple[str, str]]:
+    """``(id, prompt)`` for each row, the form the generation stages take."""
+    return [(r.id, r.prompt) for r in rows]
+
+
 def interleave(first: Sequence, second: Sequence) -> list:
     """One item of each in turn, ``first`` leading; the longer list's surplus comes last."""
     mixed = [item for pair in zip(first, second, strict=False) for item in pair]

@@ -45,7 +45,7 @@ def critique(
     from cai.errors import ConfigError
     from cai.fanout import Fanout
     from cai.logs import setup_console
-    from cai.prompts import prompts_for_run
+    from cai.prompts import id_text, prompts_for_run
     from cai.runs import check_or_record
 
     setup_console()
@@ -64,7 +64,7 @@ def critique(
                     started=(out / "records.jsonl").is_file() and (out / "records.jsonl").stat().st_size > 0)
     t0 = time.time()
     backend = Fanout(workers, ray).load(model, dtype=dtype, batch_size=batch_size, trust_remote_code=trust_remote_code)
-    summary = run_critique([(r.id, r.prompt) for r in rows], out, backend=backend, constitution=const,
+    summary = run_critique(id_text(rows), out, backend=backend, constitution=const,
                            options=options)
     wall = time.time() - t0
     log.info("critique done in %.0fs: %d records (%d usable for SFT), %d generated tokens", wall,

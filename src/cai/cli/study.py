@@ -338,12 +338,13 @@ def helpfulness_cmd(
     from cai.errors import ConfigError
     from cai.evaluation.helpfulness import follow_ups, study
     from cai.evaluation.round_quality import evidence_from
+    from cai.prompts import id_text
 
     if len(model) < 2:
         raise ConfigError("give at least two models: the base first, then the ones to compare with it",
                           fix="e.g. cai study helpfulness smollm2-135m runs/x/sft --out DIR")
     rows = prompt_rows(prompts, limit)
-    pairs = [(r.id, r.prompt) for r in rows]
+    pairs = id_text(rows)
     evidence = evidence_from(judge_evidence) if judge_evidence else None
     start(out, "study-helpfulness", {"models": model, "judge": judge, "prompts": prompts, "limit": limit,
                                      "max_new_tokens": max_new_tokens, "seed": seed})

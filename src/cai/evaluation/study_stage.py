@@ -35,6 +35,7 @@ def run_studies(ctx) -> dict[str, Any]:
     """Run the studies the recipe asks for; returns {study: json path}."""
     from cai.evaluation.round_quality import evidence_from, write_json
     from cai.jsonl import read_records
+    from cai.prompts import id_text
 
     opts: StudyOptions = ctx.config.studies
     out = ctx.out / "studies"
@@ -59,7 +60,7 @@ def run_studies(ctx) -> dict[str, Any]:
         from cai.constitution import load_constitution
         from cai.evaluation.compare import compare
 
-        sets = {"harmful": [(r.id, r.prompt) for r in ctx.prompts("critique_prompts")][: opts.limit],
+        sets = {"harmful": id_text(ctx.prompts("critique_prompts"))[: opts.limit],
                 "safe": _pairs(ctx.config.evaluate.safe, opts.limit)}
         save("compare", compare([const, *map(load_constitution, opts.compare)], sets, out / "compare",
                                 backend=ctx.backend(base), options=ctx.config.critique))
@@ -98,7 +99,7 @@ def run_studies(ctx) -> dict[str, Any]:
             params = SamplingParams(max_new_tokens=opts.max_new_tokens, temperature=0.0, do_sample=False,
                                     seed=ctx.config.evaluate.seed)
             rows = prompt_rows(ctx.config.evaluate.safe, opts.limit)
-            save("helpfulness", helpful(models, [(r.id, r.prompt) for r in rows], out / "helpfulness",
+            save("helpfulness", helpful(models, id_text(rows), out / "helpfulness",
                                         load=ctx.backend, judge_spec=ctx.config.judge_model or base, params=params,
                                         judge_evidence=evidence_from(opts.judge_evidence) if opts.judge_evidence
                                         else None, follow=follow_ups(rows)))
@@ -120,5 +121,7 @@ def prompt_rows(source: str, limit: int | None, offset: int = 0) -> list:
 
 
 def _pairs(source: str, limit: int | None, offset: int = 0) -> list[tuple[str, str]]:
-    return [(r.id, r.prompt) for r in prompt_rows(source, limit, offset)]
+    from cai.prompts import id_text
+
+    return id_text(prompt_rows(source, limit, offset))
 
