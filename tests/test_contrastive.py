@@ -118,3 +118,18 @@ def test_one_kind_of_prompt_alone_when_the_other_is_null(monkeypatch):
     assert calls == ["redteam:rl"] and [p.kind for p in prompts] == ["harmful"]
     with pytest.raises(ValueError, match="both are null"):
         ContrastOptions(harmful=None, safe=None)
+
+
+def test_safe_limit_caps_the_harmless_prompts_alone():
+    from cai.feedback import contrastive
+
+    prompts = contrastive.load_contrast_prompts(ContrastOptions(limit=6, safe_limit=8))
+    kinds = [p.kind for p in prompts]
+    assert kinds.count("harmful") == 6 and kinds.count("safe") == 8
+    safe = [p for p in prompts if p.kind == "safe"]
+    first = contrastive.load_contrast_prompts(ContrastOptions(harmful=None, limit=8))
+    assert not any("borderline" in p.id for p in first)  # the shipped split's first rows have none...
+    assert any("borderline" in p.id for p in safe) and len({p.id for p in safe}) == 8  # a spread has some
+    assert kinds[:4] == ["harmful", "safe", "harmful", "safe"]  # interleaved while both last
+    even = contrastive.load_contrast_prompts(ContrastOptions(limit=3))
+    assert [p.kind for p in even].count("safe") == 3

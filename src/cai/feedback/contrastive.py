@@ -92,6 +92,10 @@ class ContrastOptions(BaseModel):
     safe: str | None = Field("helpful:rl", description="harmless RL prompts; null: none (pairs that only "
                                                        "prefer refusing harmful requests)")
     limit: int | None = Field(None, ge=1, description="prompts of each set (None: all)")
+    safe_limit: int | None = Field(None, ge=1, description=(
+        "harmless prompts, where they should be fewer than the harmful ones (None: limit), spread evenly over "
+        "the set so that each of its categories is in: a few answer-over-refusal pairs hold over-refusal down "
+        "while refusal-over-answer pairs lead"))
     demonstrations: bool = Field(True, description="two example exchanges per side (at 135M a system prompt "
                                                    "alone barely changes the answers)")
     keep: Literal["all", "differ", "expected"] = Field("expected", description=(
@@ -169,10 +173,19 @@ def load_contrast_prompts(options: ContrastOptions) -> list[Prompt]:
         if source is None:
             sets[kind] = []
             continue
-        rows, bad = load_prompts(source, split="rl", limit=options.limit)
+        spread = kind == "safe" and options.safe_limit is not None
+        rows, bad = load_prompts(source, split="rl", limit=None if spread else options.limit)
         log_bad_rows(bad, log)
+        if spread:
+            rows = spread_evenly(rows, options.safe_limit)
         sets[kind] = [Prompt(r.id, r.prompt, kind) for r in rows]
     return interleave(sets["harmful"], sets["safe"])
+
+
+def spread_evenly(rows: list, k: int) -> list:
+    """``k`` of ``rows`` at even steps from the first (all of them when there are no more than ``k``)."""
+    n = len(rows)
+    return list(rows) if n <= k else [rows[i * n // k] for i in range(k)]
 
 
 @dataclass
