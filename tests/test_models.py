@@ -84,3 +84,20 @@ def test_bf16_weights_are_cached_only_beside_cai_converted_models(tmp_path, monk
     with torch.inference_mode():
         logits = [e.prefill(tokens, rows, pos, e.new_cache(1, 10)) for e in engines]
     assert torch.equal(*logits)
+
+
+def test_best_dtype_is_fp32_where_onednn_is_capped_below_native_bf16(monkeypatch):
+    import torch
+
+    from cai import models
+
+    monkeypatch.setattr(models, "_cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16"})
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    assert models.best_dtype("cpu") == torch.bfloat16
+    for cap, dtype in (("AVX2", torch.float32), ("avx512_core", torch.float32), ("AVX512_CORE_BF16", torch.bfloat16),
+                       ("ALL", torch.bfloat16)):
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+        assert models.best_dtype("cpu") == dtype, cap
+    monkeypatch.setattr(models, "_cpu_flags", lambda: {"avx2"})
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    assert models.best_dtype("cpu") == torch.float32

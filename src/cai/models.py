@@ -258,7 +258,20 @@ def best_dtype(device: str = "cpu"):
     if device.startswith("cuda"):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     flags = _cpu_flags()
-    return torch.bfloat16 if {"avx512_bf16", "amx_bf16"} & flags else torch.float32
+    native = {"avx512_bf16", "amx_bf16"} & flags and onednn_isa_allows_bf16(os.environ.get("ONEDNN_MAX_CPU_ISA"))
+    return torch.bfloat16 if native else torch.float32
+
+
+# oneDNN's ISA caps (ONEDNN_MAX_CPU_ISA) under which it still runs bf16 matmuls natively; below them (AVX2,
+# AVX512_CORE, ...) it emulates bf16 and a matmul runs hundreds of times slower than in fp32
+_BF16_ISAS = {"AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX512_CORE_AMX_FP16", "AVX10_1_512",
+              "AVX10_1_512_AMX", "AVX10_1_512_AMX_FP16", "AVX10_2_512", "AVX10_2_512_AMX_2", "ALL", "DEFAULT"}
+
+
+def onednn_isa_allows_bf16(cap: str | None) -> bool:
+    """Whether oneDNN capped at ``cap`` (the ONEDNN_MAX_CPU_ISA setting; empty or None: no cap) runs bf16
+    natively. A cap is how one makes a CPU with AVX-512 behave as an AVX2-only laptop's would."""
+    return not cap or cap.strip().upper() in _BF16_ISAS
 
 
 def _cpu_flags() -> set[str]:
