@@ -48,7 +48,8 @@ def private_verdicts(tmp_path, monkeypatch):
     monkeypatch.setattr(engine_check, "_verdict_file", lambda key: tmp_path / "checks" / f"{key}.json")
 
 
-@pytest.mark.parametrize("dtype,prepack", [(torch.float32, False), (torch.bfloat16, False), (torch.bfloat16, True)])
+@pytest.mark.parametrize("dtype,prepack", [(torch.float32, False), (torch.float32, True), (torch.bfloat16, False),
+                                         (torch.bfloat16, True)])
 def test_engine_matches_transformers_on_gqa_shapes_mixed_lengths(gqa_dir, gqa_reference, dtype, prepack):
     seqs, reference = gqa_reference
     assert len({len(s) for s in seqs}) == len(seqs)  # mixed lengths; two share their opening turns

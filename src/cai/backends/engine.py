@@ -402,13 +402,16 @@ class LlamaEngine:
 
 
 def _can_prepack(dtype, device) -> bool:
-    """True when oneDNN can hold bf16 weights in its own blocked layout on this CPU, and run the post-ops
-    (SiLU, product, residual add) that ``_mlp`` fuses into the matmuls. A weight prepacked once skips the
-    reordering ``F.linear`` does on every call: one decode step of the 135M model runs its matmuls ~15%
-    faster; a prepacked matmul alone is bit-identical to ``F.linear`` (checked by a test)."""
+    """True when oneDNN can hold bf16 or fp32 weights in its own blocked layout on this CPU, and run the
+    post-ops (SiLU, product, residual add) that ``_mlp`` fuses into the matmuls. A weight prepacked once skips
+    the reordering ``F.linear`` does on every call. In bf16 one decode step of the 135M model runs its matmuls
+    ~15% faster, and a prepacked matmul alone is bit-identical to ``F.linear`` (checked by a test). In fp32,
+    the path of CPUs without native bf16, ``F.linear`` goes to MKL instead: with oneDNN capped at AVX2 a decode
+    step of 32 rows took 117 ms prepacked against 192 ms (the vocabulary projection alone 16 ms against 34),
+    within 1e-3 of transformers' fp32 log-probs (checked by a test, and by the engine self-check)."""
     import torch
 
-    if device.type != "cpu" or dtype != torch.bfloat16 or not torch.backends.mkldnn.is_available():
+    if device.type != "cpu" or dtype not in (torch.bfloat16, torch.float32) or not torch.backends.mkldnn.is_available():
         return False
     try:
         w = torch.ops.mkldnn._reorder_linear_weight(torch.ones(8, 8, dtype=dtype))
