@@ -540,8 +540,10 @@ def _setup(source, prompts, reward_fn, sl_rows, out_dir: Path, options: PPOOptio
 
 
 def _warn_changed_options(saved: dict, options: PPOOptions) -> None:
+    from cai.train.artifacts import UNTRAINED_OPTIONS  # how a run is split or logged: no change to what it learns
+
     changed = {k: (saved[k], v) for k, v in options.model_dump().items()
-               if k in saved and saved[k] != v and k not in ("steps", "save_every", "micro_batch_size")}
+               if k in saved and saved[k] != v and k != "steps" and k not in UNTRAINED_OPTIONS}
     if changed:
         log.warning("resuming with changed options: %s",
                     ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()))
